@@ -1,0 +1,353 @@
+"""Pure math on lists of tensors: penalty values, gradients and proximal operators.
+
+Conventions (``s`` is the strength, sums run over every element of every tensor):
+
+* ``l2``:          ``s/2 * sum |w|**2``                      gradient ``s * w``
+* ``l1``:          ``s * sum |w|``                           gradient ``s * sgn(w)`` (0 at 0)
+* ``elastic_net``: ``s * (r * sum |w| + (1 - r)/2 * sum |w|**2)``
+* ``group_lasso``: ``s * sum_g ||w_g||_2``, groups are the slices of each tensor along ``dim``
+* ``l2sp``:        ``s/2 * sum |w - w0|**2``                 gradient ``s * (w - w0)``
+* ``orthogonal``:  ``s * ||M M^H - I||_F**2`` with ``M`` the tensor flattened to
+  ``(size(0), -1)`` and transposed when it has more rows than columns (the smaller Gram).
+
+Values are 0-d tensors accumulated in float32, or in float64 when a tensor is float64 or
+complex128, on the device of the first tensor, and carry autograd. Complex tensors use
+``|w|``. Elementwise penalties are computed with ``torch._foreach_*`` kernels (one pass
+per (device, dtype) bucket, not a Python loop over tensors); group lasso and orthogonality
+need per-tensor shapes and loop over tensors.
+
+Functions ending in ``_`` work in place under ``torch.no_grad()``:
+``*_grad_(grads, params, s)`` adds the penalty's gradient to ``grads``;
+``*_prox_(params, t)`` replaces ``params`` by the proximal point of ``t * P`` where
+``P`` is the penalty at strength 1 (``t = lr * s`` after an optimizer step).
+
+>>> import torch
+>>> w = [torch.tensor([[3.0, -4.0]])]
+>>> l2(w, 0.5)  # 0.5/2 * (9 + 16)
+tensor(6.2500)
+>>> l1(w, 0.5)  # 0.5 * (3 + 4)
+tensor(3.5000)
+>>> p = [torch.tensor([-2.0, 0.5, 3.0])]
+>>> l1_prox_(p, 1.0); p  # soft-threshold at 1: exact zeros
+[tensor([-1.,  0.,  2.])]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "accumulation_dtype",
+    "elastic_net",
+    "elastic_net_grad_",
+    "elastic_net_prox_",
+    "group_lasso",
+    "group_lasso_grad_",
+    "group_lasso_prox_",
+    "l1",
+    "l1_grad_",
+    "l1_prox_",
+    "l2",
+    "l2_grad_",
+    "l2_prox_",
+    "l2sp",
+    "l2sp_grad_",
+    "l2sp_prox_",
+    "orthogonal",
+    "orthogonal_grad_",
+    "soft_threshold_",
+    "sum_abs",
+    "sum_squares",
+]
+
+Strength = float | Tensor
+
+
+def accumulation_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """float64 if any tensor is float64 or complex128, else float32."""
+    wide = (torch.float64, torch.complex128)
+    return torch.float64 if any(t.dtype in wide for t in tensors) else torch.float32
+
+
+def _zero(tensors: Sequence[Tensor], device: torch.device | None = None) -> Tensor:
+    dev = device if device is not None else (tensors[0].device if tensors else None)
+    return torch.zeros((), dtype=accumulation_dtype(tensors), device=dev)
+
+
+def _buckets(tensors: Sequence[Tensor]) -> dict[tuple, list[int]]:
+    out: dict[tuple, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        out[(t.device, t.dtype)].append(i)
+    return out
+
+
+def _norms(tensors: Sequence[Tensor], ord: float) -> Tensor:
+    """Per-tensor ``ord``-norms in the accumulation dtype, stacked on the first device."""
+    acc = accumulation_dtype(tensors)
+    device = tensors[0].device
+    parts = []
+    for (_, dtype), idx in _buckets(tensors).items():
+        group = [tensors[i] for i in idx]
+        if dtype.is_complex:
+            norms = torch._foreach_norm(group, ord)
+        else:
+            norms = torch._foreach_norm(group, ord, dtype=torch.float64 if acc == dtype else acc)
+        parts.extend(n.to(device=device, dtype=acc) for n in norms)
+    return torch.stack(parts)
+
+
+def sum_squares(tensors: Sequence[Tensor]) -> Tensor:
+    """``sum |w|**2`` over all tensors, accumulated in float32 (float64 if wider).
+
+    >>> sum_squares([torch.full((1000,), 300.0, dtype=torch.float16)])  # fp16 would overflow
+    tensor(90000000.)
+    """
+    if not tensors:
+        return _zero(tensors)
+    return _norms(tensors, 2.0).square().sum()
+
+
+def sum_abs(tensors: Sequence[Tensor]) -> Tensor:
+    """``sum |w|`` over all tensors, accumulated in float32 (float64 if wider)."""
+    if not tensors:
+        return _zero(tensors)
+    return _norms(tensors, 1.0).sum()
+
+
+# --------------------------------------------------------------------------- L2
+def l2(params: Sequence[Tensor], strength: Strength) -> Tensor:
+    """``strength/2 * sum |w|**2``."""
+    return sum_squares(params) * (strength * 0.5)
+
+
+@torch.no_grad()
+def l2_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+    """``grads += strength * w`` (the same operation as ``SGD(weight_decay=strength)``)."""
+    if params and strength != 0:
+        torch._foreach_add_(list(grads), list(params), alpha=strength)
+
+
+@torch.no_grad()
+def l2_prox_(params: Sequence[Tensor], t: float) -> None:
+    """Proximal point of ``t/2 * |w|**2``: ``w / (1 + t)``."""
+    if params and t != 0:
+        torch._foreach_div_(list(params), 1.0 + t)
+
+
+# --------------------------------------------------------------------------- L1
+def l1(params: Sequence[Tensor], strength: Strength) -> Tensor:
+    """``strength * sum |w|``."""
+    return sum_abs(params) * strength
+
+
+def _sgn(params: Sequence[Tensor]) -> list[Tensor]:
+    if any(p.is_complex() for p in params):
+        return [torch.sgn(p) for p in params]
+    return list(torch._foreach_sign(list(params)))
+
+
+@torch.no_grad()
+def l1_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+    """``grads += strength * sgn(w)`` (subgradient 0 at ``w == 0``)."""
+    if params and strength != 0:
+        torch._foreach_add_(list(grads), _sgn(params), alpha=strength)
+
+
+@torch.no_grad()
+def soft_threshold_(params: Sequence[Tensor], t: float) -> None:
+    """``w <- sgn(w) * max(|w| - t, 0)``, written as ``w - clamp(w, -t, t)`` for real
+    tensors so that every ``|w| <= t`` becomes an exact zero."""
+    if not params or t == 0:
+        return
+    real = [p for p in params if not p.is_complex()]
+    if real:
+        clipped = torch._foreach_clamp_min(real, -t)
+        torch._foreach_clamp_max_(clipped, t)
+        torch._foreach_sub_(real, clipped)
+    for p in params:
+        if p.is_complex():
+            mag = p.abs()
+            p.mul_(torch.where(mag > t, 1 - t / mag.clamp_min(t), torch.zeros_like(mag)))
+
+
+def l1_prox_(params: Sequence[Tensor], t: float) -> None:
+    """Proximal point of ``t * |w|``: the soft-threshold at ``t``."""
+    soft_threshold_(params, t)
+
+
+# --------------------------------------------------------------------------- elastic net
+def elastic_net(params: Sequence[Tensor], strength: Strength, l1_ratio: float) -> Tensor:
+    """``strength * (l1_ratio * sum |w| + (1 - l1_ratio)/2 * sum |w|**2)``."""
+    if not params:
+        return _zero(params)
+    out = _zero(params)
+    if l1_ratio != 0:
+        out = out + sum_abs(params) * l1_ratio
+    if l1_ratio != 1:
+        out = out + sum_squares(params) * ((1 - l1_ratio) * 0.5)
+    return out * strength
+
+
+@torch.no_grad()
+def elastic_net_grad_(
+    grads: Sequence[Tensor], params: Sequence[Tensor], strength: float, l1_ratio: float
+) -> None:
+    """``grads += strength * (l1_ratio * sgn(w) + (1 - l1_ratio) * w)``."""
+    l1_grad_(grads, params, strength * l1_ratio)
+    l2_grad_(grads, params, strength * (1 - l1_ratio))
+
+
+@torch.no_grad()
+def elastic_net_prox_(params: Sequence[Tensor], t: float, l1_ratio: float) -> None:
+    """Proximal point of ``t * (r|w| + (1-r)/2 |w|**2)``:
+    ``soft_threshold(w, t*r) / (1 + t*(1-r))``."""
+    soft_threshold_(params, t * l1_ratio)
+    l2_prox_(params, t * (1 - l1_ratio))
+
+
+# --------------------------------------------------------------------------- group lasso
+def _rows(p: Tensor, dim: int) -> Tensor:
+    """View ``p`` as ``(groups, -1)`` with one row per slice along ``dim``."""
+    d = dim if p.ndim else 0
+    if p.ndim == 0:
+        return p.reshape(1, 1)
+    return p.movedim(d, 0).reshape(p.shape[d], -1)
+
+
+def _group_norms(p: Tensor, dim: int, acc: torch.dtype) -> Tensor:
+    rows = _rows(p, dim)
+    if p.is_complex():
+        return torch.linalg.vector_norm(rows, dim=1).to(acc)
+    return torch.linalg.vector_norm(rows, dim=1, dtype=acc)
+
+
+def _check_dim(p: Tensor, dim: int) -> None:
+    if p.ndim and not -p.ndim <= dim < p.ndim:
+        raise ValueError(
+            f"dim must index every tensor's dimensions, got {dim} for shape {tuple(p.shape)}"
+        )
+
+
+def group_lasso(params: Sequence[Tensor], strength: Strength, dim: int = 0) -> Tensor:
+    """``strength * sum_g ||w_g||_2`` where each ``w_g`` is a slice of a tensor along ``dim``
+    (``dim=0``: one group per output unit of a Linear, per filter of a Conv)."""
+    if not params:
+        return _zero(params)
+    acc = accumulation_dtype(params)
+    device = params[0].device
+    total = _zero(params)
+    for p in params:
+        _check_dim(p, dim)
+        total = total + _group_norms(p, dim, acc).sum().to(device)
+    return total * strength
+
+
+def _group_factor(p: Tensor, dim: int, fn) -> Tensor:
+    """Per-group factor ``fn(norms)`` shaped to broadcast against ``p`` along ``dim``."""
+    norms = _group_norms(p, dim, accumulation_dtype([p]))
+    f = fn(norms)
+    if p.ndim == 0:
+        return f.reshape(())
+    shape = [1] * p.ndim
+    shape[dim] = p.shape[dim]
+    return f.reshape(shape)
+
+
+@torch.no_grad()
+def group_lasso_grad_(
+    grads: Sequence[Tensor], params: Sequence[Tensor], strength: float, dim: int = 0
+) -> None:
+    """``grads_g += strength * w_g / ||w_g||`` (0 for an all-zero group)."""
+    if strength == 0:
+        return
+    for g, p in zip(grads, params, strict=True):
+        _check_dim(p, dim)
+        f = _group_factor(p, dim, lambda n: torch.where(n > 0, strength / n.clamp_min(1e-300), 0))
+        g.add_((p * f).to(g.dtype))
+
+
+@torch.no_grad()
+def group_lasso_prox_(params: Sequence[Tensor], t: float, dim: int = 0) -> None:
+    """Proximal point of ``t * ||w_g||``: ``w_g * max(0, 1 - t/||w_g||)``; groups with
+    ``||w_g|| <= t`` become exact zeros."""
+    if t == 0:
+        return
+    for p in params:
+        _check_dim(p, dim)
+        f = _group_factor(p, dim, lambda n: torch.where(n > t, 1 - t / n.clamp_min(t), 0))
+        p.copy_(p * f)
+
+
+# --------------------------------------------------------------------------- L2-SP
+def l2sp(params: Sequence[Tensor], refs: Sequence[Tensor], strength: Strength) -> Tensor:
+    """``strength/2 * sum |w - w0|**2`` (pull toward reference weights ``w0``)."""
+    if not params:
+        return _zero(params)
+    return sum_squares(torch._foreach_sub(list(params), list(refs))) * (strength * 0.5)
+
+
+@torch.no_grad()
+def l2sp_grad_(
+    grads: Sequence[Tensor], params: Sequence[Tensor], refs: Sequence[Tensor], strength: float
+) -> None:
+    """``grads += strength * (w - w0)``."""
+    if params and strength != 0:
+        diff = torch._foreach_sub(list(params), list(refs))
+        torch._foreach_add_(list(grads), diff, alpha=strength)
+
+
+@torch.no_grad()
+def l2sp_prox_(params: Sequence[Tensor], refs: Sequence[Tensor], t: float) -> None:
+    """Proximal point of ``t/2 * |w - w0|**2``: ``(w + t*w0) / (1 + t)``."""
+    if params and t != 0:
+        torch._foreach_lerp_(list(params), list(refs), t / (1.0 + t))
+
+
+# --------------------------------------------------------------------------- orthogonality
+def _gram_operand(p: Tensor, acc: torch.dtype) -> tuple[Tensor, bool]:
+    """``p`` as a matrix in the accumulation dtype, transposed to have rows <= columns."""
+    m = p.reshape(p.shape[0], -1) if p.ndim else p.reshape(1, 1)
+    if p.is_complex():
+        m = m.to(torch.complex128 if acc == torch.float64 else torch.complex64)
+    else:
+        m = m.to(acc)
+    transposed = m.shape[0] > m.shape[1]
+    return (m.mT if transposed else m), transposed
+
+
+def _gram_residual(m: Tensor) -> Tensor:
+    eye = torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
+    return m @ m.mH - eye
+
+
+def orthogonal(params: Sequence[Tensor], strength: Strength) -> Tensor:
+    """``strength * ||M M^H - I||_F**2`` summed over tensors (soft orthogonality)."""
+    if not params:
+        return _zero(params)
+    acc = accumulation_dtype(params)
+    device = params[0].device
+    total = _zero(params)
+    for p in params:
+        m, _ = _gram_operand(p, acc)
+        r = _gram_residual(m)
+        r = torch.view_as_real(r) if r.is_complex() else r
+        total = total + r.square().sum().to(device=device, dtype=acc)
+    return total * strength
+
+
+@torch.no_grad()
+def orthogonal_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+    """``grads += 4 * strength * (M M^H - I) M`` (reshaped back to each tensor)."""
+    if strength == 0:
+        return
+    acc = accumulation_dtype(params)
+    for g, p in zip(grads, params, strict=True):
+        m, transposed = _gram_operand(p, acc)
+        d = (4.0 * strength) * (_gram_residual(m) @ m)
+        if transposed:
+            d = d.mT
+        g.add_(d.reshape(p.shape).to(g.dtype))

@@ -1,0 +1,225 @@
+"""Optimizer integration: ``param_groups()`` and the step hooks behind ``Regularizer.attach``.
+
+``param_groups(model, wd)`` splits the trainable parameters by the selection rule into a
+decayed and a non-decayed group, for any torch optimizer (fused and foreach ones too):
+
+>>> import torch
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+>>> groups = param_groups(net, 1e-2)
+>>> [(g["names"], g["weight_decay"]) for g in groups]
+[(['0.weight', '2.weight'], 0.01), (['0.bias', '1.weight', '1.bias', '2.bias'], 0.0)]
+>>> opt = torch.optim.AdamW(groups, lr=1e-3)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ._validation import check_choice, check_strength, type_error
+from .select import Matcher, select, trainable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .regularizer import Regularizer
+
+__all__ = ["MODES", "AttachHandle", "param_groups"]
+
+#: Modes of ``Regularizer.attach``.
+MODES = ("grad", "decoupled", "independent", "proximal", "loss")
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    include: Matcher | None = None,
+    exclude: Matcher | None = None,
+    **group_opts: Any,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: ``{"params", "names", "weight_decay": weight_decay}`` for
+    the parameters the rule selects and ``weight_decay=0.0`` for every other trainable
+    parameter. Groups are disjoint, frozen parameters are skipped, tied parameters appear
+    once, empty groups are dropped, and ``group_opts`` (``lr=`` ...) go into both groups.
+
+    With ``torch.optim.SGD`` this equals ``L2(weight_decay)``; with ``AdamW`` it is
+    decoupled decay. Use it with fused optimizers for zero-overhead weight decay.
+    """
+    wd = check_strength("weight_decay", weight_decay)
+    if "params" in group_opts or "names" in group_opts:
+        raise TypeError(f"group_opts must not set 'params' or 'names', got {sorted(group_opts)}")
+    chosen = select(model, include=include, exclude=exclude)
+    ids = {id(p) for _, p in chosen}
+    rest = [(n, p) for n, p in trainable(model) if id(p) not in ids]
+    groups = []
+    for pairs, decay in ((chosen, wd), (rest, 0.0)):
+        if pairs:
+            groups.append(
+                {
+                    "params": [p for _, p in pairs],
+                    "names": [n for n, _ in pairs],
+                    **group_opts,
+                    "weight_decay": decay,
+                }
+            )
+    return groups
+
+
+def _lr(group: dict[str, Any]) -> float:
+    lr = group.get("lr", 0.0)
+    return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+class AttachHandle:
+    """Returned by ``Regularizer.attach``; ``remove()`` detaches every hook (idempotent).
+    Also a context manager that removes on exit."""
+
+    def __init__(
+        self, reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str, advance: bool
+    ):
+        self.mode = mode
+        self.optimizer = optimizer
+        self._reg = reg
+        self._advance = advance
+        self._plan_key: tuple = ()
+        self._plan: list = []
+        self._initial_lr: dict[int, float] = {}
+        self._handles = []
+        if mode in ("grad", "decoupled", "independent"):
+            self._handles.append(optimizer.register_step_pre_hook(self._pre))
+        self._handles.append(optimizer.register_step_post_hook(self._post))
+        for g in optimizer.param_groups:
+            self._lr0(g)
+        if mode != "loss" and not any(items for _, items in self._groups()):
+            self.remove()
+            raise ValueError(
+                "optimizer must hold at least one regularized parameter, got none of "
+                f"{reg.names[:3]}{'...' if len(reg.names) > 3 else ''}"
+            )
+        self._warn_double_decay()
+
+    def _lr0(self, group: dict[str, Any]) -> float:
+        """The group's initial lr: ``initial_lr`` (set by LR schedulers) or its lr when
+        first seen."""
+        return self._initial_lr.setdefault(id(group), float(group.get("initial_lr", _lr(group))))
+
+    # ------------------------------------------------------------------ planning
+    def _groups(self) -> list[tuple[dict[str, Any], list[tuple[int, list[int]]]]]:
+        """Per optimizer group: (group, [(binding index, [positions in binding])])."""
+        groups = self.optimizer.param_groups
+        key = tuple((id(g), len(g["params"])) for g in groups)
+        if key != self._plan_key:
+            where = self._reg._positions()
+            plan = []
+            for g in groups:
+                by_binding: dict[int, list[int]] = {}
+                for p in g["params"]:
+                    loc = where.get(id(p))
+                    if loc is not None:
+                        by_binding.setdefault(loc[0], []).append(loc[1])
+                plan.append((g, sorted(by_binding.items())))
+            self._plan_key, self._plan = key, plan
+        return self._plan
+
+    def _warn_double_decay(self) -> None:
+        if self.mode == "loss":
+            return
+        for g, items in self._groups():
+            if items and g.get("weight_decay", 0):
+                warnings.warn(
+                    f"optimizer group has weight_decay={g['weight_decay']} on parameters the "
+                    f"Regularizer also penalizes in mode={self.mode!r}: they are decayed twice. "
+                    "Build the optimizer with weight_decay=0 or with tp.param_groups().",
+                    stacklevel=4,
+                )
+                return
+
+    def _each(self, fn: Callable[[dict, Any, list, list], None]) -> None:
+        bindings = self._reg._bindings
+        for g, items in self._groups():
+            for b, positions in items:
+                binding = bindings[b]
+                params, names = [], []
+                for i in positions:
+                    p = binding.params[i]
+                    if p.grad is not None:  # as torch.optim: no grad, no update
+                        params.append(p)
+                        names.append(binding.names[i])
+                if params:
+                    fn(g, binding.penalty, params, names)
+
+    # ------------------------------------------------------------------ hooks
+    @torch.no_grad()
+    def _pre(self, optimizer, args, kwargs) -> None:
+        step = self._reg.step_count
+        if self.mode == "grad":
+            scale = getattr(optimizer, "grad_scale", None)  # GradScaler deferring unscale
+
+            def add_grad(g, pen, params, names):
+                grads = [p.grad for p in params]
+                if scale is None:
+                    pen.grad_(grads, params, step=step, names=names)
+                else:
+                    tmp = [torch.zeros_like(x) for x in grads]
+                    pen.grad_(tmp, params, step=step, names=names)
+                    torch._foreach_mul_(tmp, scale.to(tmp[0].device))
+                    torch._foreach_add_(grads, tmp)
+
+            self._each(add_grad)
+        elif self.mode == "decoupled":
+            self._each(
+                lambda g, pen, params, names: pen.decay_(params, _lr(g), step=step, names=names)
+            )
+        else:  # independent
+
+            def independent(g, pen, params, names):
+                lr0 = self._lr0(g)
+                pen.decay_(params, _lr(g) / lr0 if lr0 else 0.0, step=step, names=names)
+
+            self._each(independent)
+
+    @torch.no_grad()
+    def _post(self, optimizer, args, kwargs) -> None:
+        if self.mode == "proximal":
+            step = self._reg.step_count
+            self._each(
+                lambda g, pen, params, names: pen.prox_(params, _lr(g), step=step, names=names)
+            )
+        if self._advance:
+            self._reg.step()
+
+    # ------------------------------------------------------------------ handle
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> AttachHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "attached" if self._handles else "removed"
+        return f"AttachHandle(mode={self.mode!r}, {state})"
+
+
+def attach(
+    reg: Regularizer, optimizer: Any, mode: str, *, advance_schedule: bool = True
+) -> AttachHandle:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
+    check_choice("mode", mode, MODES)
+    if mode == "proximal":
+        for b in reg._bindings:
+            if not b.penalty.has_prox:
+                raise ValueError(
+                    f"mode must be one of 'grad', 'decoupled', 'independent' for "
+                    f"{type(b.penalty).__name__}, which has no proximal operator, got 'proximal'"
+                )
+    return AttachHandle(reg, optimizer, mode, advance_schedule)

@@ -1,0 +1,196 @@
+"""``Regularizer``: binds penalties to the selected parameters of a model.
+
+Four ways to apply it, one result (tested against torch.optim):
+
+* loss mode: ``loss = criterion(out, y) + reg()`` (autograd through the penalty);
+* ``reg.attach(opt, mode="grad")``: adds the penalty's gradient to ``.grad`` in place
+  before each ``opt.step()`` (no graph, no extra memory; equals loss mode);
+* ``mode="decoupled"``: ``w <- w - lr * grad P(w)`` before the update, with each group's
+  current ``lr`` (AdamW-style; ``L2`` on Adam equals ``torch.optim.AdamW``);
+* ``mode="independent"``: fully decoupled, lr-independent decay
+  ``w <- w - (lr / initial_lr) * grad P(w)`` (the strength is the per-step decay at the
+  peak lr and follows the lr schedule's shape, not its size; as in Composer's
+  ``DecoupledAdamW`` and optimi);
+* ``mode="proximal"``: after the update, ``w <- prox_{lr * P}(w)``: exact zeros for L1,
+  elastic net and group lasso.
+
+>>> import torch, torchpenalty as tp
+>>> from torch import nn
+>>> torch.manual_seed(0) and None
+>>> model = nn.Sequential(nn.Linear(5, 10), nn.ReLU(), nn.Linear(10, 5))
+>>> reg = tp.Regularizer(model, tp.L2(1e-2))
+>>> reg.names
+['0.weight', '2.weight']
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> x, y = torch.randn(8, 5), torch.randn(8, 5)
+>>> loss = nn.functional.mse_loss(model(x), y) + reg()     # loss mode
+>>> loss.backward(); opt.step()
+>>> handle = reg.attach(opt, mode="grad")                  # or: no graph at all
+>>> handle.remove()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_config, check_int, type_error
+from .optim import AttachHandle, attach
+from .penalties import Penalty
+from .select import Matcher, _entries, check_matchers, matches, select_entries
+
+__all__ = ["Regularizer"]
+
+
+class _Binding(NamedTuple):
+    penalty: Penalty
+    names: list[str]
+    params: list[nn.Parameter]
+
+
+class Regularizer:
+    """Apply ``penalty`` to the parameters of ``model`` chosen by the selection rule.
+
+    Args:
+        model: the module to regularize.
+        penalty: a :class:`~torchpenalty.penalties.Penalty`, or a dict mapping fnmatch
+            patterns or module classes to penalties (Keras-style per-layer; the first
+            matching key wins, parameters matching no key are not regularized).
+        include, exclude: override the default rule (see :mod:`torchpenalty.select`).
+
+    ``reg()`` returns the penalty as a 0-d tensor (float32 accumulation) for the loss;
+    ``reg.value()`` a detached float for logging. Strength schedules advance once per
+    optimizer step when attached (any mode, ``mode="loss"`` only advances), or by
+    ``reg.step()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        penalty: Penalty | Mapping[Any, Penalty],
+        *,
+        include: Matcher | None = None,
+        exclude: Matcher | None = None,
+    ) -> None:
+        entries = select_entries(model, include=include, exclude=exclude)
+        if isinstance(penalty, Penalty):
+            rules = [("*", penalty)]
+        elif isinstance(penalty, Mapping):
+            rules = list(penalty.items())
+            if not rules:
+                raise ValueError(f"penalty must map at least one key to a penalty, got {penalty!r}")
+            all_entries = _entries(model)
+            for key, pen in rules:
+                if not isinstance(key, (str, type)):
+                    raise type_error("penalty keys", "fnmatch patterns or module classes", key)
+                if not isinstance(pen, Penalty):
+                    raise type_error(f"penalty[{key!r}]", "a Penalty", pen)
+                check_matchers(f"penalty key {key!r}", [key], all_entries)
+        else:
+            raise type_error("penalty", "a Penalty or a dict of patterns to penalties", penalty)
+
+        bindings: dict[int, _Binding] = {}
+        for name, p, module in entries:
+            for key, pen in rules:
+                if matches(key, name, p, module):
+                    b = bindings.setdefault(id(pen), _Binding(pen, [], []))
+                    b.names.append(name)
+                    b.params.append(p)
+                    break
+        self.model = model
+        self.penalty = penalty
+        self._bindings = list(bindings.values())
+        self._step = 0
+        self._device = next((p.device for _, p, _ in entries), None)
+        if self._device is None:
+            self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def names(self) -> list[str]:
+        """Names of the regularized parameters."""
+        return [n for b in self._bindings for n in b.names]
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for b in self._bindings for n, p in zip(b.names, b.params, strict=True)]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for b in self._bindings for p in b.params]
+
+    def _positions(self) -> dict[int, tuple[int, int]]:
+        return {
+            id(p): (bi, i) for bi, b in enumerate(self._bindings) for i, p in enumerate(b.params)
+        }
+
+    # ------------------------------------------------------------------ values
+    def __call__(self, *, accumulation_steps: int = 1) -> Tensor:
+        """The total penalty at the current step, a 0-d tensor with autograd.
+
+        With gradient accumulation over ``N`` micro-batches in loss mode, add
+        ``reg(accumulation_steps=N)`` (the penalty divided by ``N``) to each micro-batch's
+        loss, so that one optimizer step sees the penalty once.
+        """
+        n = check_int("accumulation_steps", accumulation_steps, minimum=1)
+        total: Tensor | None = None
+        for b in self._bindings:
+            v = b.penalty.value(b.params, step=self._step, names=b.names)
+            total = v if total is None else total + v.to(total.device)
+        if total is None:
+            return torch.zeros((), device=self._device)
+        return total / n if n != 1 else total
+
+    def value(self) -> float:
+        """The penalty as a detached Python float (for logging)."""
+        with torch.no_grad():
+            return float(self())
+
+    @torch.no_grad()
+    def add_grad_(self) -> None:
+        """Add the penalty's gradient to each regularized parameter's ``.grad`` (those
+        with a gradient), as ``attach(mode="grad")`` does before each step."""
+        for b in self._bindings:
+            live = [(n, p) for n, p in zip(b.names, b.params, strict=True) if p.grad is not None]
+            if live:
+                b.penalty.grad_(
+                    [p.grad for _, p in live],
+                    [p for _, p in live],
+                    step=self._step,
+                    names=[n for n, _ in live],
+                )
+
+    # ------------------------------------------------------------------ optimizer
+    def attach(
+        self, optimizer: torch.optim.Optimizer, mode: str = "grad", *, advance_schedule: bool = True
+    ) -> AttachHandle:
+        """Apply the penalty through ``optimizer``'s step hooks; returns a handle with
+        ``.remove()``. ``mode`` is ``"grad"``, ``"decoupled"``, ``"independent"``,
+        ``"proximal"`` or ``"loss"`` (only advances the schedule; add ``reg()`` to the
+        loss yourself). Parameters without a ``.grad`` are left alone, as torch.optim does.
+        """
+        return attach(self, optimizer, mode, advance_schedule=advance_schedule)
+
+    # ------------------------------------------------------------------ schedule state
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps seen (the argument passed to strength schedules)."""
+        return self._step
+
+    def step(self) -> None:
+        """Advance strength schedules by one optimizer step."""
+        self._step += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        check_config(
+            "state", dict(state) if isinstance(state, Mapping) else state, ("step",), ("step",)
+        )
+        self._step = check_int("state['step']", state["step"], minimum=0)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{b.penalty!r}: {len(b.params)} tensors" for b in self._bindings)
+        return f"Regularizer({parts or 'no parameters'})"

@@ -1,0 +1,142 @@
+"""Strength schedules: callables of the optimizer step that return a strength.
+
+Any callable ``step -> float`` is accepted wherever a strength is; the classes here add
+validation and a JSON config (``get_config`` / ``schedule_from_config``), so a penalty
+with a schedule round-trips through its config.
+
+>>> sched = Linear(0.0, 1e-2, steps=100)   # warm the strength up over 100 steps
+>>> sched(0), sched(50), sched(100), sched(1000)
+(0.0, 0.005, 0.01, 0.01)
+>>> schedule_from_config(sched.get_config())(50)
+0.005
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._validation import check_config, check_int, check_real, check_strength, type_error
+
+__all__ = ["Cosine", "Exponential", "Linear", "Piecewise", "Schedule", "schedule_from_config"]
+
+
+class Schedule:
+    """Base class: subclasses define ``__call__(step) -> float`` and ``_params``."""
+
+    name: str = ""
+    _params: tuple[str, ...] = ()
+
+    def __call__(self, step: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"schedule": self.name}
+        for k in self._params:
+            v = getattr(self, k)
+            cfg[k] = list(v) if isinstance(v, tuple) else v
+        return cfg
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._params)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Linear(Schedule):
+    """``start + (end - start) * min(step, steps) / steps``: linear ramp, then flat."""
+
+    name = "linear"
+    _params = ("start", "end", "steps")
+
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        self.start = check_strength("start", start)
+        self.end = check_strength("end", end)
+        self.steps = check_int("steps", steps, minimum=1)
+
+    def __call__(self, step: int) -> float:
+        frac = min(max(step, 0), self.steps) / self.steps
+        return self.start + (self.end - self.start) * frac
+
+
+class Cosine(Schedule):
+    """``end + (start - end) * (1 + cos(pi * min(step, steps) / steps)) / 2``."""
+
+    name = "cosine"
+    _params = ("start", "end", "steps")
+
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        self.start = check_strength("start", start)
+        self.end = check_strength("end", end)
+        self.steps = check_int("steps", steps, minimum=1)
+
+    def __call__(self, step: int) -> float:
+        frac = min(max(step, 0), self.steps) / self.steps
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * frac)) / 2
+
+
+class Exponential(Schedule):
+    """``start * gamma ** step``."""
+
+    name = "exponential"
+    _params = ("start", "gamma")
+
+    def __init__(self, start: float, gamma: float) -> None:
+        self.start = check_strength("start", start)
+        self.gamma = check_strength("gamma", gamma)
+
+    def __call__(self, step: int) -> float:
+        return self.start * self.gamma ** max(step, 0)
+
+
+class Piecewise(Schedule):
+    """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) ==
+    len(boundaries) + 1``, boundaries increasing)."""
+
+    name = "piecewise"
+    _params = ("boundaries", "values")
+
+    def __init__(self, boundaries: list[int], values: list[float]) -> None:
+        if not isinstance(boundaries, (list, tuple)):
+            raise type_error("boundaries", "a list of integers", boundaries)
+        if not isinstance(values, (list, tuple)):
+            raise type_error("values", "a list of strengths", values)
+        b = tuple(check_int("boundaries", x, minimum=0) for x in boundaries)
+        if list(b) != sorted(set(b)):
+            raise ValueError(f"boundaries must be strictly increasing, got {list(boundaries)!r}")
+        if len(values) != len(b) + 1:
+            raise ValueError(
+                f"values must have len(boundaries) + 1 = {len(b) + 1} entries, got {list(values)!r}"
+            )
+        self.boundaries = b
+        self.values = tuple(check_strength("values", v) for v in values)
+
+    def __call__(self, step: int) -> float:
+        i = sum(1 for b in self.boundaries if step >= b)
+        return self.values[i]
+
+
+_SCHEDULES = {cls.name: cls for cls in (Linear, Cosine, Exponential, Piecewise)}
+
+
+def schedule_from_config(cfg: dict[str, Any]) -> Schedule:
+    """Rebuild a schedule from ``Schedule.get_config()``."""
+    if not isinstance(cfg, dict) or cfg.get("schedule") not in _SCHEDULES:
+        raise ValueError(
+            f"cfg must be a schedule config with 'schedule' in {sorted(_SCHEDULES)}, got {cfg!r}"
+        )
+    cls = _SCHEDULES[cfg["schedule"]]
+    check_config("cfg", cfg, ("schedule", *cls._params), ("schedule", *cls._params))
+    return cls(**{k: cfg[k] for k in cls._params})
+
+
+def evaluate(strength: Any, step: int, name: str = "strength") -> float:
+    """The strength at ``step``: a float as is, a schedule called and checked."""
+    if callable(strength):
+        return check_strength(f"{name}({step})", strength(step))
+    return check_real(name, strength)
