@@ -287,6 +287,10 @@ def l2sp(params: Sequence[Tensor], refs: Sequence[Tensor], strength: Strength) -
     """``strength/2 * sum |w - w0|**2`` (pull toward reference weights ``w0``)."""
     if not params:
         return _zero(params)
+    low = (torch.float16, torch.bfloat16)
+    if any(p.dtype in low for p in params):  # subtract in float32, not in half precision
+        params = [p.float() if p.dtype in low else p for p in params]
+        refs = [r.float() if r.dtype in low else r for r in refs]
     return sum_squares(torch._foreach_sub(list(params), list(refs))) * (strength * 0.5)
 
 
