@@ -153,8 +153,16 @@ class AttachHandle:
                     fn(g, binding.penalty, params, names)
 
     # ------------------------------------------------------------------ hooks
+    @staticmethod
+    def _skipped(optimizer) -> bool:
+        """True when GradScaler found inf/NaN and a fused optimizer will skip this step."""
+        found = getattr(optimizer, "found_inf", None)
+        return found is not None and bool(found.item())
+
     @torch.no_grad()
     def _pre(self, optimizer, args, kwargs) -> None:
+        if self._skipped(optimizer):
+            return
         step = self._reg.step_count
         if self.mode == "grad":
             scale = getattr(optimizer, "grad_scale", None)  # GradScaler deferring unscale
@@ -184,6 +192,8 @@ class AttachHandle:
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
+        if self._skipped(optimizer):
+            return
         if self.mode == "proximal":
             step = self._reg.step_count
             self._each(
