@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
+from cases import PENALTIES, PENALTY_IDS
 from torch import nn
 
 import torchpenalty as tp
-from cases import PENALTIES, PENALTY_IDS
 
 
 def mlp():
