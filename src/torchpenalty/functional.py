@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "accumulation_dtype",
@@ -95,9 +96,56 @@ def _norms(tensors: Sequence[Tensor], ord: float) -> Tensor:
         if dtype.is_complex:
             norms = torch._foreach_norm(group, ord)
         else:
-            norms = torch._foreach_norm(group, ord, dtype=torch.float64 if acc == dtype else acc)
+            norms = torch._foreach_norm(group, ord, dtype=acc)
         parts.extend(n.to(device=device, dtype=acc) for n in norms)
     return torch.stack(parts)
+
+
+def _scaled(tensors: Sequence[Tensor], scale: Tensor) -> list[Tensor]:
+    """``t * scale`` for each tensor, computed in each tensor's own dtype."""
+    out: list[Tensor | None] = [None] * len(tensors)
+    for (device, dtype), idx in _buckets(tensors).items():
+        prods = torch._foreach_mul([tensors[i] for i in idx], scale.to(device=device, dtype=dtype))
+        for i, t in zip(idx, prods, strict=True):
+            out[i] = t
+    return out  # type: ignore[return-value]
+
+
+class _SumSquares(torch.autograd.Function):
+    """``sum |w|**2`` with a one-pass backward ``2 * g * w`` (autograd through the norm
+    would compute ``g * norm * w / norm`` in several passes)."""
+
+    @staticmethod
+    def forward(ctx, *tensors: Tensor) -> Tensor:
+        ctx.save_for_backward(*tensors)
+        return _norms(tensors, 2.0).square().sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, ...]:
+        return tuple(_scaled(ctx.saved_tensors, 2 * g))
+
+
+class _SumAbs(torch.autograd.Function):
+    """``sum |w|`` with backward ``g * sgn(w)`` (0 at 0)."""
+
+    @staticmethod
+    def forward(ctx, *tensors: Tensor) -> Tensor:
+        ctx.save_for_backward(*tensors)
+        return _norms(tensors, 1.0).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, ...]:
+        return tuple(_scaled_sgn(ctx.saved_tensors, g))
+
+
+def _scaled_sgn(tensors: Sequence[Tensor], scale: Tensor) -> list[Tensor]:
+    signs = _sgn(tensors)
+    out = []
+    for t, sg in zip(tensors, signs, strict=True):
+        out.append(sg.mul_(scale.to(device=t.device, dtype=sg.dtype)))
+    return out
 
 
 def sum_squares(tensors: Sequence[Tensor]) -> Tensor:
@@ -108,6 +156,8 @@ def sum_squares(tensors: Sequence[Tensor]) -> Tensor:
     """
     if not tensors:
         return _zero(tensors)
+    if any(t.requires_grad for t in tensors) and torch.is_grad_enabled():
+        return _SumSquares.apply(*tensors)
     return _norms(tensors, 2.0).square().sum()
 
 
@@ -115,6 +165,8 @@ def sum_abs(tensors: Sequence[Tensor]) -> Tensor:
     """``sum |w|`` over all tensors, accumulated in float32 (float64 if wider)."""
     if not tensors:
         return _zero(tensors)
+    if any(t.requires_grad for t in tensors) and torch.is_grad_enabled():
+        return _SumAbs.apply(*tensors)
     return _norms(tensors, 1.0).sum()
 
 
