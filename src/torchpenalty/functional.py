@@ -170,6 +170,23 @@ def sum_abs(tensors: Sequence[Tensor]) -> Tensor:
     return _norms(tensors, 1.0).sum()
 
 
+# --------------------------------------------------------------------------- stacked models
+# The in-place gradient and proximal functions of L2, L1, elastic net and group lasso also
+# take a 1-D tensor ``strength`` / ``t`` of length M: then every tensor holds M stacked
+# models along dim 0 and model m uses ``strength[m]`` (the vectorized strength sweep).
+
+
+def _per(p: Tensor, s: float | Tensor) -> float | Tensor:
+    """``s`` as a float, or a length-M tensor viewed to broadcast over ``p``'s dim 0."""
+    if isinstance(s, Tensor):
+        return s.to(device=p.device, dtype=p.real.dtype).view(-1, *([1] * (p.ndim - 1)))
+    return s
+
+
+def _active(s: float | Tensor) -> bool:
+    return isinstance(s, Tensor) or s != 0
+
+
 # --------------------------------------------------------------------------- L2
 def l2(params: Sequence[Tensor], strength: Strength) -> Tensor:
     """``strength/2 * sum |w|**2``."""
@@ -177,16 +194,26 @@ def l2(params: Sequence[Tensor], strength: Strength) -> Tensor:
 
 
 @torch.no_grad()
-def l2_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+def l2_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: Strength) -> None:
     """``grads += strength * w`` (the same operation as ``SGD(weight_decay=strength)``)."""
-    if params and strength != 0:
+    if not params or not _active(strength):
+        return
+    if isinstance(strength, Tensor):
+        for g, p in zip(grads, params, strict=True):
+            g.addcmul_(p, _per(p, strength))
+    else:
         torch._foreach_add_(list(grads), list(params), alpha=strength)
 
 
 @torch.no_grad()
-def l2_prox_(params: Sequence[Tensor], t: float) -> None:
+def l2_prox_(params: Sequence[Tensor], t: Strength) -> None:
     """Proximal point of ``t/2 * |w|**2``: ``w / (1 + t)``."""
-    if params and t != 0:
+    if not params or not _active(t):
+        return
+    if isinstance(t, Tensor):
+        for p in params:
+            p.div_(1 + _per(p, t))
+    else:
         torch._foreach_div_(list(params), 1.0 + t)
 
 
@@ -203,30 +230,39 @@ def _sgn(params: Sequence[Tensor]) -> list[Tensor]:
 
 
 @torch.no_grad()
-def l1_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+def l1_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: Strength) -> None:
     """``grads += strength * sgn(w)`` (subgradient 0 at ``w == 0``)."""
-    if params and strength != 0:
+    if not params or not _active(strength):
+        return
+    if isinstance(strength, Tensor):
+        for g, p, sg in zip(grads, params, _sgn(params), strict=True):
+            g.addcmul_(sg, _per(p, strength))
+    else:
         torch._foreach_add_(list(grads), _sgn(params), alpha=strength)
 
 
 @torch.no_grad()
-def soft_threshold_(params: Sequence[Tensor], t: float) -> None:
+def soft_threshold_(params: Sequence[Tensor], t: Strength) -> None:
     """``w <- sgn(w) * max(|w| - t, 0)``, written as ``w - clamp(w, -t, t)`` for real
     tensors so that every ``|w| <= t`` becomes an exact zero."""
-    if not params or t == 0:
+    if not params or not _active(t):
         return
     real = [p for p in params if not p.is_complex()]
-    if real:
+    if real and not isinstance(t, Tensor):
         clipped = torch._foreach_clamp_min(real, -t)
         torch._foreach_clamp_max_(clipped, t)
         torch._foreach_sub_(real, clipped)
+    elif real:
+        for p in real:
+            tv = _per(p, t)
+            p.sub_(torch.clamp(p, -tv, tv))
     for p in params:
         if p.is_complex():
-            mag = p.abs()
-            p.mul_(torch.where(mag > t, 1 - t / mag.clamp_min(t), torch.zeros_like(mag)))
+            mag, tv = p.abs(), _per(p, t)
+            p.mul_(torch.where(mag > tv, 1 - tv / torch.clamp(mag, min=tv), 0))
 
 
-def l1_prox_(params: Sequence[Tensor], t: float) -> None:
+def l1_prox_(params: Sequence[Tensor], t: Strength) -> None:
     """Proximal point of ``t * |w|``: the soft-threshold at ``t``."""
     soft_threshold_(params, t)
 
@@ -246,7 +282,7 @@ def elastic_net(params: Sequence[Tensor], strength: Strength, l1_ratio: float) -
 
 @torch.no_grad()
 def elastic_net_grad_(
-    grads: Sequence[Tensor], params: Sequence[Tensor], strength: float, l1_ratio: float
+    grads: Sequence[Tensor], params: Sequence[Tensor], strength: Strength, l1_ratio: float
 ) -> None:
     """``grads += strength * (l1_ratio * sgn(w) + (1 - l1_ratio) * w)``."""
     l1_grad_(grads, params, strength * l1_ratio)
@@ -254,7 +290,7 @@ def elastic_net_grad_(
 
 
 @torch.no_grad()
-def elastic_net_prox_(params: Sequence[Tensor], t: float, l1_ratio: float) -> None:
+def elastic_net_prox_(params: Sequence[Tensor], t: Strength, l1_ratio: float) -> None:
     """Proximal point of ``t * (r|w| + (1-r)/2 |w|**2)``:
     ``soft_threshold(w, t*r) / (1 + t*(1-r))``."""
     soft_threshold_(params, t * l1_ratio)
@@ -262,23 +298,29 @@ def elastic_net_prox_(params: Sequence[Tensor], t: float, l1_ratio: float) -> No
 
 
 # --------------------------------------------------------------------------- group lasso
-def _rows(p: Tensor, dim: int) -> Tensor:
-    """View ``p`` as ``(groups, -1)`` with one row per slice along ``dim``."""
-    d = dim if p.ndim else 0
+def _rows(p: Tensor, dim: int, stacked: bool = False) -> Tensor:
+    """View ``p`` as ``(groups, -1)`` with one row per slice along ``dim`` (as
+    ``(M, groups, -1)`` when ``stacked``: ``dim`` then counts after the model dim)."""
+    if stacked:
+        d = dim % (p.ndim - 1) + 1 if p.ndim > 1 else None
+        if d is None:
+            return p.reshape(p.shape[0], 1, 1)
+        return p.movedim(d, 1).reshape(p.shape[0], p.shape[d], -1)
     if p.ndim == 0:
         return p.reshape(1, 1)
-    return p.movedim(d, 0).reshape(p.shape[d], -1)
+    return p.movedim(dim, 0).reshape(p.shape[dim], -1)
 
 
-def _group_norms(p: Tensor, dim: int, acc: torch.dtype) -> Tensor:
-    rows = _rows(p, dim)
+def _group_norms(p: Tensor, dim: int, acc: torch.dtype, stacked: bool = False) -> Tensor:
+    rows = _rows(p, dim, stacked)
     if p.is_complex():
-        return torch.linalg.vector_norm(rows, dim=1).to(acc)
-    return torch.linalg.vector_norm(rows, dim=1, dtype=acc)
+        return torch.linalg.vector_norm(rows, dim=-1).to(acc)
+    return torch.linalg.vector_norm(rows, dim=-1, dtype=acc)
 
 
-def _check_dim(p: Tensor, dim: int) -> None:
-    if p.ndim and not -p.ndim <= dim < p.ndim:
+def _check_dim(p: Tensor, dim: int, stacked: bool = False) -> None:
+    n = p.ndim - 1 if stacked else p.ndim
+    if n and not -n <= dim < n:
         raise ValueError(
             f"dim must index every tensor's dimensions, got {dim} for shape {tuple(p.shape)}"
         )
@@ -298,40 +340,58 @@ def group_lasso(params: Sequence[Tensor], strength: Strength, dim: int = 0) -> T
     return total * strength
 
 
-def _group_factor(p: Tensor, dim: int, fn) -> Tensor:
+def _group_factor(p: Tensor, dim: int, fn, stacked: bool) -> Tensor:
     """Per-group factor ``fn(norms)`` shaped to broadcast against ``p`` along ``dim``."""
-    norms = _group_norms(p, dim, accumulation_dtype([p]))
-    f = fn(norms)
+    f = fn(_group_norms(p, dim, accumulation_dtype([p]), stacked))
     if p.ndim == 0:
         return f.reshape(())
     shape = [1] * p.ndim
-    shape[dim] = p.shape[dim]
+    if stacked:
+        shape[0] = p.shape[0]
+        if p.ndim > 1:
+            shape[dim % (p.ndim - 1) + 1] = f.shape[1]
+    else:
+        shape[dim] = p.shape[dim]
     return f.reshape(shape)
+
+
+def _col(s: Strength, stacked: bool) -> float | Tensor:
+    return s.reshape(-1, 1) if stacked else s  # type: ignore[union-attr]
 
 
 @torch.no_grad()
 def group_lasso_grad_(
-    grads: Sequence[Tensor], params: Sequence[Tensor], strength: float, dim: int = 0
+    grads: Sequence[Tensor], params: Sequence[Tensor], strength: Strength, dim: int = 0
 ) -> None:
     """``grads_g += strength * w_g / ||w_g||`` (0 for an all-zero group)."""
-    if strength == 0:
+    if not _active(strength):
         return
+    stacked = isinstance(strength, Tensor)
     for g, p in zip(grads, params, strict=True):
-        _check_dim(p, dim)
-        f = _group_factor(p, dim, lambda n: torch.where(n > 0, strength / n.clamp_min(1e-300), 0))
-        g.add_((p * f).to(g.dtype))
+        _check_dim(p, dim, stacked)
+        s = _col(strength.to(p.real.dtype), True) if stacked else strength
+
+        def fn(n, s=s):
+            return torch.where(n > 0, s / torch.clamp(n, min=1e-300), 0)
+
+        g.add_((p * _group_factor(p, dim, fn, stacked)).to(g.dtype))
 
 
 @torch.no_grad()
-def group_lasso_prox_(params: Sequence[Tensor], t: float, dim: int = 0) -> None:
+def group_lasso_prox_(params: Sequence[Tensor], t: Strength, dim: int = 0) -> None:
     """Proximal point of ``t * ||w_g||``: ``w_g * max(0, 1 - t/||w_g||)``; groups with
     ``||w_g|| <= t`` become exact zeros."""
-    if t == 0:
+    if not _active(t):
         return
+    stacked = isinstance(t, Tensor)
     for p in params:
-        _check_dim(p, dim)
-        f = _group_factor(p, dim, lambda n: torch.where(n > t, 1 - t / n.clamp_min(t), 0))
-        p.copy_(p * f)
+        _check_dim(p, dim, stacked)
+        tt = _col(t.to(p.real.dtype), True) if stacked else t
+
+        def fn(n, tt=tt):
+            return torch.where(n > tt, 1 - tt / torch.clamp(n, min=tt), 0)
+
+        p.copy_(p * _group_factor(p, dim, fn, stacked))
 
 
 # --------------------------------------------------------------------------- L2-SP
