@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys as _sys
+import types as _types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -261,3 +263,14 @@ def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         and e.param.requires_grad
         and (e.param.is_floating_point() or e.param.is_complex())
     ]
+
+
+class _CallableModule(_types.ModuleType):
+    """``torchpenalty.select`` is both this module and the function ``tp.select``; with
+    lazy imports Python may bind either to the name, so calling the module selects."""
+
+    def __call__(self, model: nn.Module, **kwargs: Any) -> list[tuple[str, nn.Parameter]]:
+        return select(model, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,413 @@
+"""Training many copies of one model at once: stacked parameters, one optimizer.
+
+Every (strength, fold) pair is one model. The models of a chunk are stacked along a new
+dim 0 (``torch.func.stack_module_state``) and trained together: the forward pass is a
+batched matmul (``baddbmm``) for ``nn.Sequential`` stacks of ``nn.Linear`` and elementwise
+activations, and ``torch.func.vmap(functional_call)`` for any other module. Adam and SGD
+are elementwise, so one optimizer over the stacked tensors is M independent optimizers;
+penalties use per-model strengths (``torchpenalty.functional`` with a 1-D strength).
+
+Determinism: a model's initialization depends on (seed, fold) only, and its mini-batches
+on (seed, fold, epoch) only, so a model gets the same numbers whatever chunk it is
+trained in (``vectorize=False`` is the same code with chunks of one model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..penalties import Penalty
+from ..select import select
+
+__all__ = ["ACTIVATIONS", "Engine", "Problem", "Task"]
+
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Softplus,
+    nn.Identity,
+)
+STACKABLE = ("l2", "l1", "elastic_net", "group_lasso")
+
+
+@dataclass
+class Problem:
+    """Data prepared once: ``X[f]`` is the whole data standardized with fold ``f``'s
+    training statistics (fold ``K`` = all rows, for the refit)."""
+
+    X: Tensor  # (K+1, n, d)
+    Y: Tensor  # (K+1, n, out) float for mse, (n,) long for cross_entropy
+    y_scale: Tensor  # (K+1, out): multiply standardized errors back to the data's units
+    train_idx: list[np.ndarray]  # K+1 entries
+    val_idx: list[np.ndarray]  # K+1 entries (the refit's is empty)
+    loss: str
+    n_max: int = 0
+
+    def __post_init__(self) -> None:
+        self.n_max = max(len(t) for t in self.train_idx)
+
+
+@dataclass
+class Task:
+    """One model: strength ``strengths[i]`` trained on fold ``fold``."""
+
+    i: int
+    fold: int
+    strength: float
+
+
+@dataclass
+class Record:
+    i: int
+    fold: int
+    strength: float
+    val_loss: float
+    train_loss: float
+    param_norm: float
+    zero_fraction: float
+    best_epoch: int
+    val_accuracy: float | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _is_stackable_mlp(model: nn.Module) -> bool:
+    mods = list(model) if isinstance(model, nn.Sequential) else [model]
+    return all(isinstance(m, (nn.Linear, *ACTIVATIONS)) for m in mods) and any(
+        isinstance(m, nn.Linear) for m in mods
+    )
+
+
+class Engine:
+    def __init__(
+        self,
+        make_model: Callable[[], nn.Module],
+        problem: Problem,
+        penalty: Penalty,
+        *,
+        epochs: int,
+        batch_size: int | None,
+        optimizer: str,
+        lr: float,
+        mode: str,
+        seed: int,
+        early_stopping: int | None,
+        forward: str = "auto",
+    ) -> None:
+        if penalty.name not in STACKABLE:
+            raise ValueError(
+                f"penalty must be one of {list(STACKABLE)} for a sweep, got {penalty.name!r}"
+            )
+        self.make_model = make_model
+        self.problem = problem
+        self.penalty = penalty
+        self.epochs = epochs
+        self.batch_size = min(batch_size or problem.n_max, problem.n_max)
+        self.optimizer = optimizer
+        self.lr = lr
+        self.mode = mode
+        self.seed = seed
+        self.early_stopping = early_stopping
+        self._inits: dict[int, dict[str, Tensor]] = {}
+        base = self._module(0)
+        self.base = base
+        self.names = [n for n, _ in base.named_parameters()]
+        self.selected = [n for n, _ in select(base)]
+        self.buffers = {n: b for n, b in base.named_buffers()}
+        if forward == "auto":
+            forward = "bmm" if _is_stackable_mlp(base) and not self.buffers else "vmap"
+        if forward == "bmm" and not _is_stackable_mlp(base):
+            raise ValueError("forward='bmm' needs an nn.Sequential of Linear and activations")
+        self.forward_kind = forward
+
+    # ------------------------------------------------------------------ models
+    def _module(self, fold: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + fold)
+            model = self.make_model()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"make_model must return an nn.Module, got {model!r}")
+        return model
+
+    def init(self, fold: int) -> dict[str, Tensor]:
+        """Initial parameters of every model of ``fold`` (the same for every strength)."""
+        if fold not in self._inits:
+            m = self._module(fold)
+            self._inits[fold] = {n: p.detach().clone() for n, p in m.named_parameters()}
+        return self._inits[fold]
+
+    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        if self.forward_kind == "bmm":
+            h = x
+            mods = (
+                self.base.named_children()
+                if isinstance(self.base, nn.Sequential)
+                else [("", self.base)]
+            )
+            for name, mod in mods:
+                if isinstance(mod, nn.Linear):
+                    pre = f"{name}." if name else ""
+                    w = params[pre + "weight"].transpose(1, 2)
+                    b = params.get(pre + "bias")
+                    h = torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)
+                else:
+                    h = mod(h)
+            return h
+        from torch.func import functional_call, vmap
+
+        buffers = {n: b.expand(x.shape[0], *b.shape) for n, b in self.buffers.items()}
+
+        def one(p, b, xi):
+            return functional_call(self.base, (p, b), (xi,))
+
+        return vmap(one)(params, buffers, x)
+
+    # ------------------------------------------------------------------ batches
+    def batches(self, tasks: list[Task], epoch: int) -> tuple[Tensor, Tensor]:
+        """Row indices ``(M, n_batches, bs)`` and a mask of real rows, for one epoch.
+        Each fold's training rows are shuffled by (seed, fold, epoch) and padded at the
+        front to the longest fold, so padding never fills a whole batch when bs > 1."""
+        bs, n_max = self.batch_size, self.problem.n_max
+        nb = math.ceil(n_max / bs)
+        per_fold = {}
+        for f in {t.fold for t in tasks}:
+            tr = self.problem.train_idx[f]
+            perm = np.random.default_rng([self.seed, f, epoch]).permutation(tr)
+            per_fold[f] = np.concatenate([np.full(nb * bs - len(perm), -1), perm])
+        idx = torch.as_tensor(np.stack([per_fold[t.fold] for t in tasks])).view(len(tasks), nb, bs)
+        mask = idx >= 0
+        return idx.clamp_min(0), mask
+
+    def padded_rows(self, tasks: list[Task], which: str) -> tuple[Tensor, Tensor]:
+        """Each task's ``"train"`` or ``"val"`` rows, padded to one length, and a mask."""
+        rows = [getattr(self.problem, which + "_idx")[t.fold] for t in tasks]
+        n = max(1, max(len(r) for r in rows))
+        idx = torch.zeros(len(tasks), n, dtype=torch.long)
+        mask = torch.zeros(len(tasks), n, dtype=torch.bool)
+        for j, r in enumerate(rows):
+            idx[j, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[j, : len(r)] = True
+        return idx, mask
+
+    def _row_losses(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.problem.loss == "cross_entropy":
+            m, b = out.shape[:2]
+            return nn.functional.cross_entropy(
+                out.reshape(m * b, -1), y.reshape(-1), reduction="none"
+            ).view(m, b)
+        if out.ndim == 2:
+            out = out.unsqueeze(-1)
+        return (out - y).pow(2).mean(-1)
+
+    def _gather(self, folds: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.problem.X[folds[:, None], idx]
+        if self.problem.loss == "cross_entropy":
+            return x, self.problem.Y[idx]
+        return x, self.problem.Y[folds[:, None], idx]
+
+    # ------------------------------------------------------------------ evaluation
+    def _masked_loss(self, params, folds, idx, mask) -> tuple[Tensor, Tensor | None]:
+        """Mean loss (in the data's units) over the masked rows, and accuracy."""
+        x, y = self._gather(folds, idx)
+        out = self.forward(params, x)
+        if self.problem.loss == "mse":
+            o = out if out.ndim == 3 else out.unsqueeze(-1)
+            rows = ((o - y) * self.problem.y_scale[folds].unsqueeze(1)).pow(2).mean(-1)
+            acc = None
+        else:
+            rows = self._row_losses(out, y)
+            acc = _masked_mean((out.argmax(-1) == y).float(), mask)
+        return _masked_mean(rows, mask), acc
+
+    @torch.no_grad()
+    def evaluate(
+        self, params: dict[str, Tensor], tasks: list[Task], folds: Tensor, rows: dict | None = None
+    ) -> dict[str, Tensor]:
+        """Validation and training loss (and accuracy), parameter norm and fraction of
+        exact zeros of every model. ``rows`` caches :meth:`padded_rows`."""
+        rows = rows if rows is not None else {}
+        res = {}
+        for which in ("train", "val"):
+            if which not in rows:
+                rows[which] = self.padded_rows(tasks, which)
+            loss, acc = self._masked_loss(params, folds, *rows[which])
+            res[which] = loss
+            if acc is not None:
+                res[which + "_acc"] = acc
+        sel = [params[nm].detach() for nm in self.selected]
+        if sel:
+            res["norm"] = torch.sqrt(sum(p.pow(2).flatten(1).sum(1) for p in sel))
+            total = sum(p[0].numel() for p in sel)
+            res["zeros"] = sum((p == 0).flatten(1).sum(1) for p in sel) / total
+        else:
+            res["norm"] = torch.zeros(len(tasks))
+            res["zeros"] = torch.zeros(len(tasks))
+        return res
+
+    # ------------------------------------------------------------------ training
+    def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, foreach=True)
+        return torch.optim.SGD(params, lr=self.lr, momentum=0.9, foreach=True)
+
+    def run(
+        self,
+        tasks: list[Task],
+        *,
+        epochs: int | None = None,
+        state: dict[str, Any] | None = None,
+        on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    ) -> tuple[list[Record], dict[str, Tensor]]:
+        """Train ``tasks`` together; return their records and final stacked parameters.
+
+        ``state`` resumes from a snapshot taken by ``on_epoch(epoch, snapshot)``, which is
+        called after every epoch with a function that copies the training state."""
+        epochs = self.epochs if epochs is None else epochs
+        m = len(tasks)
+        folds = torch.tensor([t.fold for t in tasks])
+        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32)
+        params = {
+            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
+            for n in self.names
+        }
+        opt = self._optimizer(list(params.values()))
+        sel = [params[n] for n in self.selected]
+        history: dict[str, list[list[float]]] = {"train": [], "val": []}
+        best_val = torch.full((m,), float("inf"))
+        best_epoch = torch.full((m,), -1, dtype=torch.long)
+        stopped = torch.zeros(m, dtype=torch.bool)
+        best = {n: p.detach().clone() for n, p in params.items()} if self.early_stopping else None
+        start = 0
+        if state is not None:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(state["params"][n])
+            opt.load_state_dict(state["opt"])
+            history = {k: [list(r) for r in v] for k, v in state["history"].items()}
+            best_val, best_epoch, stopped = state["best_val"], state["best_epoch"], state["stopped"]
+            if best is not None:
+                best = {n: t.clone() for n, t in state["best"].items()}
+            start = state["epoch"]
+
+        val_rows = self.padded_rows(tasks, "val")
+        scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
+        for epoch in range(start, epochs):
+            idx, mask = self.batches(tasks, epoch)
+            seen = torch.zeros(m)
+            total = torch.zeros(m)
+            for b in range(idx.shape[1]):
+                x, y = self._gather(folds, idx[:, b])
+                rows = self._row_losses(self.forward(params, x), y)
+                mk = mask[:, b]
+                per_model = (rows * mk).sum(1) / mk.sum(1).clamp_min(1)
+                opt.zero_grad(set_to_none=False)
+                per_model.sum().backward()
+                self._penalty_step(opt, sel, strengths)
+                total += (rows.detach() * mk).sum(1)
+                seen += mk.sum(1)
+            train_loss = total / seen.clamp_min(1)
+            if self.problem.loss == "mse":
+                train_loss = train_loss * scale2
+            with torch.no_grad():
+                val_loss = self._masked_loss(params, folds, *val_rows)[0]
+            history["train"].append(train_loss.tolist())
+            history["val"].append(val_loss.tolist())
+            if self.early_stopping:
+                improved = (val_loss < best_val) & ~stopped
+                best_val = torch.where(improved, val_loss, best_val)
+                best_epoch = torch.where(improved, epoch, best_epoch)
+                for n, p in params.items():
+                    best[n][improved] = p.detach()[improved]
+                stopped |= (epoch - best_epoch) >= self.early_stopping
+            if on_epoch is not None:
+
+                def snapshot(
+                    epoch=epoch, best_val=best_val, best_epoch=best_epoch, stopped=stopped
+                ):
+                    return {
+                        "epoch": epoch + 1,
+                        "params": {n: p.detach().clone() for n, p in params.items()},
+                        "opt": _clone_state(opt.state_dict()),
+                        "history": {k: [list(r) for r in v] for k, v in history.items()},
+                        "best_val": best_val.clone(),
+                        "best_epoch": best_epoch.clone(),
+                        "stopped": stopped.clone(),
+                        "best": {n: t.clone() for n, t in best.items()}
+                        if best is not None
+                        else None,
+                    }
+
+                on_epoch(epoch, snapshot)
+            if self.early_stopping and bool(stopped.all()):
+                break
+
+        final = {n: p.detach() for n, p in params.items()}
+        if best is not None:
+            final = best
+        else:
+            best_epoch = torch.full((m,), len(history["val"]) - 1, dtype=torch.long)
+        ev = self.evaluate(final, tasks, folds)
+        records = []
+        for j, t in enumerate(tasks):
+            records.append(
+                Record(
+                    i=t.i,
+                    fold=t.fold,
+                    strength=t.strength,
+                    val_loss=float(ev["val"][j]),
+                    train_loss=float(ev["train"][j]),
+                    param_norm=float(ev["norm"][j]),
+                    zero_fraction=float(ev["zeros"][j]),
+                    best_epoch=int(best_epoch[j]),
+                    val_accuracy=float(ev["val_acc"][j]) if "val_acc" in ev else None,
+                    history={k: [r[j] for r in v] for k, v in history.items()},
+                )
+            )
+        return records, final
+
+    @torch.no_grad()
+    def _penalty_step(self, opt: torch.optim.Optimizer, sel: list[Tensor], s: Tensor) -> None:
+        pen = self.penalty
+        if self.mode == "grad":
+            pen._grad_([p.grad for p in sel], sel, s, None)
+            opt.step()
+        elif self.mode == "decoupled":
+            tmp = [torch.zeros_like(p) for p in sel]
+            pen._grad_(tmp, sel, s, None)
+            torch._foreach_add_(sel, tmp, alpha=-self.lr)
+            opt.step()
+        else:  # proximal
+            opt.step()
+            pen._prox_(sel, s * self.lr, None)
+
+
+def _clone_state(sd: dict[str, Any]) -> dict[str, Any]:
+    def clone(v):
+        if isinstance(v, Tensor):
+            return v.clone()
+        if isinstance(v, dict):
+            return {k: clone(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clone(x) for x in v]
+        return v
+
+    return clone(sd)
+
+
+def _masked_mean(rows: Tensor, mask: Tensor) -> Tensor:
+    cnt = mask.sum(1)
+    return torch.where(cnt > 0, (rows * mask).sum(1) / cnt.clamp_min(1), float("nan"))
