@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.torchpenalty-installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo tutorial bench clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,14 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
+	$(VENV)/bin/torchpenalty sweep
+
+tutorial: $(STAMP)
 	$(PY) examples/tutorial_done_right.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/sweep_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

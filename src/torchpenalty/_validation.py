@@ -27,6 +27,12 @@ def value_error(name: str, requirement: str, value: Any) -> ValueError:
     return ValueError(_message(name, requirement, value))
 
 
+def described_error(name: str, requirement: str, description: str) -> ValueError:
+    """Like :func:`value_error` for a value too large to repeat: ``description`` says
+    what was received (``"shape (3,)"``, ``"non-finite values"``)."""
+    return ValueError(f"{name} must be {requirement}, got {description}")
+
+
 def check_real(name: str, value: Any) -> float:
     """Return ``value`` as a float, or raise if it is not a real number (bools refused)."""
     if isinstance(value, torch.Tensor):

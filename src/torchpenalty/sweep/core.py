@@ -14,6 +14,7 @@ from .._validation import (
     check_int,
     check_positive,
     check_strength,
+    described_error,
     type_error,
     value_error,
 )
@@ -52,7 +53,7 @@ def _as_array(name: str, v: Any) -> np.ndarray:
     except Exception as e:  # pragma: no cover - exotic inputs
         raise type_error(name, "an array", v) from e
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise type_error(name, "a numeric array", f"array of dtype {a.dtype}")
+        raise TypeError(f"{name} must be a numeric array, got an array of dtype {a.dtype}")
     return a
 
 
@@ -190,22 +191,24 @@ def sweep(
     >>> r.best_strength < 10.0
     True
     """
-    if not callable(make_model):
-        raise type_error("make_model", "a callable returning an nn.Module", make_model)
+    if not callable(make_model) or isinstance(make_model, nn.Module):
+        raise type_error(
+            "make_model", "a callable returning a fresh nn.Module (e.g. lambda: Net())", make_model
+        )
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise type_error("data", "a pair (X, y)", type(data).__name__)
+        raise type_error("data", "a pair (X, y)", data)
     X, y = _as_array("X", data[0]), _as_array("y", data[1])
     if X.ndim != 2:
-        raise value_error("X", "a 2-D array (rows, features)", f"shape {X.shape}")
+        raise described_error("X", "a 2-D array (rows, features)", f"shape {X.shape}")
     if len(y) != len(X):
-        raise value_error("y", f"as many rows as X ({len(X)})", f"{len(y)} rows")
+        raise described_error("y", f"of the same length as X ({len(X)} rows)", f"{len(y)} rows")
     if not np.isfinite(X).all():
-        raise value_error("X", "finite (no NaN or inf)", "non-finite values")
+        raise described_error("X", "finite (no NaN or inf)", "non-finite values")
     loss = check_choice("loss", loss, ("mse", "cross_entropy"))
     if loss == "mse" and not np.isfinite(y.astype(np.float64)).all():
-        raise value_error("y", "finite (no NaN or inf)", "non-finite values")
+        raise described_error("y", "finite (no NaN or inf)", "non-finite values")
     if loss == "mse" and np.all(np.ptp(y.reshape(len(y), -1), axis=0) == 0):
-        raise value_error("y", "not constant", f"every value {y.reshape(-1)[0]!r}")
+        raise described_error("y", "not constant", f"every value {y.reshape(-1)[0].item()!r}")
     folds = check_int("folds", folds, minimum=2)
     if folds > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", folds)
@@ -276,7 +279,7 @@ def sweep(
     start_chunk, snap = 0, None
     if resume is not None:
         if (
-            resume.get("settings", {}) | {"forward": None} != settings | {"forward": None}
+            _comparable(resume.get("settings", {})) != _comparable(settings)
             or resume.get("strengths") != grid
         ):
             raise ValueError("resume must come from a sweep with the same data and settings")
@@ -294,7 +297,7 @@ def sweep(
 
     def state(chunk: int, snapshot: Any) -> dict[str, Any]:
         return {
-            "settings": settings | {"chunk_size": None, "chunks": None},
+            "settings": _comparable(settings),
             "strengths": grid,
             "chunk_size": size,
             "chunk": chunk,
@@ -331,6 +334,11 @@ def sweep(
         result.refit = refit
         result.model = _refit(engine, result, meta, loss, make_model)
     return result
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings that must match for a resume (not the chunking or the forward kind)."""
+    return {k: v for k, v in settings.items() if k not in ("chunk_size", "chunks", "forward")}
 
 
 def _refit(

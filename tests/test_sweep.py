@@ -1,0 +1,243 @@
+"""tp.sweep: vectorized == sequential, selection rules, scikit-learn agreement, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+import torchpenalty as tp
+from torchpenalty.sweep import SweepInterrupted, SweepResult, kfold, stratified_kfold
+from torchpenalty.sweep.engine import Engine, Record
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    return X[:200], y[:200]
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+FAST = {"epochs": 15, "batch_size": 32, "progress": False, "folds": 3}
+GRID = [1e-3, 3e-2, 0.3, 3.0]
+
+
+def _vals(r):
+    return np.array([rec.val_loss for rec in r.records])
+
+
+def test_vectorized_equals_sequential(diabetes):
+    vec = tp.sweep(mlp, diabetes, strengths=GRID, **FAST)
+    seq = tp.sweep(mlp, diabetes, strengths=GRID, vectorize=False, **FAST)
+    vmap = tp.sweep(mlp, diabetes, strengths=GRID, forward="vmap", **FAST)
+    chunked = tp.sweep(mlp, diabetes, strengths=GRID, max_memory_mb=0.4, **FAST)
+    assert vec.settings["forward"] == "bmm" and vmap.settings["forward"] == "vmap"
+    assert seq.settings["chunk_size"] == 1 and 1 < chunked.settings["chunks"] < 12
+    for other in (seq, vmap, chunked):
+        np.testing.assert_allclose(_vals(other), _vals(vec), rtol=1e-4)
+        assert other.best_strength == vec.best_strength
+        assert other.strength_1se == vec.strength_1se
+    # the refit models agree too
+    x = torch.tensor(diabetes[0][:5], dtype=torch.float32)
+    torch.testing.assert_close(vec.model(x), seq.model(x), rtol=1e-4, atol=1e-3)
+
+
+def test_result_table_and_json(diabetes):
+    r = tp.sweep(mlp, diabetes, strengths=GRID, **FAST)
+    assert [row["strength"] for row in r.table] == GRID
+    assert all(row["folds_done"] == 3 for row in r.table)
+    vals = np.array([[rec.val_loss for rec in r.records if rec.i == i] for i in range(4)])
+    np.testing.assert_allclose([row["val_loss_mean"] for row in r.table], vals.mean(1))
+    np.testing.assert_allclose(
+        [row["val_loss_se"] for row in r.table], vals.std(1, ddof=1) / np.sqrt(3)
+    )
+    norms = [row["param_norm_mean"] for row in r.table]
+    assert norms == sorted(norms, reverse=True)  # stronger penalty, smaller weights
+    d = json.loads(r.to_json())
+    assert d["best_strength"] == r.best_strength and d["complete"] is True
+    assert len(d["learning_curves"]["val"]) == FAST["epochs"]
+    assert "SweepResult(4 strengths x 3 folds" in repr(r)
+
+
+def test_one_se_rule_on_a_hand_made_table():
+    # strength: fold losses. min mean at 0.1 (1.0, se 0.1); 1.0 has mean 1.05 <= 1.1
+    folds = {
+        0.01: [1.5, 1.6, 1.7],
+        0.1: [0.9, 1.0, 1.1 + 0.0],
+        1.0: [1.0, 1.05, 1.1],
+        10.0: [2, 2, 2],
+    }
+    recs = [
+        Record(i, k, s, v, 0.0, 0.0, 0.0, 0)
+        for i, (s, vs) in enumerate(folds.items())
+        for k, v in enumerate(vs)
+    ]
+    r = SweepResult(list(folds), 3, recs)
+    se = np.std([0.9, 1.0, 1.1], ddof=1) / np.sqrt(3)
+    assert r.table[1]["val_loss_se"] == pytest.approx(se)
+    assert r.best_strength == 0.1
+    assert r.strength_1se == 1.0
+    r.refit = "1se"
+    assert r.chosen_strength == 1.0
+
+
+def test_linear_sweep_agrees_with_sklearn_ridge_cv(diabetes):
+    X, y = diabetes
+    n_train = len(X) * 4 / 5
+    grid = [float(s) for s in np.logspace(-3, 0.5, 8)]
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), strengths=grid, folds=5, epochs=300,
+                 batch_size=None, optimizer="sgd", lr=0.1, progress=False, refit=False)  # fmt: skip
+    alphas = [tp.to_sklearn_ridge(s, n_train) for s in grid]
+    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": alphas},
+                          cv=kfold(len(X), 5, seed=0), scoring="neg_mean_squared_error")  # fmt: skip
+    search.fit(X, y)
+    sk = -search.cv_results_["mean_test_score"]
+    ours = np.array([row["val_loss_mean"] for row in r.table])
+    np.testing.assert_allclose(ours, sk, rtol=2e-3)  # the same CV curve
+    assert grid[int(np.argmin(sk))] == r.best_strength
+
+
+def test_classification_is_stratified_and_reports_accuracy():
+    X, y = load_iris(return_X_y=True)
+    r = tp.sweep(lambda: nn.Linear(4, 3), (X, y), strengths=[1e-4, 1e-2, 10.0], loss="cross_entropy",
+                 folds=3, epochs=40, lr=0.05, progress=False)  # fmt: skip
+    assert 0.8 < r.table[0]["val_accuracy_mean"] <= 1.0
+    assert r.table[-1]["val_accuracy_mean"] < r.table[0]["val_accuracy_mean"]
+    for _, val in stratified_kfold(y, 3):
+        assert np.abs(np.bincount(y[val]) - 50 / 3).max() <= 1
+    logits = r.model(torch.tensor(X[:10], dtype=torch.float32))
+    assert logits.shape == (10, 3)
+
+
+def test_l1_sweep_gives_exact_zeros_growing_with_strength(diabetes):
+    r = tp.sweep(lambda: nn.Linear(10, 1), diabetes, penalty="l1", strengths=[1e-3, 0.1, 0.5, 5.0],
+                 epochs=60, batch_size=None, lr=0.05, progress=False, folds=3)  # fmt: skip
+    assert r.settings["mode"] == "proximal"
+    zeros = [row["zero_fraction_mean"] for row in r.table]
+    assert zeros == sorted(zeros) and zeros[0] < 0.5 and zeros[-1] == 1.0
+
+
+def test_early_stopping_keeps_the_best_epoch(diabetes):
+    r = tp.sweep(mlp, diabetes, strengths=[1e-4, 1.0], epochs=40, batch_size=16, lr=0.05,
+                 early_stopping=3, progress=False, folds=3, refit=False)  # fmt: skip
+    for rec in r.records:
+        hist = rec.history["val"]
+        assert rec.best_epoch == int(np.argmin(hist))
+        assert rec.val_loss == pytest.approx(min(hist), rel=1e-5)
+        assert len(hist) <= 40
+    assert any(len(rec.history["val"]) < 40 for rec in r.records)  # some stopped early
+
+
+def _interrupt_at(monkeypatch, calls):
+    real = Engine._penalty_step
+    count = {"n": 0}
+
+    def step(self, *a):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(Engine, "_penalty_step", step)
+
+
+@pytest.mark.parametrize("budget", [2048.0, 0.4])  # one chunk, or many chunks
+def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypatch, budget):
+    kw = dict(strengths=GRID, max_memory_mb=budget, **FAST)
+    full = tp.sweep(mlp, diabetes, **kw)
+    _interrupt_at(monkeypatch, 37)  # mid-epoch, mid-chunk
+    with pytest.raises(SweepInterrupted) as info:
+        tp.sweep(mlp, diabetes, **kw)
+    state = info.value.state
+    assert state["snapshot"] is not None or state["records"]
+    monkeypatch.undo()
+    resumed = tp.sweep(mlp, diabetes, resume=state, **kw)
+    np.testing.assert_allclose(_vals(resumed), _vals(full), rtol=1e-6)
+    assert resumed.best_strength == full.best_strength
+    with pytest.raises(ValueError, match="resume must come from a sweep with the same"):
+        tp.sweep(mlp, diabetes, resume=state, **{**kw, "epochs": 3})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"strengths": [0.1, -1.0]}, ValueError, r"strengths must be a finite number >= 0, got -1.0"),
+        ({"strengths": []}, ValueError, r"strengths must be a non-empty list"),
+        ({"penalty": "orthogonal"}, ValueError, r"penalty must be one of 'l2', .*got 'orthogonal'"),
+        ({"penalty": "ridge2"}, ValueError, r"name must be one of"),
+        ({"mode": "loss"}, ValueError, r"mode must be one of 'grad', 'decoupled', 'proximal', got 'loss'"),
+        ({"folds": 1}, ValueError, r"folds must be an integer >= 2, got 1"),
+        ({"folds": 500}, ValueError, r"folds must be at most the number of rows \(200\), got 500"),
+        ({"epochs": 0}, ValueError, r"epochs must be an integer >= 1, got 0"),
+        ({"lr": float("nan")}, ValueError, r"lr must be a finite number > 0, got nan"),
+        ({"loss": "mae"}, ValueError, r"loss must be one of 'mse', 'cross_entropy', got 'mae'"),
+        ({"optimizer": "lbfgs"}, ValueError, r"optimizer must be one of 'adam', 'sgd', got 'lbfgs'"),
+        ({"refit": "last"}, ValueError, r"refit must be 'best', '1se' or False, got 'last'"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_argument_errors(diabetes, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tp.sweep(mlp, diabetes, **{"progress": False, **kwargs})
+
+
+def test_data_errors():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="X must be finite"):
+        tp.sweep(mlp, (np.where(X > 1.5, np.nan, X), X[:, 0]), progress=False)
+    with pytest.raises(ValueError, match=r"y must be not constant, got every value 1.0"):
+        tp.sweep(mlp, (X, np.ones(20)), progress=False)
+    with pytest.raises(
+        ValueError, match=r"y must be of the same length as X \(20 rows\), got 19 rows"
+    ):
+        tp.sweep(mlp, (X, X[:19, 0]), progress=False)
+    with pytest.raises(ValueError, match=r"X must be a 2-D array"):
+        tp.sweep(mlp, (X[:, 0], X[:, 0]), progress=False)
+    with pytest.raises(TypeError, match=r"make_model must be a callable"):
+        tp.sweep(nn.Linear(3, 1), (X, X[:, 0]), progress=False)
+    with pytest.raises(TypeError, match=r"make_model must return an nn.Module, got 3"):
+        tp.sweep(lambda: 3, (X, X[:, 0]), progress=False)
+
+
+def test_default_strengths_span_both_regimes(diabetes):
+    from torchpenalty.sweep import default_strengths
+
+    grid = default_strengths()
+    assert len(grid) == 13 and grid[0] == 1e-5 and grid[-1] == 10.0
+    r = tp.sweep(mlp, diabetes, epochs=15, batch_size=32, folds=3, progress=False, refit=False)
+    t = r.table  # under-regularized end overfits, over-regularized end underfits
+    assert t[0]["train_loss_mean"] < t[0]["val_loss_mean"]
+    assert t[-1]["param_norm_mean"] < 0.01 * t[0]["param_norm_mean"]
+
+
+def test_plots(diabetes, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = tp.sweep(mlp, diabetes, strengths=GRID, **FAST)
+    for kind in ("validation", "norm", "learning"):
+        fig, ax = plt.subplots()
+        disp = r.plot(ax=ax, kind=kind)
+        assert disp.ax_ is ax and disp.figure_ is fig
+        assert ax.get_title()
+        fig.savefig(tmp_path / f"{kind}.png")
+        plt.close(fig)
+    assert r.plot(kind="validation").ax_.get_xscale() == "log"
+    with pytest.raises(
+        ValueError, match=r"kind must be one of 'validation', 'norm', 'learning', got 'pie'"
+    ):
+        r.plot(kind="pie")
+    plt.close("all")
