@@ -45,13 +45,15 @@ class SweepInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def _as_array(name: str, v: Any) -> np.ndarray:
+def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu().numpy()
     try:
         a = np.asarray(v)
     except Exception as e:  # pragma: no cover - exotic inputs
         raise type_error(name, "an array", v) from e
+    if labels and a.dtype.kind in "USb":  # class labels may be text
+        return a
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got an array of dtype {a.dtype}")
     return a
@@ -195,16 +197,16 @@ def sweep(
         raise type_error(
             "make_model", "a callable returning a fresh nn.Module (e.g. lambda: Net())", make_model
         )
+    loss = check_choice("loss", loss, ("mse", "cross_entropy"))
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise type_error("data", "a pair (X, y)", data)
-    X, y = _as_array("X", data[0]), _as_array("y", data[1])
+    X, y = _as_array("X", data[0]), _as_array("y", data[1], labels=loss == "cross_entropy")
     if X.ndim != 2:
         raise described_error("X", "a 2-D array (rows, features)", f"shape {X.shape}")
     if len(y) != len(X):
         raise described_error("y", f"of the same length as X ({len(X)} rows)", f"{len(y)} rows")
     if not np.isfinite(X).all():
         raise described_error("X", "finite (no NaN or inf)", "non-finite values")
-    loss = check_choice("loss", loss, ("mse", "cross_entropy"))
     if loss == "mse" and not np.isfinite(y.astype(np.float64)).all():
         raise described_error("y", "finite (no NaN or inf)", "non-finite values")
     if loss == "mse" and np.all(np.ptp(y.reshape(len(y), -1), axis=0) == 0):

@@ -1,0 +1,286 @@
+"""The command line end to end: default run, CSV/NPZ fixtures good and bad, resume,
+explain, --help without torch; and the data loader under hypothesis-generated CSVs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchpenalty import cli
+from torchpenalty import data as data_mod
+from torchpenalty.sweep.engine import Engine
+
+QUICK = ["--quiet", "--epochs", "4", "--strengths", "1e-3:1:4", "--folds", "3"]
+
+
+def run(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from torchpenalty.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip().endswith("False")
+    assert "sweep" in res.stdout and "explain" in res.stdout
+
+
+def test_default_sweep_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run(["sweep", "--out", str(out), *QUICK], capsys)
+    assert code == 0
+    assert f"report: {out / 'report.json'}" in stdout and "best strength:" in stdout
+    names = sorted(os.listdir(out))
+    assert names == [
+        "learning.png",
+        "model.pt",
+        "norm.png",
+        "report.json",
+        "sweep.csv",
+        "validation.png",
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True
+    assert report["data"]["source"] == "sklearn:diabetes" and report["data"]["rows"] == 442
+    assert report["inputs"]["strengths"] == "1e-3:1:4"
+    assert len(report["table"]) == 4 and report["best_strength"] in [
+        r["strength"] for r in report["table"]
+    ]
+    assert set(report["versions"]) >= {"torch", "torchpenalty", "numpy", "python"}
+    csv_rows = (out / "sweep.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("strength,val_loss_mean,val_loss_se") and len(csv_rows) == 5
+    # the model loads without unpickling code and predicts in the data's units
+    from torchpenalty.cli import build_model_factory
+    from torchpenalty.sweep import StandardizedModel
+
+    state = torch.load(out / "model.pt", weights_only=True)
+    model = StandardizedModel(build_model_factory("mlp:32,32", 10, 1)(), state["x_mean"], state["x_std"],
+                              state["y_mean"], state["y_std"])  # fmt: skip
+    model.load_state_dict(state)
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    pred = model(torch.tensor(X, dtype=torch.float32)).detach().numpy().ravel()
+    assert 50 < pred.mean() < 250  # target units, not standardized ones
+
+
+def test_csv_classification_inferred(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    labels = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    path = tmp_path / "d.csv"
+    with open(path, "w") as f:
+        f.write("a,b,c,label\n")
+        for row, lab in zip(X, labels):
+            f.write(",".join(f"{v:.4f}" for v in row) + f",{lab}\n")
+    out = tmp_path / "run"
+    code, stdout, err = run(["sweep", "--data", str(path), "--target", "label", "--model", "linear",
+                             "--out", str(out), *QUICK], capsys)  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["task"] == "classification"
+    assert report["model"]["classes"] == ["no", "yes"]
+    assert "val_accuracy_mean" in report["table"][0]
+
+
+def test_npz_regression(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 4))
+    np.savez(tmp_path / "d.npz", X=X, y=X @ np.arange(4.0) + rng.normal(size=50) * 0.1)
+    code, _, err = run(
+        ["sweep", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "r"), *QUICK], capsys
+    )
+    assert code == 0, err
+
+
+BAD_CSV = [
+    ("missing.csv", None, "y", r"no such file: .*missing.csv"),
+    ("d.csv", "a,b,y\n1,2,3\n4,5,6\n" * 1, "target", r"no column 'target' in the CSV; columns are \['a', 'b', 'y'\]"),
+    ("d.csv", "a,b,y\n1,2,3\n4,x5,6\n", "y", r"row 3, column 'b': 'x5' is not a number"),
+    ("d.csv", "a,b,y\n1,2,3\n4,nan,6\n", "y", r"row 3, column 'b': 'nan' is not a finite number"),
+    ("d.csv", "a,b,y\n1,2,3\n4,inf,6\n", "y", r"row 3, column 'b': 'inf' is not a finite number"),
+    ("d.csv", "a,b,y\n1,,3\n", "y", r"row 2, column 'b': empty cell"),
+    ("d.csv", "a,b,y\n1,2\n", "y", r"row 2: 2 cells, the header has 3"),
+    ("d.csv", "", "y", r"the CSV file is empty"),
+    ("d.csv", "a,b,y\n", "y", r"the CSV has a header but no data rows"),
+    ("d.csv", "a,a,y\n1,2,3\n", "y", r"duplicate column names in the header: \['a'\]"),
+    ("d.csv", "a,b,y\n" + "".join(f"{i},{i * 2},7.5\n" for i in range(20)), "y", r"the target column 'y' is constant"),
+    ("d.csv", "a,b,y\n" + "".join(f"{i},{i % 3},{i * 0.5}\n" for i in range(6)), "y", r"too few rows \(6\) for 5 folds: need at least 10"),
+    ("d.txt", "a,b\n1,2\n", "y", r"the data file must end in .csv or .npz"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "content", "target", "match"), BAD_CSV)
+def test_bad_files_get_one_line_and_exit_2(tmp_path, capsys, name, content, target, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    code, stdout, err = run(
+        ["sweep", "--data", str(path), "--target", target, "--out", str(tmp_path / "r"), "--quiet"],
+        capsys,
+    )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchpenalty: error: ")
+    import re
+
+    assert re.search(match, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_bad_npz(tmp_path, capsys):
+    np.savez(tmp_path / "obj.npz", X=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    code, _, err = run(["sweep", "--data", str(tmp_path / "obj.npz"), "--quiet"], capsys)
+    assert code == 2 and "cannot be read without unpickling" in err
+    np.savez(tmp_path / "nan.npz", X=np.array([[1.0, np.nan]] * 12), y=np.arange(12.0))
+    code, _, err = run(["sweep", "--data", str(tmp_path / "nan.npz"), "--quiet"], capsys)
+    assert code == 2 and "row 0, column 1: nan is not a finite number" in err
+    np.savez(tmp_path / "noy.npz", X=np.zeros((12, 2)))
+    code, _, err = run(["sweep", "--data", str(tmp_path / "noy.npz"), "--quiet"], capsys)
+    assert code == 2 and "must hold arrays 'X' and 'y'" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--strengths", "1:0.1:5"], r"--strengths must be LO:HI:N"),
+        (["--strengths", "a,b"], r"--strengths must be LO:HI:N .*got 'a,b'"),
+        (["--strengths=-1,2"], r"--strengths must be .*got .-1,2."),
+        (["--model", "mlp:"], r"--model must be 'linear' or 'mlp:W1,W2"),
+        (["--model", "resnet"], r"--model must be"),
+        (["--penalty", "l3"], r"--penalty: name must be one of"),
+        (
+            ["--penalty", "orthogonal"],
+            r"penalty must be one of 'l2', 'l1', 'elastic_net', 'group_lasso'",
+        ),
+        (["--folds", "1"], r"too few rows|--folds must be >= 2"),
+        (["--lr", "-1"], r"--lr must be a finite number > 0, got -1.0"),
+        (["--dataset", "mnist"], r"dataset must be one of"),
+    ],
+)
+def test_bad_options(capsys, tmp_path, args, match):
+    import re
+
+    code, _, err = run(["sweep", "--quiet", "--out", str(tmp_path / "r"), *args], capsys)
+    assert code == 2 and re.search(match, err), err
+    assert "Traceback" not in err
+
+
+def test_unknown_option_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "--colour", "red"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --colour red" in capsys.readouterr().err
+
+
+def test_interrupt_then_resume(tmp_path, capsys, monkeypatch):
+    args = ["sweep", "--quiet", "--epochs", "6", "--strengths", "1e-3:1:3", "--folds", "3"]
+    ref = tmp_path / "ref"
+    assert run([*args, "--out", str(ref)], capsys)[0] == 0
+
+    real = Engine._penalty_step
+    count = {"n": 0}
+
+    def flaky(self, *a):
+        count["n"] += 1
+        if count["n"] == 20:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(Engine, "_penalty_step", flaky)
+    out = tmp_path / "run"
+    code, _, err = run([*args, "--out", str(out)], capsys)
+    assert code == 130
+    assert f"torchpenalty sweep --resume {out}" in err
+    partial = json.loads((out / "report.json").read_text())
+    assert partial["complete"] is False
+    assert (out / "checkpoint.pt").exists()
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # nothing half-written
+    monkeypatch.undo()
+
+    code, stdout, err = run(["sweep", "--quiet", "--resume", str(out)], capsys)
+    assert code == 0, err
+    done = json.loads((out / "report.json").read_text())
+    want = json.loads((ref / "report.json").read_text())
+    assert done["complete"] is True and not (out / "checkpoint.pt").exists()
+    np.testing.assert_allclose([r["val_loss_mean"] for r in done["table"]],
+                               [r["val_loss_mean"] for r in want["table"]], rtol=1e-6)  # fmt: skip
+    code, _, err = run(["sweep", "--resume", str(out)], capsys)
+    assert code == 2 and "already finished" in err
+    code, _, err = run(["sweep", "--resume", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "no report.json there" in err
+
+
+def test_explain_command(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        def make():
+            return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    """)
+    )
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run(["explain", "mymodels:make"], capsys)
+    assert code == 0
+    assert "1.weight  (8,)    no           normalization module (LayerNorm)" in stdout
+    assert "2 of 6 parameters regularized" in stdout
+    code, _, err = run(["explain", "mymodels:nope"], capsys)
+    assert code == 2 and "has no callable 'nope'" in err
+    code, _, err = run(["explain", "nomodule:make"], capsys)
+    assert code == 2 and "cannot import 'nomodule'" in err
+    code, _, err = run(["explain", "mymodels:make", "--include", "enc.*"], capsys)
+    assert code == 2 and "include must match at least one parameter" in err
+
+
+def test_write_atomic_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)  # Ctrl-C in the middle of the write
+    with pytest.raises(KeyboardInterrupt):
+        cli.write_atomic(str(target), "new and longer")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["report.json"]  # the temporary file is gone
+    monkeypatch.undo()
+    cli.write_atomic(str(target), "new")
+    assert target.read_text() == "new"
+
+
+# ---------------------------------------------------------------------------- fuzzing
+cells = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-5, 5).map(str),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6),
+    st.just(""),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(cells, min_size=0, max_size=5), min_size=0, max_size=8),
+    st.sampled_from([None, "y", "c0", "missing"]),
+    st.sampled_from([None, "regression", "classification"]),
+)
+def test_generated_csvs_never_crash_the_loader(rows, target, task):
+    text = "\n".join(",".join(r) for r in rows)
+    try:
+        X, y, names, t = data_mod.read_csv(io.StringIO(text), target, task)
+    except data_mod.DataError as e:
+        assert "\n" not in str(e).strip()
+        return
+    assert X.ndim == 2 and len(X) == len(y) and np.isfinite(X).all()
+    assert t in ("regression", "classification")
