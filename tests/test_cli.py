@@ -70,7 +70,7 @@ def test_default_sweep_writes_a_complete_report(tmp_path, capsys):
     model.load_state_dict(state)
     from sklearn.datasets import load_diabetes
 
-    X, y = load_diabetes(return_X_y=True)
+    X, _y = load_diabetes(return_X_y=True)
     pred = model(torch.tensor(X, dtype=torch.float32)).detach().numpy().ravel()
     assert 50 < pred.mean() < 250  # target units, not standardized ones
 
@@ -85,7 +85,7 @@ def test_csv_classification_inferred(tmp_path, capsys):
         for row, lab in zip(X, labels):
             f.write(",".join(f"{v:.4f}" for v in row) + f",{lab}\n")
     out = tmp_path / "run"
-    code, stdout, err = run(["sweep", "--data", str(path), "--target", "label", "--model", "linear",
+    code, _stdout, err = run(["sweep", "--data", str(path), "--target", "label", "--model", "linear",
                              "--out", str(out), *QUICK], capsys)  # fmt: skip
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
@@ -126,7 +126,7 @@ def test_bad_files_get_one_line_and_exit_2(tmp_path, capsys, name, content, targ
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
-    code, stdout, err = run(
+    code, _stdout, err = run(
         ["sweep", "--data", str(path), "--target", target, "--out", str(tmp_path / "r"), "--quiet"],
         capsys,
     )
@@ -209,7 +209,7 @@ def test_interrupt_then_resume(tmp_path, capsys, monkeypatch):
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # nothing half-written
     monkeypatch.undo()
 
-    code, stdout, err = run(["sweep", "--quiet", "--resume", str(out)], capsys)
+    code, _stdout, err = run(["sweep", "--quiet", "--resume", str(out)], capsys)
     assert code == 0, err
     done = json.loads((out / "report.json").read_text())
     want = json.loads((ref / "report.json").read_text())
@@ -278,7 +278,7 @@ cells = st.one_of(
 def test_generated_csvs_never_crash_the_loader(rows, target, task):
     text = "\n".join(",".join(r) for r in rows)
     try:
-        X, y, names, t = data_mod.read_csv(io.StringIO(text), target, task)
+        X, y, _names, t = data_mod.read_csv(io.StringIO(text), target, task)
     except data_mod.DataError as e:
         assert "\n" not in str(e).strip()
         return
