@@ -136,8 +136,8 @@ def sweep(
     penalty: str | Penalty | dict = "l2",
     loss: str = "mse",
     folds: int = 5,
-    epochs: int = 200,
-    batch_size: int | None = None,
+    epochs: int = 100,
+    batch_size: int | None = 64,
     optimizer: str = "adam",
     lr: float = 1e-2,
     mode: str | None = None,
@@ -167,7 +167,8 @@ def sweep(
         loss: ``"mse"`` or ``"cross_entropy"`` (folds are then stratified).
         folds: K of K-fold cross-validation (shuffled with ``seed``).
         epochs, batch_size, optimizer, lr: training (``batch_size=None``: full batch;
-            ``optimizer`` ``"adam"`` or ``"sgd"`` with momentum 0.9).
+            ``optimizer`` ``"adam"`` or ``"sgd"`` with momentum 0.9). Mini-batches are where
+            vectorizing pays most: the sequential loop is bound by per-step overhead.
         mode: how the penalty is applied: ``"grad"``, ``"decoupled"`` or ``"proximal"``;
             default ``"proximal"`` for L1, elastic net and group lasso (exact zeros) and
             ``"grad"`` for L2.
@@ -181,6 +182,9 @@ def sweep(
             ``best_strength`` / ``strength_1se``; ``result.model`` then takes raw ``X``.
         max_memory_mb: models are trained in chunks that fit this budget.
         resume: the ``state`` of a :class:`SweepInterrupted` to continue from.
+        forward: ``"bmm"`` (hand-batched ``baddbmm``, for ``nn.Sequential`` of ``nn.Linear``
+            and elementwise activations), ``"vmap"`` (``torch.func.vmap`` of
+            ``functional_call``, any module) or ``"auto"`` (``bmm`` where it applies).
         on_chunk: called with the sweep's ``state`` after each finished chunk.
 
     Returns:
