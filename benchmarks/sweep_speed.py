@@ -21,7 +21,9 @@ import torchpenalty as tp
 
 
 def mlp():
-    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    return nn.Sequential(
+        nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
 
 
 def timed(**kw):
@@ -52,8 +54,12 @@ def main(argv=None):
         same = r_bmm.best_strength == r_seq.best_strength
         print(f"\n{name}")
         print(f"  sequential (65 models one at a time): {t_seq:7.2f} s")
-        print(f"  vectorized, bmm forward:              {t_bmm:7.2f} s   speed-up {t_seq / t_bmm:5.1f}x")
-        print(f"  vectorized, vmap forward:             {t_vmap:7.2f} s   speed-up {t_seq / t_vmap:5.1f}x")
+        print(
+            f"  vectorized, bmm forward:              {t_bmm:7.2f} s   speed-up {t_seq / t_bmm:5.1f}x"
+        )
+        print(
+            f"  vectorized, vmap forward:             {t_vmap:7.2f} s   speed-up {t_seq / t_vmap:5.1f}x"
+        )
         print(f"  same best strength: {same} ({r_bmm.best_strength:g})")
         out[name] = {"sequential": t_seq, "bmm": t_bmm, "vmap": t_vmap}
 
@@ -63,7 +69,9 @@ def main(argv=None):
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     print(f"\nwhere the vectorized ({name}, bmm) time goes, by operator (self CPU time):")
     for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]:
-        print(f"  {e.key:40s} {e.self_cpu_time_total / 1e3:8.1f} ms  {100 * e.self_cpu_time_total / total:5.1f}%")
+        print(
+            f"  {e.key:40s} {e.self_cpu_time_total / 1e3:8.1f} ms  {100 * e.self_cpu_time_total / total:5.1f}%"
+        )
     return out
 
 
