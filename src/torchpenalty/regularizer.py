@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_config, check_int, type_error
+from .functional import accumulation_dtype
 from .optim import AttachHandle, attach
 from .penalties import Penalty
 from .select import Matcher, _entries, check_matchers, matches, select_entries
@@ -107,6 +108,13 @@ class Regularizer:
         self._device = next((p.device for _, p, _ in entries), None)
         if self._device is None:
             self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        # Strengths as 0-d tensors, refreshed in place when the step advances: a compiled
+        # loss reads them as inputs, so a schedule never triggers a recompilation.
+        self._strengths = [
+            torch.zeros((), dtype=accumulation_dtype(b.params), device=b.params[0].device)
+            for b in self._bindings
+        ]
+        self._refresh()
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -135,8 +143,8 @@ class Regularizer:
         """
         n = check_int("accumulation_steps", accumulation_steps, minimum=1)
         total: Tensor | None = None
-        for b in self._bindings:
-            v = b.penalty.value(b.params, step=self._step, names=b.names)
+        for b, s in zip(self._bindings, self._strengths, strict=True):
+            v = b.penalty.value(b.params, names=b.names, strength=s)
             total = v if total is None else total + v.to(total.device)
         if total is None:
             return torch.zeros((), device=self._device)
@@ -181,6 +189,13 @@ class Regularizer:
     def step(self) -> None:
         """Advance strength schedules by one optimizer step."""
         self._step += 1
+        self._refresh()
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        for b, s in zip(self._bindings, self._strengths, strict=True):
+            if callable(b.penalty.strength) or self._step == 0:  # schedules, or the first fill
+                s.fill_(b.penalty.strength_at(self._step))
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step}
@@ -190,6 +205,7 @@ class Regularizer:
             "state", dict(state) if isinstance(state, Mapping) else state, ("step",), ("step",)
         )
         self._step = check_int("state['step']", state["step"], minimum=0)
+        self._refresh()
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{b.penalty!r}: {len(b.params)} tensors" for b in self._bindings)
