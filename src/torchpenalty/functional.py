@@ -61,6 +61,7 @@ __all__ = [
     "orthogonal",
     "orthogonal_grad_",
     "soft_threshold_",
+    "stochastic_round",
     "sum_abs",
     "sum_squares",
 ]
@@ -185,6 +186,28 @@ def _per(p: Tensor, s: float | Tensor) -> float | Tensor:
 
 def _active(s: float | Tensor) -> bool:
     return isinstance(s, Tensor) or s != 0
+
+
+# --------------------------------------------------------------------------- rounding
+def stochastic_round(
+    x: Tensor, dtype: torch.dtype, generator: torch.Generator | None = None
+) -> Tensor:
+    """Round ``x`` (float32) to ``dtype`` (float16 / bfloat16) up or down at random, with
+    probability proportional to closeness, so that the result is ``x`` in expectation:
+    small updates survive on average instead of rounding away.
+
+    >>> x = torch.full((100_000,), 1.0 - 1e-3)   # between bf16's 0.99609375 and 1.0
+    >>> torch.bfloat16 and round(stochastic_round(x, torch.bfloat16).float().mean().item(), 3)
+    0.999
+    """
+    r = x.to(dtype)
+    r32 = r.to(x.dtype)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=x.device)
+    other = torch.nextafter(r, torch.where(x > r32, inf, -inf))
+    gap = (other.to(x.dtype) - r32).abs()
+    p = torch.where(gap > 0, (x - r32).abs() / torch.where(gap > 0, gap, 1), 0)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.where(u < p, other, r)
 
 
 # --------------------------------------------------------------------------- L2

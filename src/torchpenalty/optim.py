@@ -22,15 +22,19 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_strength, type_error
+from .functional import stochastic_round
 from .select import Matcher, select, trainable
 
 if TYPE_CHECKING:  # pragma: no cover
     from .regularizer import Regularizer
 
-__all__ = ["MODES", "AttachHandle", "param_groups"]
+__all__ = ["MODES", "ROUNDINGS", "AttachHandle", "param_groups"]
 
 #: Modes of ``Regularizer.attach``.
 MODES = ("grad", "decoupled", "independent", "proximal", "loss")
+#: How decoupled and proximal steps write float16 / bfloat16 weights.
+ROUNDINGS = ("stochastic", "compensated", "nearest")
+_LOW = (torch.float16, torch.bfloat16)
 
 
 def param_groups(
@@ -79,9 +83,17 @@ class AttachHandle:
     Also a context manager that removes on exit."""
 
     def __init__(
-        self, reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str, advance: bool
+        self,
+        reg: Regularizer,
+        optimizer: torch.optim.Optimizer,
+        mode: str,
+        advance: bool,
+        rounding: str = "stochastic",
     ):
         self.mode = mode
+        self.rounding = rounding
+        #: float32 rounding residuals of float16/bfloat16 weights (``rounding="compensated"``)
+        self.residuals: dict[int, torch.Tensor] = {}
         self.optimizer = optimizer
         self._reg = reg
         self._advance = advance
@@ -152,6 +164,47 @@ class AttachHandle:
                 if params:
                     fn(g, binding.penalty, params, names)
 
+    def _write(self, params: list, names: list, op: Callable[[list, list], None]) -> None:
+        """Run the in-place ``op`` on ``params``; float16/bfloat16 weights are updated in
+        float32 and written back by ``self.rounding``, so that a decay smaller than half
+        a unit in the last place is not rounded away."""
+        low = [i for i, p in enumerate(params) if p.dtype in _LOW]
+        if self.rounding == "nearest" or not low:
+            op(params, names)
+            return
+        high = [i for i in range(len(params)) if params[i].dtype not in _LOW]
+        if high:
+            op([params[i] for i in high], [names[i] for i in high])
+        wide = []
+        for i in low:
+            w = params[i].float()
+            if self.rounding == "compensated":
+                res = self.residuals.get(id(params[i]))
+                if res is not None:
+                    w += res
+            wide.append(w)
+        op(wide, [names[i] for i in low])
+        for i, w in zip(low, wide, strict=True):
+            p = params[i]
+            if self.rounding == "stochastic":
+                p.copy_(stochastic_round(w, p.dtype))
+            else:
+                p.copy_(w)
+                self.residuals[id(p)] = w - p.float()
+
+    def _update(self, step: int) -> None:
+        """The decoupled / independent decay or the proximal step, with each group's lr."""
+
+        def run(g, pen, params, names):
+            lr = _lr(g)
+            if self.mode == "independent":
+                lr0 = self._lr0(g)
+                lr = lr / lr0 if lr0 else 0.0
+            fn = pen.prox_ if self.mode == "proximal" else pen.decay_
+            self._write(params, names, lambda ps, ns: fn(ps, lr, step=step, names=ns))
+
+        self._each(run)
+
     # ------------------------------------------------------------------ hooks
     @staticmethod
     def _skipped(optimizer) -> bool:
@@ -178,27 +231,15 @@ class AttachHandle:
                     torch._foreach_add_(grads, tmp)
 
             self._each(add_grad)
-        elif self.mode == "decoupled":
-            self._each(
-                lambda g, pen, params, names: pen.decay_(params, _lr(g), step=step, names=names)
-            )
-        else:  # independent
-
-            def independent(g, pen, params, names):
-                lr0 = self._lr0(g)
-                pen.decay_(params, _lr(g) / lr0 if lr0 else 0.0, step=step, names=names)
-
-            self._each(independent)
+        else:  # decoupled or independent: w <- w - lr_eff * grad P(w) before the update
+            self._update(step)
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
         if self._skipped(optimizer):
             return
         if self.mode == "proximal":
-            step = self._reg.step_count
-            self._each(
-                lambda g, pen, params, names: pen.prox_(params, _lr(g), step=step, names=names)
-            )
+            self._update(self._reg.step_count)
         if self._advance:
             self._reg.step()
 
@@ -220,11 +261,17 @@ class AttachHandle:
 
 
 def attach(
-    reg: Regularizer, optimizer: Any, mode: str, *, advance_schedule: bool = True
+    reg: Regularizer,
+    optimizer: Any,
+    mode: str,
+    *,
+    advance_schedule: bool = True,
+    rounding: str = "stochastic",
 ) -> AttachHandle:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
     check_choice("mode", mode, MODES)
+    check_choice("rounding", rounding, ROUNDINGS)
     if mode == "proximal":
         for b in reg._bindings:
             if not b.penalty.has_prox:
@@ -232,4 +279,4 @@ def attach(
                     f"mode must be one of 'grad', 'decoupled', 'independent' for "
                     f"{type(b.penalty).__name__}, which has no proximal operator, got 'proximal'"
                 )
-    return AttachHandle(reg, optimizer, mode, advance_schedule)
+    return AttachHandle(reg, optimizer, mode, advance_schedule, rounding)

@@ -171,14 +171,28 @@ class Regularizer:
 
     # ------------------------------------------------------------------ optimizer
     def attach(
-        self, optimizer: torch.optim.Optimizer, mode: str = "grad", *, advance_schedule: bool = True
+        self,
+        optimizer: torch.optim.Optimizer,
+        mode: str = "grad",
+        *,
+        advance_schedule: bool = True,
+        rounding: str = "stochastic",
     ) -> AttachHandle:
         """Apply the penalty through ``optimizer``'s step hooks; returns a handle with
         ``.remove()``. ``mode`` is ``"grad"``, ``"decoupled"``, ``"independent"``,
         ``"proximal"`` or ``"loss"`` (only advances the schedule; add ``reg()`` to the
         loss yourself). Parameters without a ``.grad`` are left alone, as torch.optim does.
+
+        ``rounding`` decides how decoupled and proximal steps write float16/bfloat16
+        weights, where a decay like ``lr * s = 1e-5`` is far below half a unit in the last
+        place and rounds away entirely (``torch.optim.AdamW`` on bf16 weights of 1.0 leaves
+        them at 1.0 forever): ``"stochastic"`` (default) rounds the float32 result up or
+        down at random so the decay survives in expectation, with no extra memory;
+        ``"compensated"`` keeps a float32 residual per weight (2 extra bytes per bf16 weight)
+        and is exact and deterministic; ``"nearest"`` does what torch.optim does. Float32
+        and float64 weights are unaffected.
         """
-        return attach(self, optimizer, mode, advance_schedule=advance_schedule)
+        return attach(self, optimizer, mode, advance_schedule=advance_schedule, rounding=rounding)
 
     # ------------------------------------------------------------------ schedule state
     @property
