@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ._validation import check_choice, check_strength, type_error
+from .distributed import local
 from .functional import stochastic_round
 from .select import Matcher, select, trainable
 
@@ -76,6 +77,13 @@ def param_groups(
 def _lr(group: dict[str, Any]) -> float:
     lr = group.get("lr", 0.0)
     return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+class _Batch(NamedTuple):
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    names: list[str]
+    keys: list[int]  # id() of the parameters (stable across local views)
 
 
 class AttachHandle:
@@ -150,24 +158,30 @@ class AttachHandle:
                 )
                 return
 
-    def _each(self, fn: Callable[[dict, Any, list, list], None]) -> None:
+    def _each(self, fn: Callable[[dict, Any, _Batch], None]) -> None:
+        """Call ``fn(group, penalty, batch)`` for every optimizer group and penalty with
+        the regularized parameters that have a gradient (as torch.optim: no grad, no
+        update), as local shards for DTensors (no communication)."""
         bindings = self._reg._bindings
         for g, items in self._groups():
             for b, positions in items:
                 binding = bindings[b]
-                params, names = [], []
+                batch = _Batch([], [], [], [])
                 for i in positions:
                     p = binding.params[i]
-                    if p.grad is not None:  # as torch.optim: no grad, no update
-                        params.append(p)
-                        names.append(binding.names[i])
-                if params:
-                    fn(g, binding.penalty, params, names)
+                    if p.grad is not None:
+                        batch.params.append(local(p))
+                        batch.grads.append(local(p.grad))
+                        batch.names.append(binding.names[i])
+                        batch.keys.append(id(p))
+                if batch.params:
+                    fn(g, binding.penalty, batch)
 
-    def _write(self, params: list, names: list, op: Callable[[list, list], None]) -> None:
-        """Run the in-place ``op`` on ``params``; float16/bfloat16 weights are updated in
-        float32 and written back by ``self.rounding``, so that a decay smaller than half
-        a unit in the last place is not rounded away."""
+    def _write(self, batch: _Batch, op: Callable[[list, list], None]) -> None:
+        """Run the in-place ``op(params, names)`` on the batch; float16/bfloat16 weights
+        are updated in float32 and written back by ``self.rounding``, so that a decay
+        smaller than half a unit in the last place is not rounded away."""
+        params, names = batch.params, batch.names
         low = [i for i, p in enumerate(params) if p.dtype in _LOW]
         if self.rounding == "nearest" or not low:
             op(params, names)
@@ -179,7 +193,7 @@ class AttachHandle:
         for i in low:
             w = params[i].float()
             if self.rounding == "compensated":
-                res = self.residuals.get(id(params[i]))
+                res = self.residuals.get(batch.keys[i])
                 if res is not None:
                     w += res
             wide.append(w)
@@ -190,18 +204,18 @@ class AttachHandle:
                 p.copy_(stochastic_round(w, p.dtype))
             else:
                 p.copy_(w)
-                self.residuals[id(p)] = w - p.float()
+                self.residuals[batch.keys[i]] = w - p.float()
 
     def _update(self, step: int) -> None:
         """The decoupled / independent decay or the proximal step, with each group's lr."""
 
-        def run(g, pen, params, names):
+        def run(g, pen, batch):
             lr = _lr(g)
             if self.mode == "independent":
                 lr0 = self._lr0(g)
                 lr = lr / lr0 if lr0 else 0.0
             fn = pen.prox_ if self.mode == "proximal" else pen.decay_
-            self._write(params, names, lambda ps, ns: fn(ps, lr, step=step, names=ns))
+            self._write(batch, lambda ps, ns: fn(ps, lr, step=step, names=ns))
 
         self._each(run)
 
@@ -220,8 +234,8 @@ class AttachHandle:
         if self.mode == "grad":
             scale = getattr(optimizer, "grad_scale", None)  # GradScaler deferring unscale
 
-            def add_grad(g, pen, params, names):
-                grads = [p.grad for p in params]
+            def add_grad(g, pen, batch):
+                params, grads, names = batch.params, batch.grads, batch.names
                 if scale is None:
                     pen.grad_(grads, params, step=step, names=names)
                 else:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_config, check_int, type_error
+from .distributed import check_sharding, is_ddp_find_unused, local, plain
 from .functional import accumulation_dtype
 from .optim import AttachHandle, attach
 from .penalties import Penalty
@@ -104,6 +105,9 @@ class Regularizer:
         self.model = model
         self.penalty = penalty
         self._bindings = list(bindings.values())
+        for b in self._bindings:
+            check_sharding(b.penalty, b.names, b.params)
+        self._ddp_find_unused = is_ddp_find_unused(model)
         self._step = 0
         self._device = next((p.device for _, p, _ in entries), None)
         if self._device is None:
@@ -142,9 +146,17 @@ class Regularizer:
         loss, so that one optimizer step sees the penalty once.
         """
         n = check_int("accumulation_steps", accumulation_steps, minimum=1)
+        if self._ddp_find_unused and torch.is_grad_enabled():
+            raise RuntimeError(
+                "reg() in the loss cannot be used with DistributedDataParallel("
+                "find_unused_parameters=True): a penalized parameter that the forward pass "
+                "did not use would get its gradient after DDP marked it ready, and backward "
+                "fails. Use reg.attach(optimizer, mode='grad') instead (the same update, no "
+                "autograd), or build DDP with find_unused_parameters=False."
+            )
         total: Tensor | None = None
         for b, s in zip(self._bindings, self._strengths, strict=True):
-            v = b.penalty.value(b.params, names=b.names, strength=s)
+            v = plain(b.penalty.value(b.params, names=b.names, strength=s))
             total = v if total is None else total + v.to(total.device)
         if total is None:
             return torch.zeros((), device=self._device)
@@ -163,8 +175,8 @@ class Regularizer:
             live = [(n, p) for n, p in zip(b.names, b.params, strict=True) if p.grad is not None]
             if live:
                 b.penalty.grad_(
-                    [p.grad for _, p in live],
-                    [p for _, p in live],
+                    [local(p.grad) for _, p in live],
+                    [local(p) for _, p in live],
                     step=self._step,
                     names=[n for n, _ in live],
                 )

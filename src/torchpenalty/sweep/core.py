@@ -18,6 +18,7 @@ from .._validation import (
     type_error,
     value_error,
 )
+from ..distributed import all_gather_objects, world
 from ..penalties import Penalty, get
 from .engine import STACKABLE, Engine, Problem, Record, Task
 from .folds import Standardizer, kfold, stratified_kfold
@@ -281,8 +282,13 @@ def sweep(
         "forward": engine.forward_kind,
     }
     size = _chunk_size(engine, max_memory_mb, engine.batch_size, X.shape[0]) if vectorize else 1
+    rank, world_size = world()
+    if world_size > 1:  # under torchrun: every rank gets a share of the grid
+        size = min(size, -(-len(tasks) // world_size))
     records: list[Record] = []
     start_chunk, snap = 0, None
+    if resume is not None and world_size > 1:
+        raise ValueError("resume is not supported under torch.distributed; resume in one process")
     if resume is not None:
         if (
             _comparable(resume.get("settings", {})) != _comparable(settings)
@@ -296,7 +302,12 @@ def sweep(
     settings["chunk_size"] = size
     settings["chunks"] = len(chunks)
 
-    bar = _progress(progress, total=len(chunks) * epochs, initial=start_chunk * epochs)
+    mine = [c for c in range(start_chunk, len(chunks)) if c % world_size == rank]
+    bar = _progress(
+        progress and rank == 0,
+        total=(len(mine) + start_chunk) * epochs,
+        initial=start_chunk * epochs,
+    )
     if bar is not None and snap is not None:
         bar.update(snap["epoch"])
     last: dict[str, Any] = {"snapshot": snap}
@@ -318,7 +329,7 @@ def sweep(
 
     c = start_chunk
     try:
-        for c in range(start_chunk, len(chunks)):
+        for c in mine:
             recs, _ = engine.run(chunks[c], state=snap, on_epoch=on_epoch)
             if bar is not None and engine.early_stopping:
                 bar.update(epochs - len(recs[0].history["val"]) if recs else 0)
@@ -333,6 +344,10 @@ def sweep(
         raise SweepInterrupted(state(c, last["snapshot"]), partial) from None
     if bar is not None:
         bar.close()
+    if world_size > 1:  # gather the table on every rank
+        gathered = all_gather_objects([r.to_dict() for r in records])
+        records = [Record(**d) for part in gathered for d in part]
+        settings["world_size"] = world_size
 
     records.sort(key=lambda r: (r.i, r.fold))
     result = SweepResult(grid, folds, records, settings)
