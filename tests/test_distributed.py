@@ -3,12 +3,12 @@ training in a single process on the concatenated batch (1e-6)."""
 
 from __future__ import annotations
 
+import dist_worker as w
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import dist_worker as w
 import torchpenalty as tp
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
@@ -23,7 +23,7 @@ def ranks(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(w.SCENARIOS))
 def test_matches_single_process(ranks, name):
-    wrapper, mode, penalty, optimizer = w.SCENARIOS[name]
+    _wrapper, mode, penalty, optimizer = w.SCENARIOS[name]
     ref = w.train(None, mode, penalty, optimizer)
     for r in ranks:
         res = r[name]
@@ -62,7 +62,7 @@ def test_whole_tensor_penalties_refused_on_shards(ranks):
 
 
 def test_sweep_splits_the_grid_and_gathers_the_table(ranks):
-    X, Y = w.data()
+    X, _Y = w.data()
     X = torch.cat([X] * 5)
     y = (
         X[:, 0]
