@@ -164,4 +164,5 @@ def run(rank, world, store, out_dir):
             results["special"] = {"error": traceback.format_exc()}
     finally:
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()
         dist.destroy_process_group()
