@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = [
@@ -102,6 +102,35 @@ def _norms(tensors: Sequence[Tensor], ord: float) -> Tensor:
     return torch.stack(parts)
 
 
+_DOT_MIN = 1 << 14  # elements from which a CPU BLAS dot beats the norm kernel
+
+
+def _sum_sq(tensors: Sequence[Tensor]) -> Tensor:
+    """``sum |w|**2`` in the accumulation dtype, on the first tensor's device. Large
+    contiguous float32/float64 CPU tensors use a BLAS dot (about twice the speed of the
+    CPU norm kernel); everything else goes through one ``_foreach_norm`` per bucket."""
+    acc = accumulation_dtype(tensors)
+    device = tensors[0].device
+    dots, rest = [], []
+    for t in tensors:
+        if (
+            t.device.type == "cpu"
+            and t.dtype in (torch.float32, torch.float64)
+            and t.numel() >= _DOT_MIN
+            and t.is_contiguous()
+            and type(t) in (Tensor, nn.Parameter)
+        ):
+            flat = t.view(-1)
+            dots.append(torch.dot(flat, flat).to(acc))
+        else:
+            rest.append(t)
+    total = torch.stack(dots).sum() if dots else None
+    if rest:
+        sq = _norms(rest, 2.0).square().sum().to(device)
+        total = sq if total is None else total + sq
+    return total
+
+
 def _scaled(tensors: Sequence[Tensor], scale: Tensor) -> list[Tensor]:
     """``t * scale`` for each tensor, computed in each tensor's own dtype."""
     out: list[Tensor | None] = [None] * len(tensors)
@@ -119,7 +148,7 @@ class _SumSquares(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *tensors: Tensor) -> Tensor:
         ctx.save_for_backward(*tensors)
-        return _norms(tensors, 2.0).square().sum()
+        return _sum_sq(tensors)
 
     @staticmethod
     @once_differentiable
@@ -159,7 +188,7 @@ def sum_squares(tensors: Sequence[Tensor]) -> Tensor:
         return _zero(tensors)
     if any(t.requires_grad for t in tensors) and torch.is_grad_enabled():
         return _SumSquares.apply(*tensors)
-    return _norms(tensors, 2.0).square().sum()
+    return _sum_sq(tensors)
 
 
 def sum_abs(tensors: Sequence[Tensor]) -> Tensor:
