@@ -223,18 +223,27 @@ def test_attach_errors_and_double_decay_warning():
         reg(accumulation_steps=0)
 
 
-def test_grad_mode_with_grad_scaler_matches_fp32():
-    """GradScaler unscales before step(): the penalty's gradient is added to unscaled
-    gradients. And with an optimizer that defers unscaling (grad_scale attribute), the
-    penalty's gradient is scaled to match."""
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1),  # GradScaler unscales before step()
+        lambda ps: torch.optim.Adam(ps, lr=0.01, fused=True),  # the kernel unscales
+    ],
+    ids=["unscaled-before-step", "fused-deferred-unscale"],
+)
+def test_grad_mode_with_grad_scaler_matches_fp32(make_opt):
+    """With GradScaler, grad mode gives the unscaled run's result: the penalty gradient is
+    added to unscaled gradients, or scaled to match when a fused optimizer defers
+    unscaling to its kernel (GradScaler then sets ``grad_scale`` on the optimizer)."""
     torch.manual_seed(0)
     x = torch.randn(8, 5)
     base = nn.Sequential(nn.Linear(5, 10), nn.ReLU(), nn.Linear(10, 5))
     ref, scaled = copy.deepcopy(base), copy.deepcopy(base)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_ref, opt = make_opt(ref.parameters()), make_opt(scaled.parameters())
     tp.Regularizer(ref, tp.L2(0.5)).attach(opt_ref, mode="grad")
-    opt = torch.optim.SGD(scaled.parameters(), lr=0.1)
     tp.Regularizer(scaled, tp.L2(0.5)).attach(opt, mode="grad")
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(getattr(o, "grad_scale", None)))
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     for _ in range(3):
         opt_ref.zero_grad()
@@ -244,29 +253,9 @@ def test_grad_mode_with_grad_scaler_matches_fp32():
         scaler.scale(scaled(x).pow(2).mean()).backward()
         scaler.step(opt)
         scaler.update()
+    fused = opt.defaults.get("fused")
+    assert all((s is not None) == bool(fused) for s in seen)  # the intended path was taken
     for p, q in zip(ref.parameters(), scaled.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-
-    # a fused optimizer defers unscaling to its kernel (GradScaler sets grad_scale on it):
-    # the hook sees scaled grads and must scale the penalty's gradient to match
-    ref, fused = copy.deepcopy(base), copy.deepcopy(base)
-    opt_ref = torch.optim.Adam(ref.parameters(), lr=0.01, fused=True)
-    tp.Regularizer(ref, tp.L2(0.5)).attach(opt_ref, mode="grad")
-    opt = torch.optim.Adam(fused.parameters(), lr=0.01, fused=True)
-    tp.Regularizer(fused, tp.L2(0.5)).attach(opt, mode="grad")
-    seen = []
-    opt.register_step_pre_hook(lambda o, a, k: seen.append(getattr(o, "grad_scale", None)))
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    for _ in range(3):
-        opt_ref.zero_grad()
-        ref(x).pow(2).mean().backward()
-        opt_ref.step()
-        opt.zero_grad()
-        scaler.scale(fused(x).pow(2).mean()).backward()
-        scaler.step(opt)
-        scaler.update()
-    assert all(s is not None for s in seen)  # the deferred-unscale path was taken
-    for p, q in zip(ref.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 

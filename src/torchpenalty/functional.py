@@ -378,18 +378,24 @@ def _check_dim(p: Tensor, dim: int, stacked: bool = False) -> None:
         )
 
 
+def _per_tensor_total(params: Sequence[Tensor], fn) -> Tensor:
+    """``sum_p fn(p, acc)`` for penalties that need each tensor's shape (no foreach)."""
+    acc = accumulation_dtype(params)
+    device = params[0].device
+    total = _zero(params)
+    for p in params:
+        total = total + fn(p, acc).to(device=device, dtype=acc)
+    return total
+
+
 def group_lasso(params: Sequence[Tensor], strength: Strength, dim: int = 0) -> Tensor:
     """``strength * sum_g ||w_g||_2`` where each ``w_g`` is a slice of a tensor along ``dim``
     (``dim=0``: one group per output unit of a Linear, per filter of a Conv)."""
     if not params:
         return _zero(params)
-    acc = accumulation_dtype(params)
-    device = params[0].device
-    total = _zero(params)
     for p in params:
         _check_dim(p, dim)
-        total = total + _group_norms(p, dim, acc).sum().to(device)
-    return total * strength
+    return _per_tensor_total(params, lambda p, acc: _group_norms(p, dim, acc).sum()) * strength
 
 
 def _group_factor(p: Tensor, dim: int, fn, stacked: bool) -> Tensor:
@@ -496,15 +502,12 @@ def orthogonal(params: Sequence[Tensor], strength: Strength) -> Tensor:
     """``strength * ||M M^H - I||_F**2`` summed over tensors (soft orthogonality)."""
     if not params:
         return _zero(params)
-    acc = accumulation_dtype(params)
-    device = params[0].device
-    total = _zero(params)
-    for p in params:
-        m, _ = _gram_operand(p, acc)
-        r = _gram_residual(m)
-        r = torch.view_as_real(r) if r.is_complex() else r
-        total = total + r.square().sum().to(device=device, dtype=acc)
-    return total * strength
+
+    def one(p: Tensor, acc: torch.dtype) -> Tensor:
+        r = _gram_residual(_gram_operand(p, acc)[0])
+        return (torch.view_as_real(r) if r.is_complex() else r).square().sum()
+
+    return _per_tensor_total(params, one) * strength
 
 
 @torch.no_grad()

@@ -48,36 +48,36 @@ class Schedule:
         return hash(repr(self))
 
 
-class Linear(Schedule):
+class _Ramp(Schedule):
+    """From ``start`` to ``end`` over ``steps`` steps, then flat."""
+
+    _params = ("start", "end", "steps")
+
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        self.start = check_strength("start", start)
+        self.end = check_strength("end", end)
+        self.steps = check_int("steps", steps, minimum=1)
+
+    def _frac(self, step: int) -> float:
+        return min(max(step, 0), self.steps) / self.steps
+
+
+class Linear(_Ramp):
     """``start + (end - start) * min(step, steps) / steps``: linear ramp, then flat."""
 
     name = "linear"
-    _params = ("start", "end", "steps")
-
-    def __init__(self, start: float, end: float, steps: int) -> None:
-        self.start = check_strength("start", start)
-        self.end = check_strength("end", end)
-        self.steps = check_int("steps", steps, minimum=1)
 
     def __call__(self, step: int) -> float:
-        frac = min(max(step, 0), self.steps) / self.steps
-        return self.start + (self.end - self.start) * frac
+        return self.start + (self.end - self.start) * self._frac(step)
 
 
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """``end + (start - end) * (1 + cos(pi * min(step, steps) / steps)) / 2``."""
 
     name = "cosine"
-    _params = ("start", "end", "steps")
-
-    def __init__(self, start: float, end: float, steps: int) -> None:
-        self.start = check_strength("start", start)
-        self.end = check_strength("end", end)
-        self.steps = check_int("steps", steps, minimum=1)
 
     def __call__(self, step: int) -> float:
-        frac = min(max(step, 0), self.steps) / self.steps
-        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * frac)) / 2
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * self._frac(step))) / 2
 
 
 class Exponential(Schedule):
