@@ -216,6 +216,8 @@ def test_attach_errors_and_double_decay_warning():
         reg.attach(other, mode="grad")
     with pytest.warns(UserWarning, match="decayed twice"):
         reg.attach(torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-2), mode="grad")
+    with pytest.warns(UserWarning, match="AdamW's default is weight_decay=0.01"):
+        reg.attach(torch.optim.AdamW(model.parameters()), mode="loss")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reg.attach(torch.optim.AdamW(tp.param_groups(model, 0.0)), mode="decoupled")

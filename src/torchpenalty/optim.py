@@ -146,14 +146,13 @@ class AttachHandle:
         return self._plan
 
     def _warn_double_decay(self) -> None:
-        if self.mode == "loss":
-            return
         for g, items in self._groups():
             if items and g.get("weight_decay", 0):
                 warnings.warn(
                     f"optimizer group has weight_decay={g['weight_decay']} on parameters the "
-                    f"Regularizer also penalizes in mode={self.mode!r}: they are decayed twice. "
-                    "Build the optimizer with weight_decay=0 or with tp.param_groups().",
+                    f"Regularizer also penalizes (mode={self.mode!r}): they are decayed twice "
+                    "(note torch.optim.AdamW's default is weight_decay=0.01). Build the "
+                    "optimizer with weight_decay=0, or use tp.param_groups() alone.",
                     stacklevel=4,
                 )
                 return
