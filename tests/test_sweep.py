@@ -241,3 +241,32 @@ def test_plots(diabetes, tmp_path):
     ):
         r.plot(kind="pie")
     plt.close("all")
+
+
+def test_interrupt_during_refit_keeps_the_cross_validation(diabetes, monkeypatch):
+    import torchpenalty.sweep.core as core
+
+    kw = dict(strengths=GRID, **FAST)
+    full = tp.sweep(mlp, diabetes, **kw)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "_refit", boom)
+    with pytest.raises(SweepInterrupted) as info:
+        tp.sweep(mlp, diabetes, **kw)
+    assert info.value.result.complete and len(info.value.state["records"]) == len(GRID) * 3
+    monkeypatch.undo()
+    calls = {"n": 0}
+    real = Engine.run
+
+    def counting(self, tasks, **k):
+        calls["n"] += 1
+        return real(self, tasks, **k)
+
+    monkeypatch.setattr(Engine, "run", counting)
+    resumed = tp.sweep(mlp, diabetes, resume=info.value.state, **kw)
+    assert calls["n"] == 1  # only the refit ran again
+    np.testing.assert_allclose(_vals(resumed), _vals(full), rtol=1e-6)
+    x = torch.tensor(diabetes[0][:4], dtype=torch.float32)
+    torch.testing.assert_close(resumed.model(x), full.model(x))

@@ -353,7 +353,10 @@ def sweep(
     result = SweepResult(grid, folds, records, settings)
     if refit:
         result.refit = refit
-        result.model = _refit(engine, result, meta, loss, make_model)
+        try:
+            result.model = _refit(engine, result, meta, loss, make_model)
+        except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
+            raise SweepInterrupted(state(len(chunks), None), result) from None
     return result
 
 
