@@ -270,3 +270,28 @@ def test_interrupt_during_refit_keeps_the_cross_validation(diabetes, monkeypatch
     np.testing.assert_allclose(_vals(resumed), _vals(full), rtol=1e-6)
     x = torch.tensor(diabetes[0][:4], dtype=torch.float32)
     torch.testing.assert_close(resumed.model(x), full.model(x))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1)),
+        lambda: nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1)),
+    ],
+    ids=["dropout", "batchnorm"],
+)
+def test_models_with_dropout_and_batch_norm(diabetes, make):
+    """Dropout draws per-model masks and is off for evaluation; batch norm keeps per-model
+    running statistics, used for evaluation and carried into the refit model."""
+    r = tp.sweep(make, diabetes, strengths=[1e-3, 0.1], **FAST)
+    seq = tp.sweep(make, diabetes, strengths=[1e-3, 0.1], vectorize=False, **FAST)
+    assert r.settings["forward"] == "vmap"
+    # same up to dropout's random masks / Adam amplifying rounding noise in a pre-norm bias
+    np.testing.assert_allclose(_vals(r), _vals(seq), rtol=0.1)
+    model = r.model
+    assert not model.training
+    x = torch.tensor(diabetes[0][:8], dtype=torch.float32)
+    torch.testing.assert_close(model(x), model(x))  # deterministic in evaluation
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    if bn:
+        assert bn[0].num_batches_tracked > 0 and bn[0].running_mean.abs().sum() > 0

@@ -118,8 +118,8 @@ def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> in
         for m in engine.base.modules()
     ]
     try:
-        with torch.no_grad():
-            engine.base(engine.problem.X[0, :1])
+        with torch.no_grad(), engine._mode(False):
+            engine.base(engine.problem.X[0, :2])
     except Exception:  # a model that cannot run one row: assume activations ~ parameters
         acts = [n_params]
     finally:

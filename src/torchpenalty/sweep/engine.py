@@ -14,8 +14,9 @@ trained in (``vectorize=False`` is the same code with chunks of one model).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,13 +145,28 @@ class Engine:
         return model
 
     def init(self, fold: int) -> dict[str, Tensor]:
-        """Initial parameters of every model of ``fold`` (the same for every strength)."""
+        """Initial parameters and buffers of every model of ``fold`` (the same for every
+        strength)."""
         if fold not in self._inits:
             m = self._module(fold)
-            self._inits[fold] = {n: p.detach().clone() for n, p in m.named_parameters()}
+            named = [*m.named_parameters(), *m.named_buffers()]
+            self._inits[fold] = {n: t.detach().clone() for n, t in named}
         return self._inits[fold]
 
-    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    @contextlib.contextmanager
+    def _mode(self, training: bool) -> Iterator[None]:
+        """Dropout and batch norm behave as in training or as in evaluation."""
+        was = self.base.training
+        self.base.train(training)
+        try:
+            yield
+        finally:
+            self.base.train(was)
+
+    def forward(self, state: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Outputs ``(M, rows, ...)`` of the M stacked models in ``state`` (parameters and
+        buffers) on their inputs ``x`` of shape ``(M, rows, features)``."""
+        params = {n: state[n] for n in self.names}
         if self.forward_kind == "bmm":
             h = x
             mods = (
@@ -169,12 +185,14 @@ class Engine:
             return h
         from torch.func import functional_call, vmap
 
-        buffers = {n: b.expand(x.shape[0], *b.shape) for n, b in self.buffers.items()}
+        buffers = {n: state[n] for n in self.buffers}
 
         def one(p, b, xi):
             return functional_call(self.base, (p, b), (xi,))
 
-        return vmap(one)(params, buffers, x)
+        # each model draws its own dropout masks ("different"): with dropout, vectorized
+        # and one-at-a-time runs agree in distribution, not bit for bit
+        return vmap(one, randomness="different")(params, buffers, x)
 
     # ------------------------------------------------------------------ batches
     def batches(self, tasks: list[Task], epoch: int) -> tuple[Tensor, Tensor]:
@@ -220,10 +238,12 @@ class Engine:
         return x, self.problem.Y[folds[:, None], idx]
 
     # ------------------------------------------------------------------ evaluation
-    def _masked_loss(self, params, folds, idx, mask) -> tuple[Tensor, Tensor | None]:
-        """Mean loss (in the data's units) over the masked rows, and accuracy."""
+    def _masked_loss(self, state, folds, idx, mask) -> tuple[Tensor, Tensor | None]:
+        """Mean loss (in the data's units) over the masked rows, and accuracy, with the
+        models in evaluation mode."""
         x, y = self._gather(folds, idx)
-        out = self.forward(params, x)
+        with self._mode(False):
+            out = self.forward(state, x)
         if self.problem.loss == "mse":
             o = out if out.ndim == 3 else out.unsqueeze(-1)
             rows = ((o - y) * self.problem.y_scale[folds].unsqueeze(1)).pow(2).mean(-1)
@@ -235,7 +255,7 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(
-        self, params: dict[str, Tensor], tasks: list[Task], folds: Tensor, rows: dict | None = None
+        self, state: dict[str, Tensor], tasks: list[Task], folds: Tensor, rows: dict | None = None
     ) -> dict[str, Tensor]:
         """Validation and training loss (and accuracy), parameter norm and fraction of
         exact zeros of every model. ``rows`` caches :meth:`padded_rows`."""
@@ -244,11 +264,11 @@ class Engine:
         for which in ("train", "val"):
             if which not in rows:
                 rows[which] = self.padded_rows(tasks, which)
-            loss, acc = self._masked_loss(params, folds, *rows[which])
+            loss, acc = self._masked_loss(state, folds, *rows[which])
             res[which] = loss
             if acc is not None:
                 res[which + "_acc"] = acc
-        sel = [params[nm].detach() for nm in self.selected]
+        sel = [state[nm].detach() for nm in self.selected]
         if sel:
             res["norm"] = torch.sqrt(sum(p.pow(2).flatten(1).sum(1) for p in sel))
             total = sum(p[0].numel() for p in sel)
@@ -272,7 +292,8 @@ class Engine:
         state: dict[str, Any] | None = None,
         on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
     ) -> tuple[list[Record], dict[str, Tensor]]:
-        """Train ``tasks`` together; return their records and final stacked parameters.
+        """Train ``tasks`` together; return their records and final stacked state
+        (parameters and buffers).
 
         ``state`` resumes from a snapshot taken by ``on_epoch(epoch, snapshot)``, which is
         called after every epoch with a function that copies the training state."""
@@ -284,18 +305,20 @@ class Engine:
             n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
             for n in self.names
         }
+        buffers = {n: torch.stack([self.init(t.fold)[n] for t in tasks]) for n in self.buffers}
+        live = {**params, **buffers}  # what the forward pass reads
         opt = self._optimizer(list(params.values()))
         sel = [params[n] for n in self.selected]
         history: dict[str, list[list[float]]] = {"train": [], "val": []}
         best_val = torch.full((m,), float("inf"))
         best_epoch = torch.full((m,), -1, dtype=torch.long)
         stopped = torch.zeros(m, dtype=torch.bool)
-        best = {n: p.detach().clone() for n, p in params.items()} if self.early_stopping else None
+        best = {n: t.detach().clone() for n, t in live.items()} if self.early_stopping else None
         start = 0
         if state is not None:
             with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(state["params"][n])
+                for n, t in live.items():
+                    t.copy_(state["params"][n])
             opt.load_state_dict(state["opt"])
             history = {k: [list(r) for r in v] for k, v in state["history"].items()}
             best_val, best_epoch, stopped = state["best_val"], state["best_epoch"], state["stopped"]
@@ -311,7 +334,8 @@ class Engine:
             total = torch.zeros(m)
             for b in range(idx.shape[1]):
                 x, y = self._gather(folds, idx[:, b])
-                rows = self._row_losses(self.forward(params, x), y)
+                with self._mode(True):
+                    rows = self._row_losses(self.forward(live, x), y)
                 mk = mask[:, b]
                 per_model = (rows * mk).sum(1) / mk.sum(1).clamp_min(1)
                 opt.zero_grad(set_to_none=False)
@@ -323,15 +347,15 @@ class Engine:
             if self.problem.loss == "mse":
                 train_loss = train_loss * scale2
             with torch.no_grad():
-                val_loss = self._masked_loss(params, folds, *val_rows)[0]
+                val_loss = self._masked_loss(live, folds, *val_rows)[0]
             history["train"].append(train_loss.tolist())
             history["val"].append(val_loss.tolist())
             if self.early_stopping:
                 improved = (val_loss < best_val) & ~stopped
                 best_val = torch.where(improved, val_loss, best_val)
                 best_epoch = torch.where(improved, epoch, best_epoch)
-                for n, p in params.items():
-                    best[n][improved] = p.detach()[improved]
+                for n, t in live.items():
+                    best[n][improved] = t.detach()[improved]
                 stopped |= (epoch - best_epoch) >= self.early_stopping
             if on_epoch is not None:
 
@@ -340,7 +364,7 @@ class Engine:
                 ):
                     return {
                         "epoch": epoch + 1,
-                        "params": {n: p.detach().clone() for n, p in params.items()},
+                        "params": {n: t.detach().clone() for n, t in live.items()},
                         "opt": _clone_state(opt.state_dict()),
                         "history": {k: [list(r) for r in v] for k, v in history.items()},
                         "best_val": best_val.clone(),
@@ -355,7 +379,7 @@ class Engine:
             if self.early_stopping and bool(stopped.all()):
                 break
 
-        final = {n: p.detach() for n, p in params.items()}
+        final = {n: t.detach() for n, t in live.items()}
         if best is not None:
             final = best
         else:
