@@ -67,6 +67,20 @@ class Regularizer:
     ``reg.value()`` a detached float for logging. Strength schedules advance once per
     optimizer step when attached (any mode, ``mode="loss"`` only advances), or by
     ``reg.step()``.
+
+    >>> import torch, torchpenalty as tp
+    >>> from torch import nn
+    >>> net = nn.Linear(2, 1)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.copy_(torch.tensor([[3.0, 4.0]]))
+    >>> reg = tp.Regularizer(net, tp.L2(0.1))
+    >>> reg.value()   # 0.1/2 * (9 + 16); the bias is not regularized
+    1.25
+    >>> sgd = torch.optim.SGD(net.parameters(), lr=1.0)
+    >>> handle = reg.attach(sgd, mode="decoupled")
+    >>> net.weight.grad = torch.zeros_like(net.weight); net.bias.grad = torch.zeros_like(net.bias)
+    >>> sgd.step(); net.weight.data   # w * (1 - lr * s)
+    tensor([[2.7000, 3.6000]])
     """
 
     def __init__(

@@ -223,7 +223,13 @@ def explain(
     model: nn.Module, *, include: Matcher | None = None, exclude: Matcher | None = None
 ) -> Explanation:
     """Every parameter of ``model`` (tied aliases included) with whether the rule
-    regularizes it and why. ``print()`` it for a table."""
+    regularizes it and why. ``print()`` it for a table.
+
+    >>> from torch import nn
+    >>> rows = explain(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    >>> [(r.name, r.regularized, r.reason) for r in rows][:3]
+    [('0.weight', True, 'weight (ndim >= 2)'), ('0.bias', False, 'bias'), ('1.weight', False, 'normalization module (BatchNorm1d)')]
+    """
     return Explanation(
         ExplainRow(e.name, tuple(e.param.shape), ok, why)
         for e, ok, why in _rule(model, include, exclude)
@@ -249,7 +255,13 @@ def select_entries(
 def select(
     model: nn.Module, *, include: Matcher | None = None, exclude: Matcher | None = None
 ) -> list[tuple[str, nn.Parameter]]:
-    """The ``(name, parameter)`` pairs the rule regularizes, in model order, each once."""
+    """The ``(name, parameter)`` pairs the rule regularizes, in model order, each once.
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    >>> [n for n, _ in select(net)], [n for n, _ in select(net, include="*", exclude="2.*")]
+    (['0.weight', '2.weight'], ['0.weight', '0.bias'])
+    """
     return [(n, p) for n, p, _ in select_entries(model, include=include, exclude=exclude)]
 
 
