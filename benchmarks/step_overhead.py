@@ -16,7 +16,10 @@ variant, minus that of the unregularized variant (CPU has no allocator statistic
 glibc mmap threshold makes RSS follow live tensors). Finally
 ``reg.value()`` is timed against one read pass over the same tensors (``p.sum()`` each).
 
-Run: ``python benchmarks/step_overhead.py`` (``--quick`` for a smoke run).
+On a GPU (``--device cuda``) steps are timed between ``torch.cuda.synchronize()`` calls and
+peak memory is ``torch.cuda.max_memory_allocated()`` of each variant.
+
+Run: ``python benchmarks/step_overhead.py`` (``--quick`` for a smoke run, ``--device cuda``).
 """
 
 from __future__ import annotations
@@ -58,10 +61,11 @@ def tutorial_penalty(model, lam):
     return lam * total / 2
 
 
-def build(variant, sizes, batch):
+def build(variant, sizes, batch, device="cpu"):
     torch.manual_seed(0)
-    model = mlp(sizes)
-    x, y = torch.randn(batch, sizes[0]), torch.randn(batch, sizes[-1])
+    model = mlp(sizes).to(device)
+    x = torch.randn(batch, sizes[0], device=device)
+    y = torch.randn(batch, sizes[-1], device=device)
     reg = tp.Regularizer(model, tp.L2(S))
     if variant == "param_groups fused":
         opt = torch.optim.SGD(tp.param_groups(model, S), lr=1e-3, fused=True)
@@ -83,16 +87,23 @@ def build(variant, sizes, batch):
     return step, model, reg
 
 
-def time_steps(sizes, batch, rounds, warmup):
-    steps = {v: build(v, sizes, batch)[0] for v in VARIANTS}
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(sizes, batch, rounds, warmup, device="cpu"):
+    steps = {v: build(v, sizes, batch, device)[0] for v in VARIANTS}
     for step in steps.values():
         for _ in range(warmup):
             step()
     times = {v: [] for v in VARIANTS}
     for _ in range(rounds):
         for v, step in steps.items():  # interleaved: drift hits every variant alike
+            _sync(device)
             t0 = time.perf_counter()
             step()
+            _sync(device)
             times[v].append(time.perf_counter() - t0)
     return {v: statistics.median(t) for v, t in times.items()}
 
@@ -116,8 +127,19 @@ def peak_rss_mib(variant, model_name, steps):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def time_value(sizes, repeats):
-    _, _, reg = build("none", sizes, 1)
+def cuda_peak_mib(variant, sizes, batch, device, steps=3):
+    """Peak allocated CUDA memory of ``steps`` steps of one variant (MiB)."""
+    step = build(variant, sizes, batch, device)[0]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def time_value(sizes, repeats, device="cpu"):
+    _, _, reg = build("none", sizes, 1, device)
     params = reg.parameters()
 
     def read_pass():
@@ -130,11 +152,13 @@ def time_value(sizes, repeats):
         reg.value()
     a, b = [], []
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         read_pass()
+        _sync(device)
         a.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        reg.value()
+        reg.value()  # returns a float: synchronizes by itself
         b.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
 
@@ -144,22 +168,27 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda")
     models = {"tutorial 5-10-5": MODELS["tutorial 5-10-5"]} if args.quick else MODELS
     rounds, warmup = (3, 1) if args.quick else (args.rounds, 5)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {rounds} "
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; median of {rounds} "
           "interleaved steps; ratio = variant / unregularized step (same run)")  # fmt: skip
     # Memory first: Linux keeps a process's peak RSS across exec, so children must be
     # started while this process is still small.
     mems = {}
     if not args.no_memory and not args.quick:
-        for name in models:
-            base = peak_rss_mib("none", name, 3)
-            mems[name] = {v: peak_rss_mib(v, name, 3) - base for v in VARIANTS}
+        for name, (sizes, batch) in models.items():
+            if cuda:
+                peak = {v: cuda_peak_mib(v, sizes, batch, args.device) for v in VARIANTS}
+            else:
+                peak = {v: peak_rss_mib(v, name, 3) for v in VARIANTS}
+            mems[name] = {v: peak[v] - peak["none"] for v in VARIANTS}
     results = {}
     for name, (sizes, batch) in models.items():
         n_params = sum(p.numel() for p in mlp(sizes).parameters())
-        med = time_steps(sizes, batch, rounds, warmup)
+        med = time_steps(sizes, batch, rounds, warmup, args.device)
         mem = mems.get(name, {})
         print(f"\n{name} ({n_params / 1e6:.2f}M parameters), batch {batch}")
         print(f"  {'variant':22s} {'median ms':>10s} {'ratio':>7s} {'peak +MiB':>10s}")
@@ -168,7 +197,7 @@ def main(argv=None):
             ratio = med[v] / base
             m = f"{mem[v]:+10.1f}" if mem else f"{'-':>10s}"
             print(f"  {v:22s} {med[v] * 1e3:10.3f} {ratio:7.3f} {m}")
-        read, value = time_value(sizes, 5 if args.quick else 30)
+        read, value = time_value(sizes, 5 if args.quick else 30, args.device)
         print(f"  reg.value(): {value * 1e3:.3f} ms = {value / read:.2f}x one read pass "
               f"({read * 1e3:.3f} ms)")  # fmt: skip
         results[name] = {"median_s": med, "peak_mib": mem, "value_vs_read": value / read}

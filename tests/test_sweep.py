@@ -185,6 +185,7 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypat
         ({"optimizer": "lbfgs"}, ValueError, r"optimizer must be one of 'adam', 'sgd', got 'lbfgs'"),
         ({"refit": "last"}, ValueError, r"refit must be 'best', '1se' or False, got 'last'"),
         ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+        ({"device": "gpu0"}, ValueError, r"device must be a torch device such as 'cpu' or 'cuda', got 'gpu0'"),
     ],
 )  # fmt: skip
 def test_argument_errors(diabetes, kwargs, error, match):

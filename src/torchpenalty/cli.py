@@ -238,7 +238,7 @@ def _versions() -> dict[str, str]:
 _SAVED_ARGS = (
     "data", "dataset", "target", "task", "model", "penalty", "l1_ratio", "strengths", "mode",
     "folds", "epochs", "batch_size", "lr", "optimizer", "early_stopping", "select", "seed",
-    "no_vectorize",
+    "no_vectorize", "device",
 )  # fmt: skip
 
 
@@ -407,6 +407,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
             progress=not ns.quiet,
             early_stopping=args["early_stopping"],
             refit=args["select"],
+            device=args.get("device", "cpu"),
             resume=resume_state,
             on_chunk=save_checkpoint,
         )

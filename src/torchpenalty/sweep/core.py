@@ -151,6 +151,7 @@ def sweep(
     max_memory_mb: float = 2048.0,
     resume: dict[str, Any] | None = None,
     forward: str = "auto",
+    device: str | torch.device = "cpu",
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepResult:
     """Cross-validate the penalty strength: train one model per (strength, fold), all at
@@ -183,6 +184,8 @@ def sweep(
             ``best_strength`` / ``strength_1se``; ``result.model`` then takes raw ``X``.
         max_memory_mb: models are trained in chunks that fit this budget.
         resume: the ``state`` of a :class:`SweepInterrupted` to continue from.
+        device: where the models train (``"cuda"`` on a GPU); ``result.model`` comes back
+            on the CPU.
         forward: ``"bmm"`` (hand-batched ``baddbmm``, for ``nn.Sequential`` of ``nn.Linear``
             and elementwise activations), ``"vmap"`` (``torch.func.vmap`` of
             ``functional_call``, any module) or ``"auto"`` (``bmm`` where it applies).
@@ -250,7 +253,14 @@ def sweep(
         mode = "grad" if pen.name == "l2" else "proximal"
     mode = check_choice("mode", mode, ("grad", "decoupled", "proximal"))
 
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise value_error("device", "a torch device such as 'cpu' or 'cuda'", device) from None
     problem, meta = _prepare(X, y, loss, folds, seed, standardize)
+    problem.X, problem.Y, problem.y_scale = (
+        t.to(dev) for t in (problem.X, problem.Y, problem.y_scale)
+    )
     engine = Engine(
         make_model,
         problem,
@@ -263,6 +273,7 @@ def sweep(
         seed=seed,
         early_stopping=early_stopping,
         forward=forward,
+        device=dev,
     )
     tasks = [Task(i, k, s) for i, s in enumerate(grid) for k in range(folds)]
     settings = {
@@ -381,8 +392,8 @@ def _refit(
         _, params = engine.run([Task(i, k, s)], epochs=epochs)
     finally:
         engine.early_stopping = saved
-    model = engine._module(k)
-    model.load_state_dict({n: p[0] for n, p in params.items()}, strict=False)
+    model = engine._module(k)  # on the CPU
+    model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
     sx, sy = meta["stats"][k]
     f32 = torch.float32
     return StandardizedModel(

@@ -108,6 +108,7 @@ class Engine:
         seed: int,
         early_stopping: int | None,
         forward: str = "auto",
+        device: torch.device | None = None,
     ) -> None:
         if penalty.name not in STACKABLE:
             raise ValueError(
@@ -123,8 +124,9 @@ class Engine:
         self.mode = mode
         self.seed = seed
         self.early_stopping = early_stopping
+        self.device = torch.device("cpu") if device is None else torch.device(device)
         self._inits: dict[int, dict[str, Tensor]] = {}
-        base = self._module(0)
+        base = self._module(0).to(self.device)
         self.base = base
         self.names = [n for n, _ in base.named_parameters()]
         self.selected = [n for n, _ in select(base)]
@@ -150,7 +152,7 @@ class Engine:
         if fold not in self._inits:
             m = self._module(fold)
             named = [*m.named_parameters(), *m.named_buffers()]
-            self._inits[fold] = {n: t.detach().clone() for n, t in named}
+            self._inits[fold] = {n: t.detach().to(self.device, copy=True) for n, t in named}
         return self._inits[fold]
 
     @contextlib.contextmanager
@@ -206,7 +208,8 @@ class Engine:
             tr = self.problem.train_idx[f]
             perm = np.random.default_rng([self.seed, f, epoch]).permutation(tr)
             per_fold[f] = np.concatenate([np.full(nb * bs - len(perm), -1), perm])
-        idx = torch.as_tensor(np.stack([per_fold[t.fold] for t in tasks])).view(len(tasks), nb, bs)
+        idx = torch.as_tensor(np.stack([per_fold[t.fold] for t in tasks])).to(self.device)
+        idx = idx.view(len(tasks), nb, bs)
         mask = idx >= 0
         return idx.clamp_min(0), mask
 
@@ -219,7 +222,7 @@ class Engine:
         for j, r in enumerate(rows):
             idx[j, : len(r)] = torch.as_tensor(r, dtype=torch.long)
             mask[j, : len(r)] = True
-        return idx, mask
+        return idx.to(self.device), mask.to(self.device)
 
     def _row_losses(self, out: Tensor, y: Tensor) -> Tensor:
         if self.problem.loss == "cross_entropy":
@@ -274,8 +277,8 @@ class Engine:
             total = sum(p[0].numel() for p in sel)
             res["zeros"] = sum((p == 0).flatten(1).sum(1) for p in sel) / total
         else:
-            res["norm"] = torch.zeros(len(tasks))
-            res["zeros"] = torch.zeros(len(tasks))
+            res["norm"] = torch.zeros(len(tasks), device=self.device)
+            res["zeros"] = torch.zeros(len(tasks), device=self.device)
         return res
 
     # ------------------------------------------------------------------ training
@@ -299,8 +302,9 @@ class Engine:
         called after every epoch with a function that copies the training state."""
         epochs = self.epochs if epochs is None else epochs
         m = len(tasks)
-        folds = torch.tensor([t.fold for t in tasks])
-        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32)
+        dev = self.device
+        folds = torch.tensor([t.fold for t in tasks], device=dev)
+        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
         params = {
             n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
             for n in self.names
@@ -310,9 +314,9 @@ class Engine:
         opt = self._optimizer(list(params.values()))
         sel = [params[n] for n in self.selected]
         history: dict[str, list[list[float]]] = {"train": [], "val": []}
-        best_val = torch.full((m,), float("inf"))
-        best_epoch = torch.full((m,), -1, dtype=torch.long)
-        stopped = torch.zeros(m, dtype=torch.bool)
+        best_val = torch.full((m,), float("inf"), device=dev)
+        best_epoch = torch.full((m,), -1, dtype=torch.long, device=dev)
+        stopped = torch.zeros(m, dtype=torch.bool, device=dev)
         best = {n: t.detach().clone() for n, t in live.items()} if self.early_stopping else None
         start = 0
         if state is not None:
@@ -321,7 +325,9 @@ class Engine:
                     t.copy_(state["params"][n])
             opt.load_state_dict(state["opt"])
             history = {k: [list(r) for r in v] for k, v in state["history"].items()}
-            best_val, best_epoch, stopped = state["best_val"], state["best_epoch"], state["stopped"]
+            best_val, best_epoch, stopped = (
+                state[k].to(dev) for k in ("best_val", "best_epoch", "stopped")
+            )
             if best is not None:
                 best = {n: t.clone() for n, t in state["best"].items()}
             start = state["epoch"]
@@ -330,8 +336,8 @@ class Engine:
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
         for epoch in range(start, epochs):
             idx, mask = self.batches(tasks, epoch)
-            seen = torch.zeros(m)
-            total = torch.zeros(m)
+            seen = torch.zeros(m, device=dev)
+            total = torch.zeros(m, device=dev)
             for b in range(idx.shape[1]):
                 x, y = self._gather(folds, idx[:, b])
                 with self._mode(True):
@@ -383,7 +389,7 @@ class Engine:
         if best is not None:
             final = best
         else:
-            best_epoch = torch.full((m,), len(history["val"]) - 1, dtype=torch.long)
+            best_epoch = torch.full((m,), len(history["val"]) - 1, dtype=torch.long, device=dev)
         ev = self.evaluate(final, tasks, folds)
         records = []
         for j, t in enumerate(tasks):
