@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train one model at a time (same numbers, slower)",
     )
+    t.add_argument(
+        "--device", default="cpu", help="where to train: cpu (default), cuda, cuda:1, ..."
+    )
     o = s.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="report folder (default: runs/<timestamp>/)")
     o.add_argument(
