@@ -167,6 +167,7 @@ def test_bad_npz(tmp_path, capsys):
         (["--folds", "1"], r"too few rows|--folds must be >= 2"),
         (["--lr", "-1"], r"--lr must be a finite number > 0, got -1.0"),
         (["--dataset", "mnist"], r"dataset must be one of"),
+        (["--device", "gpu0"], r"--device: device must be a torch device"),
     ],
 )
 def test_bad_options(capsys, tmp_path, args, match):
@@ -175,6 +176,7 @@ def test_bad_options(capsys, tmp_path, args, match):
     code, _, err = run(["sweep", "--quiet", "--out", str(tmp_path / "r"), *args], capsys)
     assert code == 2 and re.search(match, err), err
     assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written for a run that never started
 
 
 def test_unknown_option_is_an_argparse_error(capsys):

@@ -357,6 +357,12 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     import numpy as np
 
     import torchpenalty as tp
+    from torchpenalty.sweep.core import check_device
+
+    try:
+        check_device(args.get("device", "cpu"))
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from None
 
     y = ds.y
     if ds.task == "classification":
@@ -379,6 +385,11 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as e:
         raise CLIError(f"--penalty: {e}") from None
+    from torchpenalty.sweep.engine import STACKABLE
+
+    if penalty.name not in STACKABLE:
+        choices = ", ".join(repr(p) for p in STACKABLE)
+        raise CLIError(f"--penalty must be one of {choices} for a sweep, got {args['penalty']!r}")
 
     os.makedirs(out, exist_ok=True)
     stream = sys.stdout

@@ -253,10 +253,7 @@ def sweep(
         mode = "grad" if pen.name == "l2" else "proximal"
     mode = check_choice("mode", mode, ("grad", "decoupled", "proximal"))
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise value_error("device", "a torch device such as 'cpu' or 'cuda'", device) from None
+    dev = check_device(device)
     problem, meta = _prepare(X, y, loss, folds, seed, standardize)
     problem.X, problem.Y, problem.y_scale = (
         t.to(dev) for t in (problem.X, problem.Y, problem.y_scale)
@@ -369,6 +366,17 @@ def sweep(
         except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
             raise SweepInterrupted(state(len(chunks), None), result) from None
     return result
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise value_error("device", "a torch device such as 'cpu' or 'cuda'", device) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise value_error("device", "available (this torch build or machine has no CUDA)", device)
+    return dev
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
