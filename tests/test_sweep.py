@@ -288,8 +288,10 @@ def test_models_with_dropout_and_batch_norm(diabetes, make):
     r = tp.sweep(make, diabetes, strengths=[1e-3, 0.1], **FAST)
     seq = tp.sweep(make, diabetes, strengths=[1e-3, 0.1], vectorize=False, **FAST)
     assert r.settings["forward"] == "vmap"
-    # same up to dropout's random masks / Adam amplifying rounding noise in a pre-norm bias
-    np.testing.assert_allclose(_vals(r), _vals(seq), rtol=0.1)
+    # batch norm: the same up to Adam amplifying rounding noise in the bias before the norm;
+    # dropout: each run draws its own masks, so compare the means across folds
+    means = [row["val_loss_mean"] for row in r.table]
+    np.testing.assert_allclose(means, [row["val_loss_mean"] for row in seq.table], rtol=0.15)
     model = r.model
     assert not model.training
     x = torch.tensor(diabetes[0][:8], dtype=torch.float32)
