@@ -25,6 +25,12 @@ def test_tutorial_done_right():
     assert "fc1.bias    (10,)    no           bias" in out
 
 
+def test_choose_strength(tmp_path):
+    out = run(sys.executable, "examples/choose_strength.py", "--out", str(tmp_path / "c.png"))
+    assert "1-SE strength" in out and "exactly zero" in out
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
 @pytest.mark.parametrize(
     ("script", "last_lines"),
     [

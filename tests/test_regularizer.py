@@ -223,6 +223,10 @@ def test_attach_errors_and_double_decay_warning():
         reg.attach(torch.optim.AdamW(tp.param_groups(model, 0.0)), mode="decoupled")
     with pytest.raises(ValueError, match=r"accumulation_steps must be an integer >= 1, got 0"):
         reg(accumulation_steps=0)
+    with pytest.raises(
+        ValueError, match=r"mode must be 'loss' for torch.optim.LBFGS, .*got 'grad'"
+    ):
+        reg.attach(torch.optim.LBFGS(model.parameters()), mode="grad")
 
 
 @pytest.mark.parametrize(

@@ -285,6 +285,11 @@ def attach(
         raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
     check_choice("mode", mode, MODES)
     check_choice("rounding", rounding, ROUNDINGS)
+    if isinstance(optimizer, torch.optim.LBFGS) and mode != "loss":
+        raise ValueError(
+            "mode must be 'loss' for torch.optim.LBFGS, whose closure recomputes the gradients "
+            f"inside step(): add reg() to the closure's loss instead, got {mode!r}"
+        )
     if mode == "proximal":
         for b in reg._bindings:
             if not b.penalty.has_prox:

@@ -26,6 +26,7 @@ class SweepDisplay:
     best_strength: float
     strength_1se: float
     penalty: str = "l2"
+    loss: str = "mse"
     curves: dict[str, list[float]] = field(default_factory=dict)
     chosen_strength: float | None = None
     figure_: Any = None
@@ -44,6 +45,7 @@ class SweepDisplay:
             best_strength=result.best_strength,
             strength_1se=result.strength_1se,
             penalty=str(result.settings.get("penalty", {}).get("name", "l2")),
+            loss=str(result.settings.get("loss", "mse")),
             curves=result.learning_curves() if result.complete else {},
             chosen_strength=result.chosen_strength,
         )
@@ -76,12 +78,25 @@ class SweepDisplay:
         ax.fill_between(self.strengths, lo, hi, alpha=0.25, color="C0", label="validation ± 1 SE")
         ax.plot(self.strengths, self.val_mean, "o-", color="C0", label="validation (mean of folds)")
         ax.plot(self.strengths, self.train_mean, "s--", color="C1", alpha=0.8, label="train")
-        ax.axvline(self.best_strength, color="C2", ls=":", label=f"best = {self.best_strength:.3g}")
-        ax.axvline(self.strength_1se, color="C3", ls="-.", label=f"1-SE = {self.strength_1se:.3g}")
+        if self.best_strength == self.strength_1se:
+            label = f"best = 1-SE = {self.best_strength:.3g}"
+            ax.axvline(self.best_strength, color="C3", ls="-.", label=label)
+        else:
+            ax.axvline(
+                self.best_strength, color="C2", ls=":", label=f"best = {self.best_strength:.3g}"
+            )
+            ax.axvline(
+                self.strength_1se, color="C3", ls="-.", label=f"1-SE = {self.strength_1se:.3g}"
+            )
         self._xscale(ax)
-        ax.set_ylabel("loss")
+        ax.set_ylabel(self._loss_label())
         ax.set_title("Validation curve")
         ax.legend(fontsize="small")
+
+    def _loss_label(self) -> str:
+        return {"mse": "mean squared error", "cross_entropy": "cross-entropy"}.get(
+            self.loss, "loss"
+        )
 
     def _norm(self, ax: Any) -> None:
         ax.plot(self.strengths, self.param_norm, "o-", color="C0", label="||regularized weights||")
@@ -116,7 +131,7 @@ class SweepDisplay:
         ax.plot(epochs, self.curves["train"], color="C1", label="train")
         ax.plot(epochs, self.curves["val"], color="C0", label="validation")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss (mean of folds)")
+        ax.set_ylabel(f"{self._loss_label()} (mean of folds)")
         ax.set_yscale("log")
         ax.set_title(f"Learning curves at strength {self.chosen_strength:.3g}")
         ax.legend(fontsize="small")
