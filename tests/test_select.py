@@ -102,6 +102,14 @@ def test_parametrized_weight_matched_by_visible_name():
     assert names(m, exclude="0.weight") == ["1.weight"]
 
 
+def test_weight_norm_originals_keep_distinct_names():
+    m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    parametrizations.weight_norm(m[0])
+    assert names(m) == ["0.weight.original0", "0.weight.original1"]
+    assert names(m, exclude="0.weight.original0") == ["0.weight.original1"]
+    assert names(m, include=nn.Linear) == ["0.bias", "0.weight.original0", "0.weight.original1"]
+
+
 def test_lazy_module_is_a_clear_error():
     m = nn.Sequential(nn.LazyLinear(3))
     with pytest.raises(ValueError, match=r"uninitialized '0.weight'.*forward pass"):

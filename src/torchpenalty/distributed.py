@@ -28,7 +28,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["check_sharding", "is_ddp_find_unused", "is_dtensor", "local", "plain"]
+__all__ = [
+    "all_gather_objects",
+    "check_sharding",
+    "is_ddp_find_unused",
+    "is_dtensor",
+    "local",
+    "plain",
+    "world",
+]
 
 
 def is_dtensor(t: Any) -> bool:

@@ -58,17 +58,30 @@ _NORM_TYPES: tuple[type, ...] = (
 if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = (*_NORM_TYPES, nn.RMSNorm)
 _NORM_NAME = re.compile(r"Norm([123]d)?$")
-_PARAMETRIZED = re.compile(r"(^|\.)parametrizations\.([^.]+)\.original\d*$")
+_PARAMETRIZED = re.compile(r"(^|\.)parametrizations\.([^.]+)\.original(\d*)$")
 
 
 def visible_name(name: str) -> str:
-    """The name users see for a parameter: parametrization originals map to the
-    parametrized attribute.
+    """The name users see for a parameter: a parametrization's ``original`` maps to the
+    parametrized attribute; a parametrization with several originals (``weight_norm``'s
+    magnitude and direction) keeps them apart as ``attr.original0``, ``attr.original1``.
 
     >>> visible_name("fc.parametrizations.weight.original")
     'fc.weight'
+    >>> visible_name("fc.parametrizations.weight.original1")
+    'fc.weight.original1'
     """
-    return _PARAMETRIZED.sub(r"\1\2", name)
+    m = _PARAMETRIZED.search(name)
+    if m is None:
+        return name
+    head = name[: m.start()] + m.group(1) + m.group(2)
+    return head + (f".original{m.group(3)}" if m.group(3) else "")
+
+
+def _owner_path(raw_name: str) -> str:
+    """Path of the module that owns a parameter (the parametrized module for an original)."""
+    m = _PARAMETRIZED.search(raw_name)
+    return raw_name[: m.start()] if m else raw_name.rpartition(".")[0]
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -93,7 +106,7 @@ def _entries(model: nn.Module) -> list[_Entry]:
     for mname, mod in modules.items():
         for pname, p in mod.named_parameters(prefix=mname, recurse=False):
             name = visible_name(pname)
-            owner = modules.get(name.rpartition(".")[0] if "." in name else "", model)
+            owner = modules.get(_owner_path(pname), model)
             first = seen.setdefault(id(p), name)
             out.append(_Entry(name, p, owner, None if first == name else first))
     return out
