@@ -362,7 +362,7 @@ def sweep(
     if refit:
         result.refit = refit
         try:
-            result.model = _refit(engine, result, meta, loss, make_model)
+            result.model = _refit(engine, result, meta)
         except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
             raise SweepInterrupted(state(len(chunks), None), result) from None
     return result
@@ -384,9 +384,9 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in ("chunk_size", "chunks", "forward")}
 
 
-def _refit(
-    engine: Engine, result: SweepResult, meta: dict[str, Any], loss: str, make_model
-) -> nn.Module:
+def _refit(engine: Engine, result: SweepResult, meta: dict[str, Any]) -> nn.Module:
+    """Train one model on all rows at the chosen strength (for the median best epoch count
+    of its folds when early stopping was on); return it on the CPU, taking raw inputs."""
     s = result.chosen_strength
     k = result.folds  # the all-rows "fold"
     i = result.strengths.index(s)
@@ -394,12 +394,7 @@ def _refit(
     if engine.early_stopping:
         best = [r.best_epoch for r in result.records if r.i == i]
         epochs = int(np.median(best)) + 1
-    saved = engine.early_stopping
-    engine.early_stopping = None
-    try:
-        _, params = engine.run([Task(i, k, s)], epochs=epochs)
-    finally:
-        engine.early_stopping = saved
+    _, params = engine.run([Task(i, k, s)], epochs=epochs, early_stopping=False)
     model = engine._module(k)  # on the CPU
     model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
     sx, sy = meta["stats"][k]

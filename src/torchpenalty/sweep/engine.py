@@ -258,16 +258,13 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(
-        self, state: dict[str, Tensor], tasks: list[Task], folds: Tensor, rows: dict | None = None
+        self, state: dict[str, Tensor], tasks: list[Task], folds: Tensor
     ) -> dict[str, Tensor]:
         """Validation and training loss (and accuracy), parameter norm and fraction of
-        exact zeros of every model. ``rows`` caches :meth:`padded_rows`."""
-        rows = rows if rows is not None else {}
+        exact zeros of every model."""
         res = {}
         for which in ("train", "val"):
-            if which not in rows:
-                rows[which] = self.padded_rows(tasks, which)
-            loss, acc = self._masked_loss(state, folds, *rows[which])
+            loss, acc = self._masked_loss(state, folds, *self.padded_rows(tasks, which))
             res[which] = loss
             if acc is not None:
                 res[which + "_acc"] = acc
@@ -292,15 +289,18 @@ class Engine:
         tasks: list[Task],
         *,
         epochs: int | None = None,
+        early_stopping: bool = True,
         state: dict[str, Any] | None = None,
         on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
     ) -> tuple[list[Record], dict[str, Tensor]]:
         """Train ``tasks`` together; return their records and final stacked state
         (parameters and buffers).
 
-        ``state`` resumes from a snapshot taken by ``on_epoch(epoch, snapshot)``, which is
+        ``epochs`` overrides the engine's; ``early_stopping=False`` turns the engine's
+        patience off for this run (the refit). ``state`` resumes from a snapshot taken by ``on_epoch(epoch, snapshot)``, which is
         called after every epoch with a function that copies the training state."""
         epochs = self.epochs if epochs is None else epochs
+        patience = self.early_stopping if early_stopping else None
         m = len(tasks)
         dev = self.device
         folds = torch.tensor([t.fold for t in tasks], device=dev)
@@ -317,7 +317,7 @@ class Engine:
         best_val = torch.full((m,), float("inf"), device=dev)
         best_epoch = torch.full((m,), -1, dtype=torch.long, device=dev)
         stopped = torch.zeros(m, dtype=torch.bool, device=dev)
-        best = {n: t.detach().clone() for n, t in live.items()} if self.early_stopping else None
+        best = {n: t.detach().clone() for n, t in live.items()} if patience else None
         start = 0
         if state is not None:
             with torch.no_grad():
@@ -356,13 +356,13 @@ class Engine:
                 val_loss = self._masked_loss(live, folds, *val_rows)[0]
             history["train"].append(train_loss.tolist())
             history["val"].append(val_loss.tolist())
-            if self.early_stopping:
+            if patience:
                 improved = (val_loss < best_val) & ~stopped
                 best_val = torch.where(improved, val_loss, best_val)
                 best_epoch = torch.where(improved, epoch, best_epoch)
                 for n, t in live.items():
                     best[n][improved] = t.detach()[improved]
-                stopped |= (epoch - best_epoch) >= self.early_stopping
+                stopped |= (epoch - best_epoch) >= patience
             if on_epoch is not None:
 
                 def snapshot(
@@ -382,7 +382,7 @@ class Engine:
                     }
 
                 on_epoch(epoch, snapshot)
-            if self.early_stopping and bool(stopped.all()):
+            if patience and bool(stopped.all()):
                 break
 
         final = {n: t.detach() for n, t in live.items()}
