@@ -389,25 +389,62 @@ def _batches(data: Any, batch_size: int, device: torch.device) -> Iterable[tuple
         yield item[0].to(device), item[1].to(device)
 
 
-def _log_evidence(
-    x: Tensor, eigs: list[tuple[int, Tensor]], sq_norms: Tensor, sizes: Tensor, cur: _Curvature,
-    loss: str,
-) -> Tensor:  # fmt: skip
-    """``log Z`` (module docstring) at ``x = [log lambda_1..G (, log beta)]``; ``cur`` holds
-    the data term and ``eigs`` the eigenvalues of each block's GGN at unit noise."""
-    n_groups = len(sizes)
+@dataclass
+class _Problem:
+    """What the hyperparameter objective needs from one curvature pass (float64 NumPy):
+    each block's GGN eigenvalues at unit noise (``eig``) with their group (``group``),
+    ``|w_g|^2`` and ``P_g`` per group, the data term (SSE or summed cross-entropy) and the
+    number of scalar targets ``N``, all scaled to ``n_data`` rows."""
+
+    eig: np.ndarray
+    group: np.ndarray
+    sq_norms: np.ndarray
+    sizes: np.ndarray
+    data_term: float
+    n_targets: float
+    mse: bool
+
+
+def _log_evidence(x: np.ndarray, pb: _Problem) -> tuple[float, np.ndarray]:
+    """``log Z`` (module docstring) at ``x = [log lambda_1..G (, log beta)]`` and its
+    gradient in ``x`` (closed form: ``d/d log lambda_g = P_g/2 - lambda_g |w_g|^2 / 2 -
+    lambda_g/2 * sum_g 1/(beta e + lambda_g)``; ``d/d log beta = N/2 - beta SSE/2 -
+    beta/2 * sum e/(beta e + lambda)``)."""
+    n_groups = len(pb.sizes)
     log_lam = x[:n_groups]
-    lam = log_lam.exp()
-    if loss == "mse":
-        log_beta = x[n_groups]
-        beta = log_beta.exp()
-        fit = -0.5 * beta * cur.data_term + 0.5 * cur.targets * (log_beta - _LOG_2PI)
+    lam = np.exp(log_lam)
+    beta = math.exp(x[n_groups]) if pb.mse else 1.0
+    denom = beta * pb.eig + lam[pb.group]
+    if pb.mse:
+        fit = -0.5 * beta * pb.data_term + 0.5 * pb.n_targets * (x[n_groups] - _LOG_2PI)
     else:
-        beta = torch.ones((), dtype=x.dtype)
-        fit = torch.tensor(-cur.data_term, dtype=x.dtype)
-    prior = (0.5 * sizes * log_lam - 0.5 * lam * sq_norms).sum()
-    logdet = sum(torch.log(beta * e + lam[g]).sum() for g, e in eigs)
-    return fit + prior - 0.5 * logdet
+        fit = -pb.data_term
+    value = fit + np.sum(0.5 * pb.sizes * log_lam - 0.5 * lam * pb.sq_norms)
+    value -= 0.5 * np.sum(np.log(denom))
+    inv = 1.0 / denom
+    grad = np.empty_like(x)
+    per_group = np.bincount(pb.group, weights=inv, minlength=n_groups)
+    grad[:n_groups] = 0.5 * pb.sizes - 0.5 * lam * pb.sq_norms - 0.5 * lam * per_group
+    if pb.mse:
+        grad[n_groups] = 0.5 * pb.n_targets - 0.5 * beta * pb.data_term
+        grad[n_groups] -= 0.5 * beta * np.sum(pb.eig * inv)
+    return float(value), grad
+
+
+class _Adam:
+    """Adam ascent on a small float64 vector (torch.optim.Adam's update, defaults)."""
+
+    def __init__(self, x: np.ndarray, lr: float) -> None:
+        self.x, self.lr = x, lr
+        self.m, self.v, self.t = np.zeros_like(x), np.zeros_like(x), 0
+
+    def ascend(self, grad: np.ndarray, b1: float = 0.9, b2: float = 0.999) -> None:
+        self.t += 1
+        self.m = b1 * self.m + (1 - b1) * grad
+        self.v = b2 * self.v + (1 - b2) * grad**2
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        self.x = self.x + self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
 class Evidence:
@@ -468,8 +505,7 @@ class Evidence:
             _check_l2(g)
         self._blocks = _blocks(reg, self._groups)
         self._gen = torch.Generator().manual_seed(check_int("seed", seed))
-        self._x: nn.Parameter | None = None
-        self._opt: torch.optim.Optimizer | None = None
+        self._opt: _Adam | None = None
         self.n_outputs: int = 1
         self.noise_precision: float | None = None
         self.log_evidence: list[float] = []
@@ -489,9 +525,9 @@ class Evidence:
     @property
     def prior_precisions(self) -> dict[str, float]:
         """Parameter name -> prior precision ``lambda`` (empty before the first update)."""
-        if self._x is None:
+        if self._opt is None:
             return {}
-        lam = self._x.detach()[: len(self._groups)].exp().tolist()
+        lam = np.exp(self._opt.x[: len(self._groups)]).tolist()
         return {n: lam[i] for i, (_, names, _) in enumerate(self._groups) for n in names}
 
     # ------------------------------------------------------------------ update
@@ -499,15 +535,12 @@ class Evidence:
         """Fit the prior precisions (and noise precision) to ``data`` (a DataLoader of
         ``(x, y)`` batches or a pair ``(X, y)``), write the strengths into ``reg`` and return
         the log evidence."""
-        cur, eigs, sq_norms, sizes = self._curvature(data)
-        x = self._start(cur)
+        pb = self._curvature(data)
+        opt = self._start(pb)
         for _ in range(self.steps):
-            self._opt.zero_grad()
-            (-_log_evidence(x, eigs, sq_norms, sizes, cur, self.loss)).backward()
-            self._opt.step()
-        with torch.no_grad():
-            value = float(_log_evidence(x, eigs, sq_norms, sizes, cur, self.loss))
-        self._write(x.detach())
+            opt.ascend(_log_evidence(opt.x, pb)[1])
+        value = _log_evidence(opt.x, pb)[0]
+        self._write(opt.x)
         self.log_evidence.append(value)
         self.history.append({
             "log_evidence": value,
@@ -517,7 +550,9 @@ class Evidence:
         })  # fmt: skip
         return value
 
-    def _curvature(self, data: Any) -> tuple[_Curvature, list, Tensor, Tensor]:
+    def _curvature(self, data: Any) -> _Problem:
+        """One pass over ``data``: the data term and the Kronecker factors, turned into
+        the eigenvalues of each block (scaled to ``n_data`` rows)."""
         model = self.reg.model
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         layers = list({id(b.module): b.module for b in self._blocks}.values())
@@ -532,62 +567,59 @@ class Evidence:
         if cur.rows == 0:
             raise ValueError("data must hold at least one row, got none")
         scale = self.n_data / cur.rows  # a subset stands for the whole training set
-        cur.data_term *= scale
         self.n_outputs = max(1, cur.targets // cur.rows)
-        cur.targets = self.n_data * self.n_outputs
         reg_ids = {id(p) for p in self.reg.parameters()}
-        eigs = []
+        eigs, groups = [], []
         for b in self._blocks:
             key = id(b.module)
             n_rows = cur.n_a[key]
             ev_g = torch.linalg.eigvalsh(cur.G[key] / n_rows).clamp_min(0)
             if b.is_bias:
-                eigs.append((b.group, ev_g * n_rows * scale))
-                continue
-            A = cur.A[key]
-            bias = b.module.bias
-            if bias is not None and bias.requires_grad and id(bias) not in reg_ids:
-                s = cur.a_sum[key]
-                A = A - torch.outer(s, s) / n_rows  # the free bias integrated out
-            ev_a = torch.linalg.eigvalsh(A * scale).clamp_min(0)
-            eigs.append((b.group, torch.outer(ev_g, ev_a).reshape(-1).cpu()))
-        eigs = [(g, e.cpu()) for g, e in eigs]
+                ev = ev_g * (n_rows * scale)
+            else:
+                A = cur.A[key]
+                bias = b.module.bias
+                if bias is not None and bias.requires_grad and id(bias) not in reg_ids:
+                    mean = cur.a_sum[key] / n_rows
+                    A = A - n_rows * torch.outer(mean, mean)  # the free bias integrated out
+                ev_a = torch.linalg.eigvalsh(A * scale).clamp_min(0)
+                ev = torch.outer(ev_g, ev_a).reshape(-1)
+            eigs.append(ev.cpu().numpy())
+            groups.append(np.full(len(eigs[-1]), b.group))
         with torch.no_grad():
-            sq_norms = torch.tensor(
-                [
-                    sum(float(p.double().pow(2).sum()) for p in params)
-                    for _, _, params in self._groups
-                ],
-                dtype=torch.float64,
-            )
-        sizes = torch.tensor([sum(p.numel() for p in params) for _, _, params in self._groups],
-                             dtype=torch.float64)  # fmt: skip
-        return cur, eigs, sq_norms, sizes
+            sq = [sum(float(p.double().pow(2).sum()) for p in ps) for _, _, ps in self._groups]
+        return _Problem(
+            eig=np.concatenate(eigs),
+            group=np.concatenate(groups),
+            sq_norms=np.array(sq),
+            sizes=np.array([float(sum(p.numel() for p in ps)) for _, _, ps in self._groups]),
+            data_term=cur.data_term * scale,
+            n_targets=float(self.n_data * self.n_outputs),
+            mse=self.loss == "mse",
+        )
 
-    def _start(self, cur: _Curvature) -> nn.Parameter:
+    def _start(self, pb: _Problem) -> _Adam:
         """The hyperparameters on the first update: ``beta`` by maximum likelihood
         (``N / SSE``), ``lambda`` from the strengths in ``reg`` (1 where they are 0)."""
-        if self._x is None:
-            beta = cur.targets / max(cur.data_term, 1e-12) if self.loss == "mse" else 1.0
+        if self._opt is None:
+            beta = pb.n_targets / max(pb.data_term, 1e-12) if pb.mse else 1.0
             lams = []
             for pen, _, _ in self._groups:
                 s = float(pen.strength_at(0))
-                lam = s / self._unit(beta) if s > 0 else 1.0
-                lams.append(math.log(lam))
-            init = lams + ([math.log(beta)] if self.loss == "mse" else [])
-            self._x = nn.Parameter(torch.tensor(init, dtype=torch.float64))
-            self._opt = torch.optim.Adam([self._x], lr=self.lr)
-        return self._x
+                lams.append(math.log(s / self._unit(beta) if s > 0 else 1.0))
+            init = lams + ([math.log(beta)] if pb.mse else [])
+            self._opt = _Adam(np.array(init, dtype=np.float64), self.lr)
+        return self._opt
 
     def _unit(self, beta: float) -> float:
         """The strength of a unit prior precision."""
         return to_strength(1.0, n_data=self.n_data, loss=self.loss, noise_precision=beta,
                            n_outputs=self.n_outputs)  # fmt: skip
 
-    def _write(self, x: Tensor) -> None:
-        beta = float(x[len(self._groups)].exp()) if self.loss == "mse" else 1.0
+    def _write(self, x: np.ndarray) -> None:
+        beta = math.exp(x[len(self._groups)]) if self.loss == "mse" else 1.0
         self.noise_precision = beta if self.loss == "mse" else None
-        lam = x[: len(self._groups)].exp().tolist()
+        lam = np.exp(x[: len(self._groups)]).tolist()
         unit = self._unit(beta)
         set_strengths(
             self.reg, {names[0]: lam[i] * unit for i, (_, names, _) in enumerate(self._groups)}
