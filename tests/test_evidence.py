@@ -8,7 +8,9 @@ the exact Gaussian marginal likelihood of a multi-output linear model (SciPy), a
 
 from __future__ import annotations
 
+import runpy
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,3 +402,11 @@ def test_fit_evidence_errors(kwargs, error, match):
     kw = {"make_model": lambda: nn.Linear(2, 1), "data": (np.zeros((3, 2)), np.zeros(3)), **kwargs}
     with pytest.raises(error, match=match):
         tp.fit_evidence(kw.pop("make_model"), kw.pop("data"), **kw)
+
+
+def test_benchmark_quick(capsys):
+    """benchmarks/evidence.py --quick runs (in this process: the imports are paid once)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evidence.py"
+    runpy.run_path(str(path), run_name="bench")["main"](["--quick"])
+    out = capsys.readouterr().out
+    assert "x faster than the sweep" in out and "relative difference" in out
