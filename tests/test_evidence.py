@@ -249,6 +249,31 @@ def test_regularized_bias_is_its_own_block():
     assert ev.group_names == [["weight"], ["bias"]] and ev.n_outputs == 2
 
 
+def test_conv2d_over_the_whole_image_equals_linear():
+    """A Conv2d whose kernel covers the input is a Linear on the flattened input: same
+    Kronecker factors (unfolded patches), same evidence."""
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 2, 3, 3, dtype=torch.float64), torch.randn(40, 4, dtype=torch.float64)
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten()).double()
+    lin = nn.Linear(18, 4).double()
+    with torch.no_grad():
+        lin.weight.copy_(conv[0].weight.reshape(4, 18))
+        lin.bias.copy_(conv[0].bias)
+    a = tp.Evidence(tp.Regularizer(conv, tp.L2(0.1)), "mse", 40, steps=5).update((X, y))
+    b = tp.Evidence(tp.Regularizer(lin, tp.L2(0.1)), "mse", 40, steps=5).update((X.flatten(1), y))
+    assert a == pytest.approx(b, rel=1e-10)
+
+
+def test_cnn_on_images_gets_one_strength_per_layer():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))  # fmt: skip
+    ev = tp.Evidence(E.per_layer(cnn), "cross_entropy", 50)
+    ev.update((torch.randn(50, 1, 8, 8), torch.randint(0, 3, (50,))))
+    assert sorted(ev.strengths) == ["0.weight", "2.weight", "5.weight"]
+    assert all(np.isfinite(v) and v > 0 for v in ev.strengths.values())
+
+
 # ---------------------------------------------------------------------- set_strengths
 def test_set_strengths_takes_effect_in_loss_and_grad_modes():
     torch.manual_seed(0)
@@ -299,9 +324,10 @@ def test_set_strengths_errors(build, strengths, error, match):
         (lambda: tp.Regularizer(nn.Linear(2, 1), tp.L2(0.1)), {"n_data": 0}, ValueError, "n_data must be an integer >= 1, got 0"),
         (lambda: tp.Regularizer(nn.Linear(2, 1), tp.L2(0.1)), {"lr": -1}, ValueError, "lr must be a finite number > 0, got -1"),
         (lambda: tp.Regularizer(nn.Linear(2, 1), tp.L1(0.1)), {}, ValueError, r"tp.L2 penalties for the evidence, got L1\(strength=0.1\)"),
-        (lambda: tp.Regularizer(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 1)), tp.L2(0.1)), {}, ValueError, r"nn.Linear layers .*\['0.weight'\]"),
+        (lambda: tp.Regularizer(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 1)), tp.L2(0.1)), {}, ValueError, r"nn.Linear and nn.Conv2d .*\['0.weight'\]"),
+        (lambda: tp.Regularizer(nn.Conv2d(2, 2, 3, groups=2), tp.L2(0.1)), {}, ValueError, r"\['weight'\]; leave them out"),
     ],
-    ids=["not-a-reg", "loss", "n-data-none", "n-data-0", "lr", "l1", "conv"],
+    ids=["not-a-reg", "loss", "n-data-none", "n-data-0", "lr", "l1", "conv1d", "grouped-conv"],
 )  # fmt: skip
 def test_evidence_errors(make, kwargs, error, match):
     kwargs = {"loss": "mse", "n_data": 10, **kwargs}
