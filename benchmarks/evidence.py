@@ -22,6 +22,7 @@ from sklearn.linear_model import BayesianRidge
 from torch import nn
 
 import torchpenalty as tp
+from torchpenalty.evidence import to_strength
 
 
 def mlp():
@@ -82,7 +83,7 @@ def linear(X, y, strengths, epochs):
     t_ev = time.perf_counter() - t0
     sw = tp.sweep(lambda: nn.Linear(X.shape[1], 1), (X, y), strengths=strengths, epochs=epochs,
                   lr=0.05, progress=False, refit=False)  # fmt: skip
-    s_br = tp.evidence.to_strength(br.lambda_, n_data=n, noise_precision=br.alpha_)
+    s_br = to_strength(br.lambda_, n_data=n, noise_precision=br.alpha_)
     s_ev = ev.strengths["weight"]
     print(f"  BayesianRidge: s = 2 lambda_/(alpha_ n) = {s_br:.6g}")
     print(f"  tp.Evidence (8 updates, {t_ev:.2f} s): s = {s_ev:.6g}  "

@@ -68,7 +68,7 @@ def test_strength_conversion_gives_the_same_map_objective(loss, k):
         neg_log_post = nn.functional.cross_entropy(out, y, reduction="sum") + lam / 2 * (w**2).sum()
         mean_loss = nn.functional.cross_entropy(out, y)
         c = n
-    s = tp.evidence.to_strength(lam, n_data=n, loss=loss, noise_precision=beta, n_outputs=k)
+    s = E.to_strength(lam, n_data=n, loss=loss, noise_precision=beta, n_outputs=k)
     (g_post,) = torch.autograd.grad(neg_log_post, w, retain_graph=True)
     (g_ours,) = torch.autograd.grad(mean_loss + tp.L2(s)([w]), w)
     torch.testing.assert_close(g_post, c * g_ours)
@@ -436,3 +436,33 @@ def test_benchmark_quick(capsys):
     runpy.run_path(str(path), run_name="bench")["main"](["--quick"])
     out = capsys.readouterr().out
     assert "x faster than the sweep" in out and "relative difference" in out
+
+
+class BagOfWords(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.EmbeddingBag(20, 8)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.emb(x)).squeeze(-1)
+
+
+def test_fit_evidence_passes_token_ids_and_images_through():
+    """Integer inputs stay int64 (an embedding, left out of the rule, takes them) and
+    images are not standardized; MSE predictions come back in the target's units."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 20, size=(80, 6))
+    y = 100.0 + 10 * (tokens == 3).sum(1)
+    r = tp.fit_evidence(BagOfWords, (tokens, y), epochs=4, every=2, exclude="emb.*")
+    assert list(r.strengths) == ["head.weight"]
+    pred = r.predict(tokens)
+    assert pred.shape == (80,) and abs(pred.mean() - y.mean()) < 3 * y.std()
+    images = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    cnn = lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))  # noqa: E731
+    r = tp.fit_evidence(cnn, (images, labels), loss="cross_entropy", epochs=4, every=2)
+    assert sorted(r.strengths) == ["0.weight", "3.weight"]
+    with torch.no_grad():
+        logits = r.model(torch.tensor(images))
+    assert r.predict(images).tolist() == logits.argmax(-1).tolist()

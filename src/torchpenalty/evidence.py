@@ -690,7 +690,7 @@ class EvidenceResult:
     def predict(self, X: Any) -> np.ndarray:
         """Predictions for raw ``X``: values in the target's units (MSE, with ``y``'s
         shape per row) or class labels (cross-entropy)."""
-        x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        x = _as_input(X.detach().cpu() if isinstance(X, Tensor) else X)
         out = self.model(x)
         if self.loss == "cross_entropy":
             return self.classes[out.argmax(-1).numpy()]
@@ -720,6 +720,12 @@ class EvidenceResult:
         return self
 
 
+def _as_input(X: Any) -> Tensor:
+    """Integer inputs (token ids) as int64, anything else as float32."""
+    a = np.asarray(X)
+    return torch.tensor(a, dtype=torch.long if a.dtype.kind in "iu" else torch.float32)
+
+
 def _prepare_xy(X: Any, y: Any, loss: str, standardize: bool):
     from .sweep.folds import Standardizer
 
@@ -730,8 +736,8 @@ def _prepare_xy(X: Any, y: Any, loss: str, standardize: bool):
             f"data must be (X, y) with X of shape (n, ...) and n labels, got {X.shape}, {y.shape}"
         )
     tabular = standardize and X.ndim == 2 and X.dtype.kind == "f"
-    sx = Standardizer(X if tabular else np.zeros((1, *X.shape[1:])))
-    Xs = torch.tensor(sx.transform(X) if tabular else X, dtype=torch.float32)
+    sx = Standardizer(X) if tabular else None  # images and token ids pass through
+    Xs = _as_input(sx.transform(X) if sx is not None else X)
     if loss == "cross_entropy":
         classes, codes = np.unique(y, return_inverse=True)
         return Xs, torch.tensor(codes, dtype=torch.long), sx, None, classes
@@ -835,14 +841,26 @@ def fit_evidence(
     )
 
 
+class _TargetScaled(nn.Module):
+    """``model(x) * y_std + y_mean``: raw target units for inputs that pass through."""
+
+    def __init__(self, model: nn.Module, y_mean: Tensor, y_std: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("y_mean", y_mean)
+        self.register_buffer("y_std", y_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) * self.y_std + self.y_mean
+
+
 def _wrap(model: nn.Module, sx: Any, sy: Any) -> nn.Module:
     from .sweep.result import StandardizedModel
 
     f32 = torch.float32
-    return StandardizedModel(
-        model,
-        torch.tensor(sx.mean, dtype=f32),
-        torch.tensor(sx.std, dtype=f32),
-        None if sy is None else torch.tensor(sy.mean, dtype=f32),
-        None if sy is None else torch.tensor(sy.std, dtype=f32),
-    ).eval()
+    y_mean = None if sy is None else torch.tensor(sy.mean, dtype=f32)
+    y_std = None if sy is None else torch.tensor(sy.std, dtype=f32)
+    if sx is None:
+        return (model if sy is None else _TargetScaled(model, y_mean, y_std)).eval()
+    mean, std = torch.tensor(sx.mean, dtype=f32), torch.tensor(sx.std, dtype=f32)
+    return StandardizedModel(model, mean, std, y_mean, y_std).eval()
