@@ -801,25 +801,8 @@ def fit_evidence(
     model = make_model()
     reg = per_layer(model, strength, include=include, exclude=exclude)
     ev = Evidence(reg, loss, n, steps=steps, lr=hyper_lr, seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    handle = reg.attach(opt, mode="grad")
-    criterion = nn.functional.mse_loss if loss == "mse" else nn.functional.cross_entropy
-    gen = torch.Generator().manual_seed(seed)
-    bs = n if batch_size is None else batch_size
-    done: list[int] = []
-    try:
-        for epoch in range(1, epochs + 1):
-            model.train()
-            for idx in torch.randperm(n, generator=gen).split(bs):
-                opt.zero_grad()
-                out = model(X[idx])
-                criterion(out.reshape(Y[idx].shape) if loss == "mse" else out, Y[idx]).backward()
-                opt.step()
-            if epoch % every == 0 and epoch < epochs:
-                ev.update((X, Y))
-                done.append(epoch)
-    finally:
-        handle.remove()
+    done = _train(model, reg, ev, X, Y, epochs=epochs, batch_size=batch_size, lr=lr,
+                  every=every, seed=seed)  # fmt: skip
     return EvidenceResult(
         strengths=ev.strengths,
         model=_wrap(model.eval(), sx, sy),
@@ -839,6 +822,34 @@ def fit_evidence(
         },
         time_s=time.perf_counter() - t0,
     )
+
+
+def _train(model, reg, ev, X, Y, *, epochs, batch_size, lr, every, seed) -> list[int]:
+    """Adam on the mean loss with ``reg`` attached (``mode="grad"``); ``ev.update`` every
+    ``every`` epochs but not after the last. Returns the epochs of the updates."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    handle = reg.attach(opt, mode="grad")
+    mse = ev.loss == "mse"
+    criterion = nn.functional.mse_loss if mse else nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(seed)
+    n = len(X)
+    done: list[int] = []
+    try:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for idx in torch.randperm(n, generator=gen).split(
+                n if batch_size is None else batch_size
+            ):
+                opt.zero_grad()
+                out = model(X[idx])
+                criterion(out.reshape(Y[idx].shape) if mse else out, Y[idx]).backward()
+                opt.step()
+            if epoch % every == 0 and epoch < epochs:
+                ev.update((X, Y))
+                done.append(epoch)
+    finally:
+        handle.remove()
+    return done
 
 
 class _TargetScaled(nn.Module):
