@@ -251,6 +251,14 @@ def test_one_penalty_for_several_layers_gives_one_strength():
     assert ev.strengths["0.weight"] == ev.strengths["3.weight"] != 1e-3
 
 
+def test_penalty_keyed_by_module_class():
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    reg = tp.Regularizer(model, {"2.*": tp.L2(1e-2), nn.Linear: tp.L2(1e-3)})
+    ev = tp.Evidence(reg, "mse", n_data=30)
+    ev.update((torch.randn(30, 5), torch.randn(30, 1)))
+    assert ev.group_names == [["0.weight"], ["2.weight"]]
+
+
 def test_regularized_bias_is_its_own_block():
     model = nn.Linear(3, 2)
     reg = tp.Regularizer(model, {"weight": tp.L2(1e-3), "bias": tp.L2(1e-3)}, include="*")

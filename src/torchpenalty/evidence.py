@@ -198,11 +198,13 @@ def _groups(reg: Regularizer) -> list[tuple[Penalty, list[str], list[nn.Paramete
     if not isinstance(reg, Regularizer):
         raise type_error("reg", "a torchpenalty.Regularizer", reg)
     rules = [("*", reg.penalty)] if isinstance(reg.penalty, Penalty) else list(reg.penalty.items())
-    modules = dict(reg.model.named_modules())
+    modules = dict(reg.model.named_modules(remove_duplicate=False))
     out: dict[int, tuple[Penalty, list[str], list[nn.Parameter]]] = {}
     for name, p in reg.named_parameters():
         owner = modules.get(name.rpartition(".")[0], reg.model)
-        pen = next(q for key, q in rules if matches(key, name, p, owner))
+        pen = next((q for key, q in rules if matches(key, name, p, owner)), None)
+        if pen is None:  # a name whose owner we cannot find (several parametrization originals)
+            raise ValueError(f"reg must map each parameter to one penalty, got none for {name!r}")
         g = out.setdefault(id(pen), (pen, [], []))
         g[1].append(name)
         g[2].append(p)
