@@ -67,7 +67,7 @@ def linear(X, y, strengths, epochs):
     t0 = time.perf_counter()
     model = nn.Linear(X.shape[1], 1).double()
     reg = tp.Regularizer(model, tp.L2(1e-3))
-    ev = tp.Evidence(reg, "mse", n_data=n)
+    ev = tp.Evidence(reg, "mse", n_data=n, steps=100)
     Xt, yt = torch.tensor(Xs), torch.tensor(ys)
     opt = torch.optim.LBFGS(model.parameters(), max_iter=100, line_search_fn="strong_wolfe")
 

@@ -488,7 +488,7 @@ class Evidence:
             ``"cross_entropy"`` (logits of shape ``(rows, classes)``, integer labels).
         n_data: rows of the training set (the loss's mean runs over them).
         steps, lr: Adam steps on the log precisions per :meth:`update` and their step size
-            (laplace-torch's ``marglik_training`` defaults: 100 and 0.1).
+            (laplace-torch's ``marglik_training`` defaults: 10 and 0.1).
         batch_size: rows per forward pass when :meth:`update` gets ``(X, y)``.
         mc_samples: ``None``: the exact GGN (one backward pass per output); an integer:
             a Monte-Carlo estimate of the cross-entropy Fisher with that many samples per
@@ -513,7 +513,7 @@ class Evidence:
         loss: str = "mse",
         n_data: int | None = None,
         *,
-        steps: int = 100,
+        steps: int = 10,
         lr: float = 0.1,
         batch_size: int = 1024,
         mc_samples: int | None = None,
@@ -759,7 +759,7 @@ def fit_evidence(
     lr: float = 1e-2,
     every: int = 5,
     strength: float = 1e-4,
-    steps: int = 100,
+    steps: int = 10,
     hyper_lr: float = 0.1,
     standardize: bool = True,
     include: Matcher | None = None,
