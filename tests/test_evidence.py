@@ -216,6 +216,16 @@ def test_loader_pair_and_subset_rescaling_agree():
             assert s == pytest.approx(results[0][1][name], rel=1e-5)
 
 
+def test_numpy_pair_is_cast_to_the_model_dtype():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 5)), rng.normal(size=(30, 1))  # float64 arrays
+    values = []
+    for data in ((X, y), (torch.tensor(X, dtype=torch.float32), torch.tensor(y))):
+        ev = tp.Evidence(E.per_layer(mlp()), "mse", n_data=30)  # a float32 model
+        values.append(ev.update(data))
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+
+
 def test_update_leaves_training_mode_and_gradients_alone():
     model = mlp()
     reg = E.per_layer(model)
@@ -344,8 +354,9 @@ def test_set_strengths_errors(build, strengths, error, match):
         (lambda: tp.Regularizer(nn.Linear(2, 1), tp.L1(0.1)), {}, ValueError, r"tp.L2 penalties for the evidence, got L1\(strength=0.1\)"),
         (lambda: tp.Regularizer(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 1)), tp.L2(0.1)), {}, ValueError, r"nn.Linear and nn.Conv2d .*\['0.weight'\]"),
         (lambda: tp.Regularizer(nn.Conv2d(2, 2, 3, groups=2), tp.L2(0.1)), {}, ValueError, r"\['weight'\]; leave them out"),
+        (lambda: tp.Regularizer(nn.Linear(2, 1), tp.L2(0.1), exclude="*"), {}, ValueError, "reg must regularize at least one parameter"),
     ],
-    ids=["not-a-reg", "loss", "n-data-none", "n-data-0", "lr", "l1", "conv1d", "grouped-conv"],
+    ids=["not-a-reg", "loss", "n-data-none", "n-data-0", "lr", "l1", "conv1d", "grouped-conv", "empty"],
 )  # fmt: skip
 def test_evidence_errors(make, kwargs, error, match):
     kwargs = {"loss": "mse", "n_data": 10, **kwargs}

@@ -396,7 +396,11 @@ def _batch(model, layers, x, y, loss, cur, mc_samples, gen) -> None:
                 _accumulate(cur, id(m), "G", _output_rows(m, g))
 
 
-def _batches(data: Any, batch_size: int, device: torch.device) -> Iterable[tuple[Tensor, Tensor]]:
+def _batches(
+    data: Any, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> Iterable[tuple[Tensor, Tensor]]:
+    """Batches of ``data``; a pair ``(X, y)`` (tensors or arrays) is cut into batches and
+    its floating ``X`` cast to the model's ``dtype`` (NumPy arrays are float64)."""
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
@@ -404,6 +408,8 @@ def _batches(data: Any, batch_size: int, device: torch.device) -> Iterable[tuple
         and not isinstance(data[0], (tuple, list))
     ):
         X, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, Tensor) else v for v in data)
+        if X.is_floating_point():
+            X = X.to(dtype)
         if len(X) != len(y):
             raise ValueError(
                 f"data must be (X, y) of equal lengths, got {len(X)} and {len(y)} rows"
@@ -531,6 +537,8 @@ class Evidence:
         self.mc_samples = mc_samples
         self.reg = reg
         self._groups = _groups(reg)
+        if not self._groups:
+            raise ValueError(f"reg must regularize at least one parameter, got none in {reg!r}")
         for g in self._groups:
             _check_l2(g)
         self._blocks = _blocks(reg, self._groups)
@@ -584,13 +592,14 @@ class Evidence:
         """One pass over ``data``: the data term and the Kronecker factors, turned into
         the eigenvalues of each block (scaled to ``n_data`` rows)."""
         model = self.reg.model
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        first = next(iter(self.reg.parameters()))
+        device, dtype = first.device, first.dtype
         layers = list({id(b.module): b.module for b in self._blocks}.values())
         cur = _Curvature()
         was_training = model.training
         model.eval()  # the GGN of the deterministic network (dropout off, running norms)
         try:
-            for x, y in _batches(data, self.batch_size, device):
+            for x, y in _batches(data, self.batch_size, device, dtype):
                 _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
         finally:
             model.train(was_training)
