@@ -196,7 +196,7 @@ def mlp(d=5, h=8, k=1):
 
 
 def test_loader_pair_and_subset_rescaling_agree():
-    """A DataLoader and (X, y) give the same update; the data repeated twice with the
+    """A DataLoader, a Dataset and (X, y) give the same update; the data repeated twice with the
     same n_data gives the same one too (sums are rescaled to n_data rows)."""
     torch.manual_seed(1)
     X, y = torch.randn(64, 5), torch.randn(64)
@@ -204,6 +204,7 @@ def test_loader_pair_and_subset_rescaling_agree():
     for data in (
         (X, y),
         torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=10),
+        torch.utils.data.TensorDataset(X, y),
         (torch.cat([X, X]), torch.cat([y, y])),
     ):
         model = mlp()

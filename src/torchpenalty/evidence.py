@@ -417,8 +417,10 @@ def _batches(
         for i in range(0, len(X), batch_size):
             yield X[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         return
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Iterable):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size)  # map-style
     if not isinstance(data, Iterable):
-        raise type_error("data", "a DataLoader of (x, y) batches or a pair (X, y)", data)
+        raise type_error("data", "a DataLoader of (x, y) batches, a Dataset or a pair (X, y)", data)
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise type_error("data batches", "(x, y) pairs", type(item).__name__)
@@ -571,8 +573,8 @@ class Evidence:
     # ------------------------------------------------------------------ update
     def update(self, data: Any) -> float:
         """Fit the prior precisions (and noise precision) to ``data`` (a DataLoader of
-        ``(x, y)`` batches or a pair ``(X, y)``), write the strengths into ``reg`` and return
-        the log evidence."""
+        ``(x, y)`` batches, a map-style Dataset of ``(x, y)`` pairs, or a pair ``(X, y)``),
+        write the strengths into ``reg`` and return the log evidence."""
         pb = self._curvature(data)
         opt = self._start(pb)
         for _ in range(self.steps):
