@@ -143,7 +143,7 @@ def test_include_replaces_the_default_and_exclude_removes():
     [
         ({"include": "encoder.*"}, ValueError, r"include must match at least one parameter of the model, got 'encoder.\*'"),
         ({"exclude": nn.LSTM}, ValueError, r"exclude must match at least one parameter .*got 'LSTM'"),
-        ({"include": 3}, TypeError, r"include/exclude must be a pattern, a module class, a predicate or a list, got 3"),
+        ({"include": 3}, TypeError, r"include must be a pattern, a module class, a predicate or a list, got 3"),
         ({"exclude": [3.5]}, TypeError, r"exclude must be a pattern, .*got 3.5"),
     ],
 )  # fmt: skip
