@@ -138,8 +138,9 @@ def _parametrization_lists(modules: dict[str, nn.Module]) -> dict[str, tuple[str
     out = {}
     for path, mod in modules.items():
         if parametrize.is_parametrized(mod):
-            for attr in mod.parametrizations:
-                out[_join(path, "parametrizations", attr)] = (path, attr, mod)
+            for attr, plist in mod.parametrizations.items():
+                if isinstance(plist, parametrize.ParametrizationList):
+                    out[_join(path, "parametrizations", attr)] = (path, attr, mod)
     return out
 
 
@@ -176,7 +177,9 @@ def _original_alias(name: str, module: nn.Module) -> str | None:
     if not head or _ORIGINAL.fullmatch(last) is None:
         return None
     attr = head.rpartition(".")[2]
-    return head if parametrize.is_parametrized(module, attr) else None
+    if not parametrize.is_parametrized(module, attr):
+        return None
+    return head if isinstance(module.parametrizations[attr], parametrize.ParametrizationList) else None
 
 
 def _instance_error(arg: str, m: nn.Module) -> TypeError:
