@@ -409,3 +409,34 @@ def test_module_instance_as_matcher_is_a_type_error(kwargs):
         tp.select(Block(), **kwargs)
     with pytest.raises(TypeError, match="not a class"):
         tp.Regularizer(Block(), tp.L2(1.0), **kwargs)
+
+
+def test_no_weight_decay_keywords_swin_convention():
+    class WindowAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cpb_mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+            self.logit_scale = nn.Parameter(torch.zeros(2, 1, 1))
+            self.qkv = nn.Linear(4, 12)
+
+    class SwinV2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([WindowAttention(), WindowAttention()])
+            self.head = nn.Linear(4, 3)
+
+        def no_weight_decay_keywords(self):
+            return {"cpb_mlp", "logit_scale"}
+
+    m = SwinV2()
+    assert names(m) == ["blocks.0.qkv.weight", "blocks.1.qkv.weight", "head.weight"]
+    reasons = {r.name: r.reason for r in tp.explain(m)}
+    assert reasons["blocks.1.cpb_mlp.2.weight"] == "listed by no_weight_decay_keywords()"
+    assert reasons["blocks.0.logit_scale"] == "listed by no_weight_decay_keywords()"
+    # keywords are relative to the module that lists them and are not patterns
+    m.blocks[0].no_weight_decay_keywords = lambda: ["qkv"]
+    del SwinV2.no_weight_decay_keywords
+    m.blocks[1].no_weight_decay_keywords = lambda: ["q*v"]
+    mlp = ["logit_scale", "cpb_mlp.0.weight", "cpb_mlp.2.weight"]
+    expected = [f"blocks.{i}.{n}" for i in (0, 1) for n in mlp]
+    assert names(m) == [*expected, "blocks.1.qkv.weight", "head.weight"]

@@ -4,7 +4,9 @@ Default rule: a parameter is regularized when it is trainable (``requires_grad``
 floating point (or complex), and a *weight*, that is, none of:
 
 1. listed by a ``no_weight_decay()`` method of the model or a submodule (timm's
-   convention: names or fnmatch patterns relative to that module);
+   convention: names or fnmatch patterns relative to that module), or containing a
+   keyword returned by a ``no_weight_decay_keywords()`` method (the official Swin
+   Transformer's convention: substrings of the name relative to that module);
 2. marked with a ``_no_weight_decay = True`` attribute (mamba_ssm's convention, used for
    Mamba's ``A_log`` and ``D``);
 3. owned by a normalization module (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
@@ -179,7 +181,9 @@ def _original_alias(name: str, module: nn.Module) -> str | None:
     attr = head.rpartition(".")[2]
     if not parametrize.is_parametrized(module, attr):
         return None
-    return head if isinstance(module.parametrizations[attr], parametrize.ParametrizationList) else None
+    return (
+        head if isinstance(module.parametrizations[attr], parametrize.ParametrizationList) else None
+    )
 
 
 def _instance_error(arg: str, m: nn.Module) -> TypeError:
@@ -246,14 +250,27 @@ def _describe(m: Any) -> str:
     return getattr(m, "__name__", repr(m))
 
 
-def _no_weight_decay(model: nn.Module) -> list[str]:
-    patterns = []
+def _no_weight_decay(model: nn.Module) -> list[tuple[str, str]]:
+    """``(fnmatch pattern, source)`` for every entry of a ``no_weight_decay()`` method
+    (names or patterns relative to its module, timm's convention) and every keyword of a
+    ``no_weight_decay_keywords()`` method (substrings of the names relative to its
+    module, the convention of the official Swin Transformer code)."""
+    out = []
     for mname, mod in model.named_modules():
+        prefix = f"{mname}." if mname else ""
         fn = getattr(mod, "no_weight_decay", None)
         if callable(fn):
-            for n in fn():
-                patterns.append(f"{mname}.{n}" if mname else str(n))
-    return patterns
+            out += [(prefix + str(n), "no_weight_decay()") for n in fn()]
+        fn = getattr(mod, "no_weight_decay_keywords", None)
+        if callable(fn):
+            out += [
+                (f"{prefix}*{_glob_escape(str(k))}*", "no_weight_decay_keywords()") for k in fn()
+            ]
+    return out
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 class ExplainRow(NamedTuple):
@@ -318,11 +335,12 @@ def _bias_reason(group: list[_Entry]) -> str | None:
     return None
 
 
-def _default_rule(group: list[_Entry], no_wd: list[str]) -> tuple[bool, str]:
+def _default_rule(group: list[_Entry], no_wd: list[tuple[str, str]]) -> tuple[bool, str]:
     p = group[0].param
     for e in group:
-        if any(fnmatch.fnmatchcase(e.name, pat) for pat in no_wd):
-            return False, "listed by no_weight_decay()" + _via(e, group)
+        for pattern, source in no_wd:
+            if fnmatch.fnmatchcase(e.name, pattern):
+                return False, f"listed by {source}" + _via(e, group)
     if getattr(p, "_no_weight_decay", False) is True:
         return False, "marked _no_weight_decay=True (mamba_ssm convention)"
     for e in group:
@@ -339,7 +357,10 @@ def _default_rule(group: list[_Entry], no_wd: list[str]) -> tuple[bool, str]:
 
 
 def _decide(
-    group: list[_Entry], include: list[Any] | None, exclude: list[Any], no_wd: list[str]
+    group: list[_Entry],
+    include: list[Any] | None,
+    exclude: list[Any],
+    no_wd: list[tuple[str, str]],
 ) -> tuple[bool, str]:
     """The decision for one tensor, from all its names (``group[0]`` is the first)."""
     p = group[0].param
