@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -440,3 +442,38 @@ def test_no_weight_decay_keywords_swin_convention():
     mlp = ["logit_scale", "cpb_mlp.0.weight", "cpb_mlp.2.weight"]
     expected = [f"blocks.{i}.{n}" for i in (0, 1) for n in mlp]
     assert names(m) == [*expected, "blocks.1.qkv.weight", "head.weight"]
+
+
+class Holder(nn.Module):
+    def __init__(self, attr, param):
+        super().__init__()
+        self.register_parameter(attr, param)
+
+
+class HolderNorm(Holder):  # a normalization module by its class name
+    pass
+
+
+OWNERS = {  # kind -> (module class, attribute); "norm" and "table" make the tensor a non-weight
+    "linear": (Holder, "weight"),
+    "norm": (HolderNorm, "weight"),
+    "table": (Holder, "rel_bias_table"),
+    "plain": (Holder, "w"),
+}
+
+
+@given(st.permutations(list(OWNERS)), st.integers(1, len(OWNERS)))
+def test_a_shared_tensor_is_decided_by_all_its_owners_whatever_the_order(order, k):
+    owners = order[:k]
+    shared = nn.Parameter(torch.zeros(3, 3))
+    m = nn.Module()
+    for kind in owners:
+        cls, attr = OWNERS[kind]
+        setattr(m, kind, cls(attr, shared))
+    expected = not ({"norm", "table"} & set(owners))
+    assert [p is shared for _, p in tp.select(m)] == ([True] if expected else [])
+    rows = tp.explain(m)
+    assert [r.regularized for r in rows] == [expected] + [False] * (k - 1)
+    assert all(r.reason.startswith("tied to ") for r in rows[1:])
+    last = f"{owners[-1]}.{OWNERS[owners[-1]][1]}"
+    assert tp.select(m, exclude=last) == []  # any name of the tensor excludes it
