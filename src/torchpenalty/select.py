@@ -209,7 +209,14 @@ def _as_list(matcher: Matcher | None, arg: str = "include/exclude") -> list[Any]
 def matches(m: Any, name: str, param: nn.Parameter, module: nn.Module) -> bool:
     """Whether one matcher (pattern, module class or predicate) takes this parameter.
     A pattern matches the parameter's name; for one of several originals of a
-    parametrization (``layer.weight.original0``) it may match ``layer.weight`` instead."""
+    parametrization (``layer.weight.original0``) it may match ``layer.weight`` instead.
+
+    >>> from torch import nn
+    >>> lin = nn.utils.parametrizations.weight_norm(nn.Linear(2, 2))
+    >>> g = lin.parametrizations.weight.original0
+    >>> matches("weight", "weight.original0", g, lin), matches(nn.Linear, "weight.original0", g, lin)
+    (True, True)
+    """
     if isinstance(m, str):
         if fnmatch.fnmatchcase(name, m):
             return True
