@@ -1,6 +1,6 @@
 """Conformance of the default parameter rule with Hugging Face transformers.
 
-Tiny models (hidden size 32, two layers) are built from their config classes with random
+Tiny models (hidden size 32, two layers, or the smallest the config allows) are built from their config classes with random
 weights (nothing is downloaded), and ``tp.select`` is compared with the rule Hugging
 Face's ``Trainer`` applies, ``Trainer.get_decay_parameter_names``, called on the real
 transformers code (it does not use the Trainer's state, so no Trainer is built).
@@ -54,6 +54,24 @@ MODELS: dict[str, tuple[str, dict]] = {
     "mobilevit": ("MobileViTForImageClassification", {"image_size": 32, "patch_size": 2, "hidden_sizes": [16, 16, 16], "neck_hidden_sizes": [8, 8, 8, 8, 8, 16, 32], "num_attention_heads": 2}),
     "clip": ("CLIPModel", {"text_config": {**TEXT, "bos_token_id": 0, "eos_token_id": 1}, "vision_config": IMAGE, "projection_dim": 16}),
     "wav2vec2": ("Wav2Vec2ForCTC", {**TEXT, "vocab_size": 32, "conv_dim": (8, 8), "conv_stride": (4, 4), "conv_kernel": (8, 8), "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}),
+    "roberta": ("RobertaForMaskedLM", TEXT),
+    "albert": ("AlbertForMaskedLM", {**TEXT, "embedding_size": 16}),
+    "electra": ("ElectraForPreTraining", {**TEXT, "embedding_size": 16}),
+    "opt": ("OPTForCausalLM", {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 37, "word_embed_proj_dim": 32}),
+    "gpt_neox": ("GPTNeoXForCausalLM", TEXT),
+    "falcon": ("FalconForCausalLM", {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}),
+    "phi": ("PhiForCausalLM", TEXT),
+    "bloom": ("BloomForCausalLM", {"vocab_size": 99, "hidden_size": 32, "n_layer": 2, "n_head": 4}),
+    "mistral": ("MistralForCausalLM", DECODER),
+    "mamba2": ("Mamba2ForCausalLM", {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 4, "expand": 2, "num_heads": 4, "head_dim": 16, "n_groups": 1, "conv_kernel": 4}),
+    "whisper": ("WhisperForConditionalGeneration", {"vocab_size": 99, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 37, "decoder_ffn_dim": 37, "num_mel_bins": 8, "max_source_positions": 16, "max_target_positions": 16, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}),
+    "deit": ("DeiTForImageClassificationWithTeacher", IMAGE),
+    "vivit": ("VivitForVideoClassification", {"image_size": 16, "num_frames": 4, "tubelet_size": [2, 4, 4], "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}),
+    "segformer": ("SegformerForSemanticSegmentation", {"num_encoder_blocks": 2, "depths": [1, 1], "sr_ratios": [2, 1], "hidden_sizes": [8, 16], "num_attention_heads": [1, 2], "decoder_hidden_size": 16, "patch_sizes": [7, 3], "strides": [4, 2], "mlp_ratios": [2, 2]}),
+    "convnextv2": ("ConvNextV2ForImageClassification", {"hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2}),
+    "resnet": ("ResNetForImageClassification", {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}),
+    "mobilenet_v2": ("MobileNetV2ForImageClassification", {"image_size": 32, "depth_multiplier": 0.25}),
+    "siglip": ("SiglipModel", {"text_config": {**TEXT, "bos_token_id": 0, "eos_token_id": 1}, "vision_config": IMAGE}),
 }  # fmt: skip
 
 
@@ -73,19 +91,22 @@ DOCUMENTED = [
     Documented(("beit", "dinov2", "convnext"), r"(lambda_?[12]|layer_scale_parameter)$", False, "layer-scale gammas (1-D)",
                "1-D layer-scale gamma, a per-channel scale: skipped like every ndim < 2 parameter "
                "(timm's rule skips it too); HF decays it because its name has neither 'bias' nor 'norm'"),
-    Documented(("clip",), r"^logit_scale$", False, "logit_scale (0-D)",
-               "0-D softmax temperature: decaying it pulls the logit scale to 1 (OpenCLIP and "
-               "timm skip it); HF decays it"),
+    Documented(("clip", "siglip"), r"^logit_scale$", False, "logit_scale (0-D or 1-D)",
+               "softmax temperature (0-D in CLIP, shape (1,) in SigLIP): decaying it pulls the "
+               "logit scale to 1 (OpenCLIP and timm skip it); HF decays it"),
     Documented(("clip", "wav2vec2"), r"(class_embedding|masked_spec_embed)$", False, "learned token (1-D)",
                "1-D learned token (class token, mask embedding): ndim < 2, skipped as timm does; "
                "HF decays it"),
-    Documented(("mamba",), r"mixer\.D$", False, "Mamba D (1-D)",
+    Documented(("mamba", "mamba2"), r"mixer\.D$", False, "Mamba D (1-D)",
                "Mamba's 1-D skip parameter D: mamba_ssm marks it _no_weight_decay (which we "
                "honour; it is 1-D anyway); HF's port drops the mark and decays it"),
-    Documented(("mamba",), r"norm_f\.weight$", False, "norm_f (MambaRMSNorm)",
-               "MambaRMSNorm scale, a normalization module by its class name; HF's name patterns "
+    Documented(("mamba2",), r"mixer\.A_log$", False, "Mamba-2 A_log (1-D)",
+               "Mamba-2's A_log has one entry per head (1-D): skipped as ndim < 2; mamba_ssm "
+               "marks it _no_weight_decay; HF decays it (HF's Mamba-1 A_log is 2-D: both decay it)"),
+    Documented(("mamba", "mamba2"), r"norm_f\.weight$", False, "norm_f (Mamba RMSNorm)",
+               "Mamba(2)RMSNorm scale, a normalization module by its class name; HF's name patterns "
                "('norm', '_norm', 'layernorm', 'rmsnorm' as segments) miss 'norm_f'"),
-    Documented(("mobilevit",), r"\.normalization\.weight$", False, "BatchNorm2d scales",
+    Documented(("mobilevit", "resnet", "mobilenet_v2"), r"\.normalization\.weight$", False, "BatchNorm2d scales",
                "BatchNorm2d scale: HF recognises only nn.LayerNorm by type, and the name "
                "'normalization' matches none of its patterns"),
     Documented(("swinv2",), r"continuous_position_bias_mlp\.\d+\.weight$", True, "bias-generating MLP weights",
@@ -114,10 +135,10 @@ class Row:
 
 
 def compare(model_type: str, model: nn.Module) -> list[Row]:
-    """One row per tensor: our decision and Hugging Face's."""
+    """One row per trainable tensor: our decision and Hugging Face's."""
     hf_names = Trainer.get_decay_parameter_names(None, model)
     raw = dict(model.named_parameters(remove_duplicate=False))
-    hf_ids = {id(raw[n]) for n in hf_names}
+    hf_ids = {id(raw[n]) for n in hf_names if n in raw}  # HF also lists None slots (MHA)
     ours = {id(p) for _, p in tp.select(model)}
     reasons = {r.name: r.reason for r in tp.explain(model)}
     rows = []
@@ -154,7 +175,8 @@ def test_select_agrees_with_hugging_face_or_documents_why(model_type):
         if model_type in d.models:
             hit = [r for r in rows if re.search(d.pattern, r.name)]
             assert hit and all(r.ours == d.ours and r.hf != d.ours for r in hit), d.pattern
-    assert len(rows) == len({id(p) for p in model.parameters()})
+    # every trainable tensor compared once (HF's Trainer drops frozen ones later, as we do)
+    assert len(rows) == len({id(p) for p in model.parameters() if p.requires_grad})
 
 
 def test_documented_differences_name_known_models():
