@@ -66,6 +66,27 @@ def test_no_weight_decay_in_a_submodule_with_patterns():
     assert names(m) == ["0.proj.weight"]
 
 
+def test_no_weight_decay_entry_naming_a_submodule_covers_its_parameters():
+    class Attn(nn.Module):  # timm's Swin V2 lists module names such as "layers.0.attn.cpb_mlp"
+        def __init__(self):
+            super().__init__()
+            self.cpb_mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+            self.cpb_mlp_out = nn.Linear(2, 2)  # a sibling whose name only starts alike
+            self.qkv = nn.Linear(2, 6)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Attn()])
+
+        def no_weight_decay(self):
+            return {"layers.0.cpb_mlp"}
+
+    assert names(Net()) == ["layers.0.cpb_mlp_out.weight", "layers.0.qkv.weight"]
+    reasons = {r.name: r.reason for r in tp.explain(Net())}
+    assert reasons["layers.0.cpb_mlp.2.weight"] == "listed by no_weight_decay()"
+
+
 def test_tied_weights_counted_once():
     class Tied(nn.Module):
         def __init__(self):

@@ -4,7 +4,8 @@ Default rule: a parameter is regularized when it is trainable (``requires_grad``
 floating point (or complex), and a *weight*, that is, none of:
 
 1. listed by a ``no_weight_decay()`` method of the model or a submodule (timm's
-   convention: names or fnmatch patterns relative to that module), or containing a
+   convention: names or fnmatch patterns relative to that module; a submodule's name
+   covers its parameters), or containing a
    keyword returned by a ``no_weight_decay_keywords()`` method (the official Swin
    Transformer's convention: substrings of the name relative to that module);
 2. marked with a ``_no_weight_decay = True`` attribute (mamba_ssm's convention, used for
@@ -259,15 +260,20 @@ def _describe(m: Any) -> str:
 
 def _no_weight_decay(model: nn.Module) -> list[tuple[str, str]]:
     """``(fnmatch pattern, source)`` for every entry of a ``no_weight_decay()`` method
-    (names or patterns relative to its module, timm's convention) and every keyword of a
+    (names or patterns relative to its module, timm's convention; a submodule's name
+    covers its parameters, as timm's Swin V2 lists ``cpb_mlp``) and every keyword of a
     ``no_weight_decay_keywords()`` method (substrings of the names relative to its
     module, the convention of the official Swin Transformer code)."""
     out = []
     for mname, mod in model.named_modules():
         prefix = f"{mname}." if mname else ""
         fn = getattr(mod, "no_weight_decay", None)
-        if callable(fn):
-            out += [(prefix + str(n), "no_weight_decay()") for n in fn()]
+        if callable(fn):  # an entry naming a submodule covers its parameters
+            for n in fn():
+                out += [
+                    (prefix + str(n), "no_weight_decay()"),
+                    (f"{prefix}{n}.*", "no_weight_decay()"),
+                ]
         fn = getattr(mod, "no_weight_decay_keywords", None)
         if callable(fn):
             out += [
