@@ -307,3 +307,23 @@ def test_missing_lightning_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "torchpenalty.integrations.lightning")
     with pytest.raises(ImportError, match=r"pip install torchpenalty\[lightning\]"):
         importlib.import_module("torchpenalty.integrations.lightning")
+
+
+@pytest.mark.parametrize(("mode", "rounding"), [("grad", "nearest"), ("decoupled", "nearest"),
+                                                ("decoupled", "compensated"), ("proximal", "compensated")])  # fmt: skip
+def test_bf16_true_weights(mode, rounding):
+    # precision="bf16-true": bfloat16 weights and inputs; the hand loop does the same
+    steps, penalty = 4, (tp.L1(0.02) if mode == "proximal" else tp.L2(0.05))
+    cb = Regularize(penalty, mode, rounding=rounding)
+    module, _ = fit(cb, steps=steps, precision="bf16-true")
+    assert module.net[0].weight.dtype == torch.bfloat16
+    net = build().to(torch.bfloat16)
+    optimizer = make_opt("sgd", net.parameters())
+    tp.Regularizer(net, penalty).attach(optimizer, mode, rounding=rounding)
+    batches = itertools.cycle(list(loader()))
+    for _ in range(steps):
+        x, y = next(batches)
+        F.mse_loss(net(x.to(torch.bfloat16)), y.to(torch.bfloat16)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert_same(module, net)
