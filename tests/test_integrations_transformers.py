@@ -54,8 +54,9 @@ def dataset():
 
 
 def train(model, tmp_path, callbacks, *, optim="adamw_torch", steps=3, accumulate=1, **kw):
+    kw = {"save_strategy": "no", **kw}
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no",
+        output_dir=str(tmp_path), use_cpu=True, report_to="none",
         logging_strategy="no", disable_tqdm=True, max_steps=steps, per_device_train_batch_size=BATCH,
         gradient_accumulation_steps=accumulate, learning_rate=LR, lr_scheduler_type="constant",
         optim=optim, adam_epsilon=EPS, train_sampling_strategy="sequential", dataloader_num_workers=0, seed=0, **kw,
@@ -258,3 +259,27 @@ def test_closure_passed_to_step_runs_before_the_penalty():
     F.mse_loss(ref(x), torch.zeros(5, 2)).backward()
     ref_opt.step()
     torch.testing.assert_close(net.weight, ref.weight, rtol=0, atol=1e-7)
+
+
+def test_resume_from_checkpoint_restores_the_schedule(tmp_path):
+    # The schedule follows state.global_step, which Trainer restores before on_train_begin.
+    def schedule(step):
+        return 0.2 * (step + 1)
+
+    straight = tiny("llama")
+    resumed = copy.deepcopy(straight)
+    train(straight, tmp_path / "a", [Regularize(tp.L2(schedule))], steps=4)
+    train(resumed, tmp_path / "b", [Regularize(tp.L2(schedule))], steps=4,
+          save_strategy="steps", save_steps=2)  # fmt: skip
+    fresh = tiny("llama")
+    cb = Regularize(tp.L2(schedule))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "b"), use_cpu=True, report_to="none", save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, max_steps=4, per_device_train_batch_size=BATCH,
+        learning_rate=LR, lr_scheduler_type="constant", optim="adamw_torch", adam_epsilon=EPS,
+        train_sampling_strategy="sequential", dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=fresh, args=args, train_dataset=dataset(), callbacks=[cb])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    assert cb.regularizer.step_count == 4
+    assert_same(fresh, straight)
