@@ -15,6 +15,7 @@ import transformers
 from torch.nn import functional as F
 
 import torchpenalty as tp
+from torchpenalty.integrations import closure_first
 from torchpenalty.integrations.transformers import (
     Regularize,
     compare_decay_rule,
@@ -241,9 +242,7 @@ def test_closure_passed_to_step_runs_before_the_penalty():
     reg = tp.Regularizer(net, tp.L2(0.3))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     cb = Regularize(tp.L2(0.3), "grad")
-    from torchpenalty.integrations.transformers import _closure_first
-
-    opt.register_step_pre_hook(_closure_first)
+    opt.register_step_pre_hook(closure_first)
     reg.attach(opt, "grad")
 
     def closure():

@@ -58,35 +58,11 @@ from ..optim import MODES, ROUNDINGS, AttachHandle
 from ..penalties import Penalty
 from ..regularizer import Regularizer
 from ..select import Matcher
-from . import require
+from . import closure_first, require
 
 __all__ = ["Regularize"]
 
 _pl = require("lightning.pytorch", "lightning", fallback="pytorch_lightning")
-
-
-def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Any:
-    """Optimizer step pre-hook: run the step's closure now and hand ``step()`` its cached
-    result, so that the hooks registered after this one see this step's gradients.
-
-    Lightning's automatic optimization runs forward and backward in the closure it passes
-    to ``optimizer.step(closure)``, i.e. after the step pre-hooks; without this, ``grad``
-    mode would add the penalty's gradient to the previous step's (already zeroed)
-    gradients and ``decoupled`` mode would decay the weights before the gradient is taken.
-    """
-    # args[0] is the optimizer itself; a closure comes next or as a keyword
-    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        result = closure()
-
-    def cached() -> Any:
-        return result
-
-    if "closure" in kwargs:
-        return args, {**kwargs, "closure": cached}
-    return (args[0], cached, *args[2:]), kwargs
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
@@ -167,7 +143,7 @@ class Regularize(_pl.Callback):
             )
         for i, opt in enumerate(holding):
             if self.mode in ("grad", "decoupled", "independent"):
-                self._hooks.append(opt.register_step_pre_hook(_closure_first))
+                self._hooks.append(opt.register_step_pre_hook(closure_first))
             self.handles.append(
                 reg.attach(opt, self.mode, advance_schedule=i == 0, rounding=self.rounding)
             )

@@ -50,7 +50,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import torch
 from torch import nn
 
 from .._validation import check_choice, type_error
@@ -58,24 +57,11 @@ from ..optim import MODES, ROUNDINGS, AttachHandle
 from ..penalties import Penalty
 from ..regularizer import Regularizer
 from ..select import Matcher, explain
-from . import require
+from . import closure_first, require
 
 __all__ = ["DecayDiff", "Regularize", "compare_decay_rule", "trainer_decay_names"]
 
 _tf = require("transformers", "transformers")
-
-
-def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Any:
-    """Run a closure passed to ``optimizer.step`` before the Regularizer's pre-hooks (see
-    :func:`torchpenalty.integrations.lightning._closure_first`); a no-op without one."""
-    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        result = closure()
-    if "closure" in kwargs:
-        return args, {**kwargs, "closure": lambda: result}
-    return (args[0], lambda: result, *args[2:]), kwargs
 
 
 class Regularize(_tf.TrainerCallback):
@@ -127,7 +113,7 @@ class Regularize(_tf.TrainerCallback):
         reg = Regularizer(model, self.penalty, include=self.include, exclude=self.exclude)
         reg.load_state_dict({"step": int(state.global_step)})
         if self.mode in ("grad", "decoupled", "independent"):
-            self._hook = optimizer.register_step_pre_hook(_closure_first)
+            self._hook = optimizer.register_step_pre_hook(closure_first)
         self.handle = reg.attach(optimizer, self.mode, rounding=self.rounding)
         self.regularizer = reg
 
