@@ -163,6 +163,28 @@ def test_grouped_convolution_is_kept_whole():
     assert report.kept == ["units of model[0] (Conv2d): grouped convolution (Conv2d, groups=3)"]
 
 
+def test_nested_sequential_blocks():
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU())  # noqa: E731
+    model = randomize_bn(
+        nn.Sequential(block(5, 8), nn.Sequential(block(8, 8), nn.Dropout(0.1)), nn.Linear(8, 2))
+    )
+    rows(model[0][0], [0, 3], bias=0.5)
+    cols(model[1][0][0], [5])
+    rows(model[1][0][0], [7], bias=-2.0)
+    model.eval()
+    x = torch.randn(16, 5)
+    small, report = compact(model, example_input=x)
+    assert report.widths == [
+        ("0.0", "Linear", 8, 5),
+        ("1.0.0", "Linear", 8, 7),
+        ("2", "Linear", 2, 2),
+    ]
+    assert small[0][1].num_features == 5 and small[1][0][1].num_features == 7
+    assert report.max_rel_diff <= 1e-6
+    assert "1.0.0: Linear" in str(report)
+
+
 def test_tp_compact_is_exported():
     model = mlp(nn.ReLU())
     rows(model[0], [0], bias=0.0)
@@ -170,12 +192,26 @@ def test_tp_compact_is_exported():
     assert small[0].out_features == 7
 
 
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return x + self.fc(x)
+
+
+SHARED = nn.Linear(2, 2)
+
+
 @pytest.mark.parametrize(
     ("model", "kwargs", "error", "message"),
     [
         (nn.Linear(2, 2), {}, TypeError, "model must be an nn.Sequential of Linear/Conv layers, got 'Linear'"),
-        (nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU())), {}, ValueError,
-         r"model\[1\] must be a Linear/Conv layer.*got Sequential"),
+        (nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), Residual())), {}, ValueError,
+         r"model\[1\]\[1\] must be a Linear/Conv layer.*got Residual"),
+        (nn.Sequential(SHARED, nn.ReLU(), SHARED), {}, ValueError,
+         r"model\[2\] must be a module of its own, got the same Linear as model\[0\]"),
         (nn.Sequential(nn.Linear(2, 2), nn.MultiheadAttention(2, 1)), {}, ValueError,
          r"model\[1\] must be .*got MultiheadAttention"),
         (nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(2, 2)), nn.Linear(2, 1)), {},

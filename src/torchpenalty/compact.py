@@ -17,12 +17,13 @@ input column / channel of ``B``) is removed when the result computes the same fu
 The equality is that of evaluation mode (BatchNorm with its running statistics; dropout
 off). What lies between two weight layers may be: elementwise activations, dropout,
 ``BatchNorm1d/2d/3d`` (sliced with the units), pooling, and ``Flatten`` (a conv channel
-becomes a block of the next Linear's inputs). A pair of layers with a feature-mixing module
-between them (``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``Softmax``: removing a feature
-changes the others' statistics) or a grouped convolution is left whole and listed in the
-report. Any other module, a nested container, a parametrized weight or a model that is not
-an ``nn.Sequential`` is refused with an error. The model's first inputs and last outputs
-never change.
+becomes a block of the next Linear's inputs); nested ``nn.Sequential`` blocks are walked
+in order, as if flat. A pair of layers with a feature-mixing module between them
+(``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``Softmax``: removing a feature changes the
+others' statistics) or a grouped convolution is left whole and listed in the report. Any
+other module (a residual block, another container), a parametrized weight, a layer used
+twice, or a model that is not an ``nn.Sequential`` is refused with an error. The model's
+first inputs and last outputs never change.
 
 >>> import torch
 >>> from torch import nn
@@ -116,22 +117,41 @@ class CompactReport:
         return "\n".join(lines)
 
 
-def _check(model: nn.Module) -> list[nn.Module]:
+def _where(path: tuple[int, ...]) -> str:
+    return "model" + "".join(f"[{i}]" for i in path)
+
+
+def _leaves(
+    model: nn.Sequential, path: tuple[int, ...] = ()
+) -> list[tuple[tuple[int, ...], nn.Module]]:
+    """The modules of ``model`` in execution order, nested ``nn.Sequential`` flattened."""
+    out: list[tuple[tuple[int, ...], nn.Module]] = []
+    for i, m in enumerate(model):
+        out += _leaves(m, (*path, i)) if isinstance(m, nn.Sequential) else [((*path, i), m)]
+    return out
+
+
+def _check(model: nn.Module) -> list[tuple[tuple[int, ...], nn.Module]]:
     if not isinstance(model, nn.Sequential):
         raise type_error("model", "an nn.Sequential of Linear/Conv layers", type(model).__name__)
-    mods = list(model)
+    leaves = _leaves(model)
     allowed = (*_WEIGHT, *_ELEMENTWISE, *_DROPOUT, _BN, *_POOL, *_MIXING, nn.Flatten)
-    for i, m in enumerate(mods):
+    seen: dict[int, tuple[int, ...]] = {}
+    for path, m in leaves:
         if not isinstance(m, allowed):
             raise ValueError(
-                f"model[{i}] must be a Linear/Conv layer, an activation, dropout, BatchNorm, "
-                f"pooling, Flatten or a norm, got {type(m).__name__} (compact shrinks flat "
+                f"{_where(path)} must be a Linear/Conv layer, an activation, dropout, BatchNorm, "
+                f"pooling, Flatten or a norm, got {type(m).__name__} (compact shrinks "
                 "nn.Sequential stacks only)"
             )
         if getattr(m, "parametrizations", None):
-            raise ValueError(f"model[{i}] must not be parametrized, got {type(m).__name__} "
+            raise ValueError(f"{_where(path)} must not be parametrized, got {type(m).__name__} "
                              "with parametrizations: remove them first")  # fmt: skip
-    return mods
+        if isinstance(m, (*_WEIGHT, _BN)) and id(m) in seen:
+            raise ValueError(f"{_where(path)} must be a module of its own, got the same "
+                             f"{type(m).__name__} as {_where(seen[id(m)])}")  # fmt: skip
+        seen[id(m)] = path
+    return leaves
 
 
 def _why_whole(a: nn.Module, between: list[nn.Module], b: nn.Module) -> str | None:
@@ -251,7 +271,7 @@ def _slice_bn(bn: nn.Module, keep: Tensor) -> None:
 
 def _flops(model: nn.Module, example_input: Tensor | None) -> int | None:
     """FLOPs of one sample's forward pass through the weight layers (2 per multiply-add)."""
-    layers = [m for m in model if isinstance(m, _WEIGHT)]
+    layers = [m for m in model.modules() if isinstance(m, _WEIGHT)]
     if example_input is None:
         if any(not isinstance(m, nn.Linear) for m in layers):
             return None
@@ -288,22 +308,26 @@ def compact(
     both in eval mode, and ``report.max_rel_diff`` that difference over the outputs' size
     (float32 rounding: fewer terms in a sum round differently, by ~1e-7 relative).
     """
-    mods = _check(model)
+    paths = [path for path, _ in _check(model)]
     if example_input is not None and not isinstance(example_input, Tensor):
         raise type_error("example_input", "a tensor (a batch of inputs)", example_input)
     small = copy.deepcopy(model)
     report = CompactReport(params_before=sum(p.numel() for p in model.parameters()))
     report.flops_before = _flops(model, example_input)
+    mods = [m for _, m in _leaves(small)]  # the copy's modules, in the same order
     idx = [i for i, m in enumerate(mods) if isinstance(m, _WEIGHT)]
     before = {i: mods[i].weight.shape[0] for i in idx}
     for i, j in itertools.pairwise(idx):
-        a, between, b = small[i], list(small[i + 1 : j]), small[j]
+        a, between, b = mods[i], mods[i + 1 : j], mods[j]
         why = _why_whole(a, between, b)
         if why is not None:
-            report.kept.append(f"units of model[{i}] ({type(a).__name__}): {why}")
+            report.kept.append(f"units of {_where(paths[i])} ({type(a).__name__}): {why}")
             continue
         _shrink_pair(a, between, b)
-    report.widths = [(i, type(small[i]).__name__, before[i], small[i].weight.shape[0]) for i in idx]
+    report.widths = [
+        (".".join(map(str, paths[i])), type(mods[i]).__name__, before[i], mods[i].weight.shape[0])
+        for i in idx
+    ]
     report.params_after = sum(p.numel() for p in small.parameters())
     report.flops_after = _flops(small, example_input)
     if example_input is not None:
