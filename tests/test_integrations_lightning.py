@@ -327,3 +327,26 @@ def test_bf16_true_weights(mode, rounding):
         optimizer.step()
         optimizer.zero_grad()
     assert_same(module, net)
+
+
+class LossMode(Module):
+    """mode="loss": the module adds the callback's penalty to its loss itself."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        (cb,) = [c for c in self.trainer.callbacks if isinstance(c, Regularize)]
+        return F.mse_loss(self.net(x), y) + cb.regularizer()
+
+
+def test_loss_mode_adds_the_penalty_in_training_step():
+    steps = 4
+    cb = Regularize(tp.L2(schedule), "loss")
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])  # fmt: skip
+    module = LossMode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader())
+    net, _ = by_hand(tp.L2(schedule), "grad", steps=steps)  # loss mode == grad mode
+    assert_same(module, net)
+    assert cb.regularizer.step_count == steps  # the schedule still advanced per step
