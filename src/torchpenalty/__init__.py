@@ -41,6 +41,7 @@ _EXPORTS = {
     "to_sklearn_lasso": "penalties",
     "to_sklearn_ridge": "penalties",
     "Regularizer": "regularizer",
+    "compact": "compact",
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
@@ -64,6 +65,7 @@ __all__ = [
     "SweepInterrupted",
     "SweepResult",
     "__version__",
+    "compact",
     "explain",
     "from_keras_l1",
     "from_keras_l2",
@@ -100,6 +102,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import functional, schedules
+    from .compact import compact
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (
         L1,
