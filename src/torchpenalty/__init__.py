@@ -43,6 +43,7 @@ _EXPORTS = {
     "to_sklearn_lasso": "penalties",
     "to_sklearn_ridge": "penalties",
     "Regularizer": "regularizer",
+    "compact": "compact",
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
@@ -67,6 +68,7 @@ __all__ = [
     "SweepInterrupted",
     "SweepResult",
     "__version__",
+    "compact",
     "explain",
     "fit_evidence",
     "from_keras_l1",
@@ -104,6 +106,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import functional, schedules
+    from .compact import compact
     from .evidence import Evidence, fit_evidence
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (
