@@ -8,6 +8,7 @@ the exact Gaussian marginal likelihood of a multi-output linear model (SciPy), a
 
 from __future__ import annotations
 
+import json
 import runpy
 import time
 from pathlib import Path
@@ -301,6 +302,28 @@ def test_cnn_on_images_gets_one_strength_per_layer():
     ev.update((torch.randn(50, 1, 8, 8), torch.randint(0, 3, (50,))))
     assert sorted(ev.strengths) == ["0.weight", "2.weight", "5.weight"]
     assert all(np.isfinite(v) and v > 0 for v in ev.strengths.values())
+
+
+def test_state_dict_round_trip_through_json_resumes_identically():
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 5), torch.randn(40, 1)
+    model = mlp()
+    reg = E.per_layer(model, 1e-3)
+    ev = tp.Evidence(reg, "mse", n_data=40)
+    ev.update((X, y))
+    state = json.loads(json.dumps(ev.state_dict()))
+    ev.update((X, y))
+    fresh = tp.Evidence(E.per_layer(model, 0.5), "mse", n_data=40)
+    fresh.load_state_dict(state)
+    assert fresh.strengths == pytest.approx(ev.history[0]["strengths"])
+    assert fresh.log_evidence == ev.log_evidence[:1]
+    fresh.update((X, y))
+    assert fresh.strengths == pytest.approx(ev.strengths)
+    assert fresh.log_evidence == pytest.approx(ev.log_evidence)
+    with pytest.raises(ValueError, match=r"state\['x'\] must hold 3 values"):
+        fresh.load_state_dict({**state, "x": [0.0]})
+    with pytest.raises(ValueError, match="state must be a dict with keys"):
+        fresh.load_state_dict({"x": None})
 
 
 # ---------------------------------------------------------------------- set_strengths

@@ -94,7 +94,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_choice, check_int, check_positive, check_strength, type_error
+from ._validation import (
+    check_choice,
+    check_config,
+    check_int,
+    check_positive,
+    check_strength,
+    type_error,
+)
 from .penalties import L2, Penalty
 from .regularizer import Regularizer
 from .select import Matcher, matches, select
@@ -665,6 +672,45 @@ class Evidence:
         set_strengths(
             self.reg, {names[0]: lam[i] * unit for i, (_, names, _) in enumerate(self._groups)}
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    _STATE_KEYS = ("x", "m", "v", "t", "n_outputs", "noise_precision", "history")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The hyperparameters, their Adam state and the history, as plain JSON-able
+        values (save it with your checkpoint; the strengths themselves live in ``reg``)."""
+        opt = self._opt
+        return {
+            "x": None if opt is None else opt.x.tolist(),
+            "m": None if opt is None else opt.m.tolist(),
+            "v": None if opt is None else opt.v.tolist(),
+            "t": 0 if opt is None else opt.t,
+            "n_outputs": self.n_outputs,
+            "noise_precision": self.noise_precision,
+            "history": [dict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the strengths are written into ``reg`` again."""
+        state = check_config("state", dict(state) if isinstance(state, Mapping) else state,
+                             self._STATE_KEYS, self._STATE_KEYS)  # fmt: skip
+        n = len(self._groups) + (self.loss == "mse")
+        if state["x"] is not None and len(state["x"]) != n:
+            raise ValueError(
+                f"state['x'] must hold {n} values for this Evidence, got {state['x']!r}"
+            )
+        self.n_outputs = check_int("state['n_outputs']", state["n_outputs"], minimum=1)
+        self.noise_precision = state["noise_precision"]
+        self.history = [dict(h) for h in state["history"]]
+        self.log_evidence = [h["log_evidence"] for h in self.history]
+        if state["x"] is None:
+            self._opt = None
+            return
+        self._opt = _Adam(np.array(state["x"], dtype=np.float64), self.lr)
+        self._opt.m = np.array(state["m"], dtype=np.float64)
+        self._opt.v = np.array(state["v"], dtype=np.float64)
+        self._opt.t = check_int("state['t']", state["t"], minimum=0)
+        self._write(self._opt.x)
 
     def __repr__(self) -> str:
         return (
