@@ -24,6 +24,8 @@ _EXPORTS = {
     "MODES": "optim",
     "AttachHandle": "optim",
     "param_groups": "optim",
+    "Evidence": "evidence",
+    "fit_evidence": "evidence",
     "L1": "penalties",
     "L2": "penalties",
     "L2SP": "penalties",
@@ -57,6 +59,7 @@ __all__ = [
     "MODES",
     "AttachHandle",
     "ElasticNet",
+    "Evidence",
     "ExplainRow",
     "GroupLasso",
     "Orthogonal",
@@ -67,6 +70,7 @@ __all__ = [
     "__version__",
     "compact",
     "explain",
+    "fit_evidence",
     "from_keras_l1",
     "from_keras_l2",
     "from_sklearn_elasticnet",
@@ -103,6 +107,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import functional, schedules
     from .compact import compact
+    from .evidence import Evidence, fit_evidence
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (
         L1,
