@@ -581,7 +581,8 @@ def _norm_dims(p: Tensor, dim: int | tuple[int, ...] | None) -> tuple[int, ...]:
 
 def _slice_norms(p: Tensor, dim) -> Tensor:
     dims = _norm_dims(p, dim)
-    return torch.sqrt(torch.sum(p.float().square(), dim=dims, keepdim=True)) if dims else p.abs()
+    w = p.to(accumulation_dtype([p])) if p.dtype in (torch.float16, torch.bfloat16) else p
+    return torch.sqrt(torch.sum(w.square(), dim=dims, keepdim=True)) if dims else w.abs()
 
 
 @torch.no_grad()
