@@ -31,6 +31,7 @@ _EXPORTS = {
     "GroupLasso": "penalties",
     "Orthogonal": "penalties",
     "Penalty": "penalties",
+    "updates": None,
     "resolve": "penalties",
     "Sum": "penalties",
     "UnitNorm": "penalties",
