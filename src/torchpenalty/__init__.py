@@ -32,6 +32,7 @@ _EXPORTS = {
     "Orthogonal": "penalties",
     "Penalty": "penalties",
     "updates": None,
+    "activity": None,
     "resolve": "penalties",
     "Sum": "penalties",
     "UnitNorm": "penalties",
@@ -78,6 +79,7 @@ __all__ = [
     "SweepResult",
     "UnitNorm",
     "__version__",
+    "activity",
     "explain",
     "from_keras_l1",
     "from_keras_l2",
@@ -94,6 +96,7 @@ __all__ = [
     "to_sklearn_elasticnet",
     "to_sklearn_lasso",
     "to_sklearn_ridge",
+    "updates",
 ]
 
 
@@ -114,7 +117,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import functional, schedules
+    from . import activity, functional, schedules, updates
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (
         L1,
