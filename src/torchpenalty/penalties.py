@@ -207,12 +207,15 @@ class Penalty:
         """The message when parameter ``name`` is sharded along ``dim`` and
         :meth:`shard_ok` refuses it."""
         what = getattr(self, "whole_what", "whole tensors")
-        hint = getattr(self, "sharding_hint", "")
+        hint = self._sharding_hint(dim)
         return (
             f"{type(self).__name__} needs {what}, but parameter {name!r} is sharded along dim "
             f"{dim} (FSDP2/DTensor): {hint + ', or ' if hint else ''}keep this parameter out "
             f"of the sharded module, got {self!r}"
         )
+
+    def _sharding_hint(self, dim: int) -> str:
+        return ""
 
     # ----------------------------------------------------------------- public math
     def __call__(
@@ -593,9 +596,8 @@ class GroupLasso(Penalty):
     def whole_what(self) -> str:
         return f"whole slices along dim {self.dim}"
 
-    def sharding_error(self, name: str, dim: int) -> str:
-        self.sharding_hint = f"use GroupLasso(dim={dim})"
-        return super().sharding_error(name, dim)
+    def _sharding_hint(self, dim: int) -> str:
+        return f"use GroupLasso(dim={dim})"
 
     def shard_ok(self, dim: int, ndim: int) -> bool:
         """Groups are slices along ``self.dim``: sharding along that dim keeps them whole."""
