@@ -318,21 +318,32 @@ def _new_out_dir() -> str:
 
 
 def _resumed(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The saved report and checkpoint of an unfinished run in ``folder``."""
+    """The saved header (settings, data, fingerprint) and state of an unfinished run in
+    ``folder``. The checkpoint alone is enough: a report.json that is missing or broken
+    (a stop between the two writes) is rewritten, with a notice."""
     from . import report
 
+    if os.path.isdir(os.path.join(folder, report.REPORT)):  # could never be rewritten
+        raise CLIError(f"--resume {folder}: cannot be resumed: {report.REPORT} is a folder")
     try:
         saved = report.load_report(folder)
-        if saved.get("complete"):
-            raise CLIError(f"--resume {folder}: that sweep already finished")
+    except report.ReportError as e:
+        saved, problem = None, e
+    if saved is not None and saved.get("complete"):
+        raise CLIError(f"--resume {folder}: that sweep already finished")
+    try:
         state = report.load_checkpoint(folder)
     except report.ReportError as e:
-        raise CLIError(f"--resume {folder}: cannot be resumed: {e}") from None
-    return saved, state
+        no_ckpt = not os.path.lexists(os.path.join(folder, report.CHECKPOINT))
+        cause = problem if saved is None and no_ckpt else e
+        raise CLIError(f"--resume {folder}: cannot be resumed: {cause}") from None
+    if saved is None:
+        print(f"torchpenalty: {problem}; resuming from {report.CHECKPOINT}", file=sys.stderr)
+    return state["header"], state
 
 
 def _check_fingerprint(folder: str, saved: dict[str, Any], header: dict[str, Any]) -> None:
-    then = saved.get("fingerprint", {}).get("data_sha256")
+    then = (saved.get("fingerprint") or {}).get("data_sha256")
     now = header["fingerprint"]["data_sha256"]
     if then != now:
         raise CLIError(f"--resume {folder}: the data {header['fingerprint']['data']} changed "
@@ -353,6 +364,7 @@ def _run_folder(out: str, resume: bool, overwrite: bool) -> Iterator[None]:
         raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     try:
         with report.RunLock(out):
+            report.remove_temporaries(out)  # left by a process killed mid-write
             if not resume and report.holds_run(out):
                 if not overwrite:
                     raise CLIError(f"--out {out} holds a run already: continue it with "
@@ -409,7 +421,7 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
 
     def save(state: dict[str, Any], result: Any = None) -> None:
         n = next(seq)
-        report.write_checkpoint(out, state, n)
+        report.write_checkpoint(out, state, n, header)
         report.write_report(out, result or _partial(state), header, complete=False, seq=n)
 
     def on_chunk(state: dict[str, Any]) -> None:
@@ -431,7 +443,7 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
                 report.write_outputs(out, result, header, _model_info(args, data, result))
     except report.ReportError as e:
         raise CLIError(f"{e}; what was saved before stays resumable") from None
-    except (ValueError, TypeError) as e:
+    except ValueError as e:  # a resume state that does not fit these settings
         raise _translate(e) from None
     _print_summary(result, args["select"], out)
     return 0

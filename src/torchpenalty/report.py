@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "holds_run",
     "load_checkpoint",
     "load_report",
+    "remove_temporaries",
     "shielded",
     "stop_signals",
     "write_atomic",
@@ -148,9 +150,12 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(folder: str, state: dict[str, Any], seq: int) -> None:
-    """The sweep's resume state, tagged with ``seq`` (written before the report)."""
-    write_atomic(os.path.join(folder, CHECKPOINT), _torch_bytes({**state, "seq": seq}))
+def write_checkpoint(folder: str, state: dict[str, Any], seq: int, header: dict) -> None:
+    """The sweep's resume state, tagged with ``seq`` and carrying the report's ``header``
+    (settings, data, fingerprint), so that it alone is enough to resume: it is written
+    before the report, and a stop between the two must not strand it."""
+    payload = {**state, "seq": seq, "header": header}
+    write_atomic(os.path.join(folder, CHECKPOINT), _torch_bytes(payload))
 
 
 def write_report(folder: str, result: Any, header: dict[str, Any], **extra: Any) -> None:
@@ -187,6 +192,15 @@ def write_outputs(folder: str, result: Any, header: dict[str, Any], model_info: 
     write_report(folder, result, header, model=model_info)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(folder, CHECKPOINT))
+
+
+def remove_temporaries(folder: str) -> None:
+    """Remove the temporary files of writes that never finished (a process killed in the
+    middle of :func:`write_atomic`); call it only while holding the folder's lock."""
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
 
 
 # ---------------------------------------------------------------------------- reading
@@ -230,17 +244,28 @@ def load_checkpoint(folder: str) -> dict[str, Any]:
     if os.path.isdir(path):
         raise ReportError(f"{CHECKPOINT} is a folder, not a file")
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:  # torch's message would suggest weights_only=False
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:  # torch's message would suggest weights_only=False
+        if "Unsupported global" in str(e):
+            raise ReportError(
+                f"{CHECKPOINT} holds objects other than tensors and plain containers; "
+                "it is not loaded, since loading them could run code"
+            ) from None
         raise ReportError(
-            f"{CHECKPOINT} holds objects other than tensors and plain containers; "
-            "it is not loaded, since loading them could run code"
+            f"{CHECKPOINT} is corrupt or truncated (not a sweep checkpoint)"
         ) from None
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
+        if "weights_only" in first:
+            first = type(e).__name__
         raise ReportError(f"{CHECKPOINT} is corrupt or truncated ({first})") from None
     if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
         raise ReportError(f"{CHECKPOINT} is not a sweep checkpoint (missing keys)")
+    header = state.get("header")
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), dict):
+        raise ReportError(f"{CHECKPOINT} has no run settings (written by an older version?)")
     return state
 
 
