@@ -287,7 +287,10 @@ class RunLock:
                 self._take_over_if_stale()
                 continue
             except OSError as e:
-                raise ReportError(f"cannot write {self.path}: {e.strerror or e}") from None
+                folder = os.path.dirname(self.path)
+                raise ReportError(
+                    f"{folder} is not writable (cannot create {self.path}: {e.strerror or e})"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             self.taken = True
