@@ -132,7 +132,9 @@ def test_print_result_shows_the_table_marks_and_warnings():
     text = str(r)
     assert repr(r) == text
     lines = text.splitlines()
-    assert lines[0] == ("SweepResult: 4 strengths x 2 folds; best 0.1, 1-SE 1, refit at 1 (1se)")
+    assert lines[0] == (
+        "SweepResult(4 strengths x 2 folds, best_strength=0.1, strength_1se=1, refit='1se' at 1)"
+    )
     assert lines[1].split() == [
         "strength", "val", "loss", "±", "SE", "train", "loss", "||w||", "zeros", "folds",
     ]  # fmt: skip
@@ -152,7 +154,7 @@ def test_table_with_accuracy_and_incomplete_header():
     r = SweepResult([0.01, 0.1], 2, _records([[0.5, 0.6]], acc=0.75), {"loss": "cross_entropy"})
     text = str(r)
     assert text.splitlines()[0].startswith(
-        "SweepResult: 2 strengths x 2 folds (2 of 4 models finished)"
+        "SweepResult(2 strengths x 2 folds (2 of 4 models finished), best_strength=0.01"
     )
     assert text.splitlines()[1].split()[-2:] == ["val", "acc"]
     assert text.splitlines()[2].split()[-4:] == ["0.750", "<-", "best,", "1se"]

@@ -379,15 +379,15 @@ class SweepResult:
         best, one, chosen = self.best_strength, self.strength_1se, self.chosen_strength
 
         def fmt(v: float | None) -> str:
-            return "none (all diverged)" if v is None else f"{v:.4g}"
+            return "None" if v is None else f"{v:.3g}"
 
-        done = len(self.records)
-        total = len(self.strengths) * self.folds
+        done, total = len(self.records), len(self.strengths) * self.folds
         head = (
-            f"SweepResult: {len(self.strengths)} strengths x {self.folds} folds"
+            f"SweepResult({len(self.strengths)} strengths x {self.folds} folds"
             + ("" if self.complete else f" ({done} of {total} models finished)")
-            + f"; best {fmt(best)}, 1-SE {fmt(one)}"
-            + (f", refit at {fmt(chosen)} ({self.refit})" if self.refit else "")
+            + f", best_strength={fmt(best)}, strength_1se={fmt(one)}"
+            + (f", refit={self.refit!r} at {fmt(chosen)}" if self.refit else "")
+            + ")"
         )
         table = format_table(
             self.table, best=best, one_se=one, chosen=chosen if self.refit else None
