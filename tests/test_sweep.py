@@ -197,7 +197,7 @@ def test_data_errors():
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="X must be finite"):
         tp.sweep(mlp, (np.where(X > 1.5, np.nan, X), X[:, 0]), progress=False)
-    with pytest.raises(ValueError, match=r"y must be not constant, got every value 1.0"):
+    with pytest.raises(ValueError, match=r"y must be non-constant, got every value 1.0"):
         tp.sweep(mlp, (X, np.ones(20)), progress=False)
     with pytest.raises(
         ValueError, match=r"y must be of the same length as X \(20 rows\), got 19 rows"
