@@ -197,8 +197,9 @@ def test_all_strengths_diverging_is_reported_not_crashed():
     X, y = _linear_data()
     r = tp.sweep(
         lambda: nn.Linear(3, 1), (X, y), strengths=[1e-3, 1e-1, 1.0], folds=3, epochs=20,
-        optimizer="sgd", lr=50.0, refit=False, **QUIET,
+        optimizer="sgd", lr=50.0, **QUIET,
     )  # fmt: skip
+    assert r.refit == "best" and r.model is None  # nothing to refit
     assert all(row["diverged"] for row in r.table)
     assert r.best_strength is None and r.strength_1se is None
     assert len(r.warnings) == 1 and r.warnings[0].startswith("every strength diverged")
@@ -267,9 +268,8 @@ def test_predict_classification_returns_the_original_labels():
         lambda: nn.Linear(2, 3), (X, y), loss="cross_entropy", strengths=[1e-4, 1e-2],
         folds=3, epochs=100, lr=0.05, **QUIET,
     )  # fmt: skip
-    if r.classes is None:  # until tp.sweep fills it (see notes/result.md)
-        r.classes = np.unique(y).tolist()
-    assert r.classes == ["high", "low", "mid"]
+    assert r.classes == ["high", "low", "mid"] and r.loss == "cross_entropy"
+    assert r.model_name == "Linear(2->3), 9 parameters"
     p = r.predict(X)
     assert p.dtype.kind == "U" and set(p) <= {"low", "mid", "high"}
     ref = LogisticRegression(C=1e4, max_iter=5000).fit(X, y).predict(X)

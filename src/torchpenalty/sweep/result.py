@@ -32,6 +32,7 @@ __all__ = [
     "StandardizedModel",
     "SweepResult",
     "best_index",
+    "describe_model",
     "diagnose",
     "format_table",
     "one_se_index",
@@ -40,6 +41,26 @@ __all__ = [
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def describe_model(model: nn.Module) -> str:
+    """A short name for plot titles: the class, the layers of an ``nn.Sequential``, and
+    the number of parameters.
+
+    >>> describe_model(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)))
+    'Sequential(Linear(3->8), ReLU, Linear(8->1)), 41 parameters'
+    """
+
+    def one(m: nn.Module) -> str:
+        if isinstance(m, nn.Linear):
+            return f"Linear({m.in_features}->{m.out_features})"
+        return type(m).__name__
+
+    name = one(model)
+    if isinstance(model, nn.Sequential) and len(model) <= 8:
+        name = f"Sequential({', '.join(one(m) for m in model)})"
+    n = sum(p.numel() for p in model.parameters())
+    return f"{name}, {n} parameters"
 
 
 def best_index(rows: list[dict[str, Any]]) -> int | None:
@@ -230,6 +251,11 @@ class SweepResult:
     @property
     def complete(self) -> bool:
         return len(self.records) == len(self.strengths) * self.folds
+
+    @property
+    def loss(self) -> str:
+        """The loss the sweep minimized: ``"mse"`` or ``"cross_entropy"``."""
+        return str(self.settings.get("loss", "mse"))
 
     @property
     def task(self) -> str:
