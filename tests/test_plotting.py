@@ -53,7 +53,7 @@ def _draw(disp):
 def test_title_names_data_and_model_and_legend_is_outside(kind):
     disp = result([1.0, 0.5, 0.6, 0.9, 1.5]).plot(kind=kind)
     ax = disp.ax_
-    assert ax.get_title().startswith("data: toy.csv, model: mlp:8\n")
+    assert ax.get_title().startswith("data: toy.csv\nmodel: mlp:8\n")
     renderer = _draw(disp)
     leg = ax.get_legend().get_window_extent(renderer)
     assert leg.x0 >= ax.get_window_extent(renderer).x1  # right of the axes: hides nothing

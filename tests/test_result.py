@@ -269,7 +269,7 @@ def test_predict_classification_returns_the_original_labels():
         folds=3, epochs=100, lr=0.05, **QUIET,
     )  # fmt: skip
     assert r.classes == ["high", "low", "mid"] and r.loss == "cross_entropy"
-    assert r.model_name == "Linear(2->3), 9 parameters"
+    assert r.model_name == "Linear 2-3, 9 parameters"
     p = r.predict(X)
     assert p.dtype.kind == "U" and set(p) <= {"low", "mid", "high"}
     ref = LogisticRegression(C=1e4, max_iter=5000).fit(X, y).predict(X)

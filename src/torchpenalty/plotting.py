@@ -111,10 +111,11 @@ class SweepDisplay:
 
     # ------------------------------------------------------------------ pieces
     def _names(self) -> str:
+        """``data: ...`` and ``model: ...``, each wrapped to fit the title's width."""
         parts = [f"data: {self.data_name or '?'}"]
         if self.model_name:
             parts.append(f"model: {self.model_name}")
-        return ", ".join(parts)
+        return "\n".join(textwrap.fill(p, 70) for p in parts)
 
     def _xscale(self, ax: Any) -> None:
         if all(s > 0 for s in self.strengths):

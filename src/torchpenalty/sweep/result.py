@@ -44,23 +44,27 @@ def _finite(v: Any) -> bool:
 
 
 def describe_model(model: nn.Module) -> str:
-    """A short name for plot titles: the class, the layers of an ``nn.Sequential``, and
+    """A short name for plot titles: ``MLP in-hidden-out (activation)`` for an
+    ``nn.Sequential`` of ``nn.Linear`` layers and activations, else the class name; then
     the number of parameters.
 
     >>> describe_model(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)))
-    'Sequential(Linear(3->8), ReLU, Linear(8->1)), 41 parameters'
+    'MLP 3-8-1 (ReLU), 41 parameters'
+    >>> describe_model(nn.Linear(3, 2))
+    'Linear 3-2, 8 parameters'
     """
-
-    def one(m: nn.Module) -> str:
-        if isinstance(m, nn.Linear):
-            return f"Linear({m.in_features}->{m.out_features})"
-        return type(m).__name__
-
-    name = one(model)
-    if isinstance(model, nn.Sequential) and len(model) <= 8:
-        name = f"Sequential({', '.join(one(m) for m in model)})"
     n = sum(p.numel() for p in model.parameters())
-    return f"{name}, {n} parameters"
+    mods = list(model) if isinstance(model, nn.Sequential) else [model]
+    linears = [m for m in mods if isinstance(m, nn.Linear)]
+    others = [m for m in mods if not isinstance(m, nn.Linear)]
+    if linears and all(len(list(m.parameters())) == 0 for m in others):
+        dims = "-".join(
+            str(d) for d in [linears[0].in_features] + [m.out_features for m in linears]
+        )
+        acts = sorted({type(m).__name__ for m in others})
+        kind = "MLP" if len(linears) > 1 else "Linear"
+        return f"{kind} {dims}" + (f" ({', '.join(acts)})" if acts else "") + f", {n} parameters"
+    return f"{type(model).__name__}, {n} parameters"
 
 
 def best_index(rows: list[dict[str, Any]]) -> int | None:
