@@ -288,3 +288,32 @@ def test_fuzzed_csv_bytes_never_crash_the_loader(tmp_path, raw, ext, task):
     assert ds.task in ("regression", "classification")
     if ds.task == "regression":
         assert np.isfinite(ds.y.astype(float)).all()
+
+
+@pytest.mark.parametrize(
+    ("column", "scale", "match"),
+    [
+        (1, 1e155, r"column 1: values as large as .*e\+155 overflow its variance in float64"),
+        ("y", 1e300, r"column 0: values as large as .*e\+300 overflow its variance in float64"),
+    ],
+)
+def test_the_python_api_refuses_columns_whose_variance_overflows(column, scale, match):
+    import torch
+
+    import torchpenalty as tp
+
+    X = RNG.normal(size=(30, 2))
+    y = X[:, 0].copy()
+    if column == "y":
+        y *= scale
+    else:
+        X[:, column] *= scale
+    with pytest.raises(ValueError, match=match):
+        tp.sweep(
+            lambda: torch.nn.Linear(2, 1),
+            (X, y),
+            strengths=[1e-3],
+            folds=2,
+            epochs=1,
+            progress=False,
+        )

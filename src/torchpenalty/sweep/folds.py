@@ -88,12 +88,29 @@ def group_kfold(groups: Any, k: int, seed: int = 0) -> list[tuple[np.ndarray, np
 
 
 class Standardizer:
-    """Column means and standard deviations of the training rows (std 0 -> 1)."""
+    """Column means and standard deviations of the training rows (std 0 -> 1). A column
+    whose variance overflows float64 (values around 1e154 and up) raises ``ValueError``
+    naming it (``"{name} column {j}"``) instead of being silently standardized to zeros.
 
-    def __init__(self, x: np.ndarray) -> None:
+    >>> Standardizer(np.array([[1.0, 2e160], [2.0, -2e160]]), name="X")
+    Traceback (most recent call last):
+    ...
+    ValueError: X column 1: values as large as 2e+160 overflow its variance in float64; rescale it
+    """
+
+    def __init__(self, x: np.ndarray, name: str | None = None) -> None:
         x = np.asarray(x, dtype=np.float64)
-        self.mean = x.mean(axis=0)
-        std = x.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.mean = x.mean(axis=0)
+            std = x.std(axis=0)
+        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(std)))
+        if len(bad):
+            big = float(np.abs(x.reshape(len(x), -1)[:, bad[0]]).max())
+            raise ValueError(
+                f"{name + ' ' if name else ''}column {bad[0]}: values as large as {big:.3g} "
+                "overflow its variance "
+                "in float64; rescale it"
+            )
         self.std = np.where(std > 0, std, 1.0)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
