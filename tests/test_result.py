@@ -270,6 +270,8 @@ def test_predict_classification_returns_the_original_labels():
     )  # fmt: skip
     assert r.classes == ["high", "low", "mid"] and r.loss == "cross_entropy"
     assert r.model_name == "Linear 2-3, 9 parameters"
+    d = json.loads(r.to_json())
+    assert d["classes"] == ["high", "low", "mid"] and d["model_name"] == r.model_name
     p = r.predict(X)
     assert p.dtype.kind == "U" and set(p) <= {"low", "mid", "high"}
     ref = LogisticRegression(C=1e4, max_iter=5000).fit(X, y).predict(X)

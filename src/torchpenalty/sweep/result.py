@@ -390,6 +390,9 @@ class SweepResult:
             out["warnings"] = self.warnings
         if self.classes is not None:
             out["classes"] = np.asarray(self.classes).tolist()
+        for key in ("data_name", "model_name"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     def to_json(self, **kwargs: Any) -> str:
