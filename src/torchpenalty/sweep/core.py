@@ -32,7 +32,7 @@ from ..distributed import all_gather_objects, world
 from ..penalties import Penalty, get
 from .engine import STACKABLE, Engine, Problem, Record, Task
 from .folds import Standardizer, kfold, stratified_kfold
-from .result import StandardizedModel, SweepResult
+from .result import StandardizedModel, SweepResult, describe_model
 
 __all__ = [
     "PARAMETER_CONSTRAINTS",
@@ -555,7 +555,15 @@ def _run_chunks(
 def _result(plan: _Plan, done: dict[tuple[int, int], Record]) -> SweepResult:
     settings = {**plan.settings, "chunk_size": plan.chunk_size}
     settings["chunks"] = -(-len(plan.tasks) // plan.chunk_size)
-    result = SweepResult(plan.grid, plan.folds, [done[k] for k in sorted(done)], settings)
+    classes = plan.meta["classes"]
+    result = SweepResult(
+        plan.grid,
+        plan.folds,
+        [done[k] for k in sorted(done)],
+        settings,
+        classes=None if classes is None else classes.tolist(),
+        model_name=describe_model(plan.engine.base),
+    )
     if not hasattr(type(result), "loss"):  # SweepResult may grow a property for it
         result.loss = plan.settings["loss"]
     return result
@@ -574,6 +582,8 @@ def _finish(plan: _Plan, done: dict[tuple[int, int], Record], refit: str | bool)
         result.settings["world_size"] = world()[1]
     if refit:
         result.refit = refit
+        if result.chosen_strength is None:  # every strength diverged: nothing to refit
+            return result
         try:
             result.model = _refit(plan, result)
         except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
