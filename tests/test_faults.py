@@ -208,7 +208,7 @@ def test_two_runs_on_one_folder(tmp_path, capsys, reference):
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.02)
     code, _, err = run(["sweep", *ARGS, "--out", str(out), "--overwrite"], capsys)
-    assert code == 2 and f"is in use by another run (process {first.pid})" in err, err
+    assert code == 2 and f"is in use by another run (process {first.pid};" in err, err
     code, _, err = run(["sweep", "--quiet", "--resume", str(out)], capsys)
     assert code == 2, err  # resuming while it runs is refused too (lock or unfinished save)
     assert first.wait(timeout=300) == 0

@@ -412,7 +412,10 @@ class RunLock:
             pid = 0
         if pid > 0 and pid != os.getpid() and _alive(pid):
             folder = os.path.dirname(self.path)
-            raise ReportError(f"{folder} is in use by another run (process {pid})")
+            raise ReportError(
+                f"{folder} is in use by another run (process {pid}; if that process is not "
+                f"a torchpenalty run, remove {self.path})"
+            )
         print(f"torchpenalty: taking over the stale lock of process {pid or '?'} "
               "(no longer running)", file=sys.stderr)  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
