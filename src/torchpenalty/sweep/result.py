@@ -105,14 +105,16 @@ def diagnose(
       regularization; or the largest): the optimum may lie outside it;
     * the training loss is still falling at the last epoch: over the last
       ``w = max(1, epochs // 10)`` epochs it dropped by more than ``falling`` (1%) of its
-      value ``w`` epochs before the end: the models are likely underfit.
+      value ``w`` epochs before the end, and the validation loss (when the curves have
+      it) fell too: the models are likely underfit (a falling training loss with a
+      rising validation loss is overfitting, which the strength, not more epochs, fixes).
 
     >>> rows = [{"strength": s, "val_loss_mean": v, "val_loss_se": 0.01}
     ...         for s, v in [(0.01, 0.5), (0.1, 0.6), (1.0, float("inf"))]]
     >>> for w in diagnose(rows, {"train": [4.0, 2.0, 1.0, 0.5], "val": []}): print(w)
     strength 1 diverged (non-finite validation loss): marked, never chosen
     the best strength 0.01 is the smallest of the grid: the best may lie below it; extend the grid down
-    training loss still falling at the last epoch (down 50.0% over the last 1 epochs): the models look underfit; train longer (more epochs) or with a larger learning rate
+    training loss still falling at the last epoch (down 50.0% over the last 1 epochs, validation loss too): the models look underfit; train longer (more epochs) or with a larger learning rate
     """
     out: list[str] = []
     bad = [r["strength"] for r in rows if not _finite(r["val_loss_mean"])]
@@ -138,17 +140,30 @@ def diagnose(
                 f"the best strength {s:.3g} is the largest of the grid: the best may lie "
                 "above it; extend the grid up"
             )
-    train = [v for v in (curves or {}).get("train", [])]
-    if len(train) >= 2 and all(_finite(v) for v in train[-2:]):
-        w = max(1, len(train) // 10)
-        before, last = train[-1 - w], train[-1]
-        if _finite(before) and before > 0 and (before - last) / before > falling:
-            out.append(
-                f"training loss still falling at the last epoch (down {(before - last) / before:.1%} "
-                f"over the last {w} epochs): the models look underfit; train longer (more "
-                "epochs) or with a larger learning rate"
-            )
+    drop = _still_falling((curves or {}).get("train", []), (curves or {}).get("val", []))
+    if drop is not None and drop[0] > falling:
+        out.append(
+            f"training loss still falling at the last epoch (down {drop[0]:.1%} over the "
+            f"last {drop[1]} epochs, validation loss too): the models look underfit; train "
+            "longer (more epochs) or with a larger learning rate"
+        )
     return out
+
+
+def _still_falling(train: list[float], val: list[float]) -> tuple[float, int] | None:
+    """Relative drop of the training loss over the last ``w = max(1, epochs // 10)``
+    epochs, and ``w``; None when it cannot be told or when the validation loss (if
+    recorded) did not fall over the same epochs (then longer training overfits: not
+    underfitting)."""
+    if len(train) < 2 or not all(_finite(v) for v in train[-2:]):
+        return None
+    w = max(1, len(train) // 10)
+    before, last = train[-1 - w], train[-1]
+    if not (_finite(before) and before > 0):
+        return None
+    if len(val) == len(train) and not (_finite(val[-1]) and val[-1] < val[-1 - w]):
+        return None
+    return (before - last) / before, w
 
 
 def format_table(
