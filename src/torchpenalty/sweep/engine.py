@@ -129,6 +129,7 @@ class Engine:
         base = self._module(0).to(self.device)
         self.base = base
         self.names = [n for n, _ in base.named_parameters()]
+        self.frozen = {n for n, p in base.named_parameters() if not p.requires_grad}
         self.selected = [n for n, _ in select(base)]
         self.buffers = {n: b for n, b in base.named_buffers()}
         if forward == "auto":
@@ -310,7 +311,9 @@ class Engine:
         folds = torch.tensor([t.fold for t in tasks], device=dev)
         strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
         params = {
-            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
+            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(
+                n not in self.frozen
+            )
             for n in self.names
         }
         buffers = {n: torch.stack([self.init(t.fold)[n] for t in tasks]) for n in self.buffers}
