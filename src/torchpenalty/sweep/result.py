@@ -445,7 +445,11 @@ class SweepResult:
             f"SweepResult({len(self.strengths)} strengths x {self.folds} folds"
             + ("" if self.complete else f" ({done} of {total} models finished)")
             + f", best_strength={fmt(best)}, strength_1se={fmt(one)}"
-            + (f", refit={self.refit!r} at {fmt(chosen)}" if self.refit else "")
+            + (
+                f", refit={self.refit!r} at {fmt(chosen)}"
+                if self.refit and chosen is not None
+                else ""
+            )
             + ")"
         )
         table = format_table(
