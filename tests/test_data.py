@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from torchpenalty import cli
@@ -317,3 +317,48 @@ def test_the_python_api_refuses_columns_whose_variance_overflows(column, scale, 
             epochs=1,
             progress=False,
         )
+
+
+DTYPES = ["f8", "f4", "f2", "i8", "u1", "?", "c16", "U3", "S3", "M8[D]"]
+
+
+@st.composite
+def npz_arrays(draw):
+    """X and y of random dtypes and shapes (some right, most wrong), values included."""
+    from hypothesis.extra import numpy as hnp
+
+    n = draw(st.integers(1, 12))
+
+    def array(shapes):
+        dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+        shape = draw(st.sampled_from(shapes))
+        return draw(hnp.arrays(dtype, shape))
+
+    X = array([(n, 2), (n, 1), (n,), (n, 0), (n, 2, 2), ()])
+    y = array([(n,), (n, 1), (n, 2), (n + 1,), (), (n, 2, 1)])
+    return X, y
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(arrays=npz_arrays(), task=st.sampled_from([None, "regression", "classification"]))
+def test_fuzzed_npz_arrays_never_crash_the_loader(tmp_path, arrays, task):
+    X, y = arrays
+    path = tmp_path / "f.npz"
+    np.savez(path, X=X, y=y)
+    try:
+        ds = data_mod.load(str(path), task=task)
+    except DataError as e:
+        assert "\n" not in str(e).strip()
+        event("one-line DataError")
+        return
+    event(f"loaded ({ds.task})")
+    assert ds.X.dtype == np.float64 and ds.X.ndim == 2 and len(ds.X) == len(ds.y)
+    assert np.isfinite(ds.X).all() and np.isfinite(ds.X.std(0)).all()
+    assert ds.y.dtype.kind in "biufU" and ds.y.ndim in (1, 2)
+    if ds.task == "classification":
+        assert ds.y.ndim == 1
+        json.dumps(np.unique(ds.y).tolist())  # the report can write the classes
+    else:
+        assert np.isfinite(ds.y.astype(np.float64)).all()

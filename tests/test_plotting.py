@@ -129,6 +129,10 @@ def test_all_diverged_still_plots(kind):
     assert disp.ax_.get_title()
     if kind == "learning":
         assert "all strengths diverged" in disp.ax_.texts[0].get_text()
+    if kind == "validation":
+        assert list(disp.ax_.get_yticks()) == []
+        (mark,) = [ln for ln in disp.ax_.get_lines() if ln.get_label().startswith("diverged")]
+        assert list(mark.get_xdata()) == GRID[:3]
 
 
 def test_untitled_data_falls_back_to_its_shape_and_user_axes_are_used(tmp_path):

@@ -72,8 +72,11 @@ DIAGNOSE = [
     ("one diverged", [1.0, 0.5, 0.9, NAN], None, FLAT, [r"^strength 1 diverged \(non-finite validation loss\): marked, never chosen$"]),
     ("two diverged", [INF, 0.5, 0.9, NAN], None, FLAT, [r"^strengths 0.001, 1 diverged"]),
     ("all diverged", [NAN, INF, NAN], None, FALLING, [r"^every strength diverged \(non-finite losses at all 3 strengths\): no strength chosen"]),
-    ("still falling", [1.0, 0.5, 0.9], None, FALLING, [r"^training loss still falling at the last epoch \(down 50.0% over the last 1 epochs\)"]),
+    ("still falling", [1.0, 0.5, 0.9], None, FALLING, [r"^training loss still falling at the last epoch \(the last epoch 50.0% below the one before, validation loss falling too\)"]),
     ("falling, edge, diverged", [0.4, 0.5, NAN], None, FALLING, ["diverged", "smallest", "still falling"]),
+    ("falling, validation falling too", [1.0, 0.5, 0.9], None, {"train": [4.0, 2.0, 1.0], "val": [5.0, 3.0, 2.0]}, [r"the last epoch 50.0% below the one before"]),
+    ("falling while validation rises: overfitting", [1.0, 0.5, 0.9], None, {"train": [4.0, 2.0, 1.0], "val": [5.0, 3.0, 3.5]}, []),
+    ("alternating noise: window means flat", [1.0, 0.5, 0.9], None, {"train": [1.04, 1.0] * 10}, []),
     ("falling 0.5% is noise", [1.0, 0.5, 0.9], None, {"train": [1.0] * 10 + [0.995]}, []),
     ("no curves", [1.0, 0.5, 0.9], None, None, []),
     ("one epoch", [1.0, 0.5, 0.9], None, {"train": [1.0], "val": [1.0]}, []),
@@ -97,10 +100,10 @@ def test_diagnose_on_hand_made_tables(vals, strengths, curves, expected):
 
 
 def test_underfit_window_is_a_tenth_of_the_epochs():
-    train = list(np.linspace(2.0, 1.0, 40))  # 40 epochs: window 4, drop 4/39 of 1.1026
+    train = list(np.linspace(2.0, 1.0, 40))  # 40 epochs: windows of 4
     (w,) = diagnose(rows_of([1.0, 0.5, 0.9]), {"train": train})
-    before, last = train[-5], train[-1]
-    assert f"down {(before - last) / before:.1%} over the last 4 epochs" in w
+    before, last = np.mean(train[-8:-4]), np.mean(train[-4:])
+    assert f"mean of the last 4 epochs {(before - last) / before:.1%} below the 4 before" in w
     assert diagnose(rows_of([1.0, 0.5, 0.9]), {"train": train}, falling=0.2) == []
 
 

@@ -83,7 +83,8 @@ def infer_task(y: np.ndarray) -> str:
         return "regression"
     if y.dtype.kind in "OUSb":
         return "classification"
-    integral = np.all(np.mod(y, 1) == 0) and np.all(np.abs(y) <= 2**31)
+    v = y.astype(np.float64)
+    integral = np.all(np.mod(v, 1) == 0) and np.all(np.abs(v) <= 2**31)
     if integral and len(np.unique(y)) <= 10:
         return "classification"
     return "regression"

@@ -241,6 +241,8 @@ class SweepDisplay:
         self._xscale(ax)
         cap = self._yscale(ax, lo, hi, self.train_mean)
         self._off_scale(ax, cap, self.val_mean)
+        if not any(math.isfinite(v) for v in self.val_mean + self.train_mean):
+            ax.set_yticks([])  # nothing finite to read off the axis
         ax.set_ylabel(self._loss_label())
         twin = None
         if self.val_accuracy is not None:

@@ -103,16 +103,18 @@ def diagnose(
     * every strength diverged (no finite mean validation loss), or some did (named);
     * the best strength is at an edge of the grid (the smallest, unless it is 0: no
       regularization; or the largest): the optimum may lie outside it;
-    * the training loss is still falling at the last epoch: over the last
-      ``w = max(1, epochs // 10)`` epochs it dropped by more than ``falling`` (1%) of its
-      value ``w`` epochs before the end: the models are likely underfit.
+    * the training loss is still falling at the last epoch: its mean over the last
+      ``w = max(1, epochs // 10)`` epochs is more than ``falling`` (1%) below its mean
+      over the ``w`` epochs before, and the validation loss (when the curves have it)
+      fell too: the models are likely underfit (a falling training loss with a
+      rising validation loss is overfitting, which the strength, not more epochs, fixes).
 
     >>> rows = [{"strength": s, "val_loss_mean": v, "val_loss_se": 0.01}
     ...         for s, v in [(0.01, 0.5), (0.1, 0.6), (1.0, float("inf"))]]
     >>> for w in diagnose(rows, {"train": [4.0, 2.0, 1.0, 0.5], "val": []}): print(w)
     strength 1 diverged (non-finite validation loss): marked, never chosen
     the best strength 0.01 is the smallest of the grid: the best may lie below it; extend the grid down
-    training loss still falling at the last epoch (down 50.0% over the last 1 epochs): the models look underfit; train longer (more epochs) or with a larger learning rate
+    training loss still falling at the last epoch (the last epoch 50.0% below the one before, validation loss falling too): the models look underfit; train longer (more epochs) or with a larger learning rate
     """
     out: list[str] = []
     bad = [r["strength"] for r in rows if not _finite(r["val_loss_mean"])]
@@ -138,17 +140,41 @@ def diagnose(
                 f"the best strength {s:.3g} is the largest of the grid: the best may lie "
                 "above it; extend the grid up"
             )
-    train = [v for v in (curves or {}).get("train", [])]
-    if len(train) >= 2 and all(_finite(v) for v in train[-2:]):
-        w = max(1, len(train) // 10)
-        before, last = train[-1 - w], train[-1]
-        if _finite(before) and before > 0 and (before - last) / before > falling:
-            out.append(
-                f"training loss still falling at the last epoch (down {(before - last) / before:.1%} "
-                f"over the last {w} epochs): the models look underfit; train longer (more "
-                "epochs) or with a larger learning rate"
-            )
+    drop = _still_falling((curves or {}).get("train", []), (curves or {}).get("val", []))
+    if drop is not None and drop[0] > falling:
+        out.append(
+            f"training loss still falling at the last epoch ({_window(drop[1])} "
+            f"{drop[0]:.1%} below the {'one' if drop[1] == 1 else drop[1]} before, validation "
+            "loss falling too): the models look underfit; train "
+            "longer (more epochs) or with a larger learning rate"
+        )
     return out
+
+
+def _window(w: int) -> str:
+    return "the last epoch" if w == 1 else f"mean of the last {w} epochs"
+
+
+def _still_falling(train: list[float], val: list[float]) -> tuple[float, int] | None:
+    """Relative drop of the mean training loss of the last ``w = max(1, epochs // 10)``
+    epochs below the mean of the ``w`` epochs before them (window means: mini-batch noise
+    does not count), and ``w``; None when it cannot be told or when the validation loss
+    (if recorded) did not fall in the same way (then longer training overfits)."""
+    w = max(1, len(train) // 10)
+    if len(train) < 2 * w or len(train) < 2:
+        return None
+
+    def drop(c: list[float]) -> float | None:
+        before, last = float(np.mean(c[-2 * w : -w])), float(np.mean(c[-w:]))
+        ok = _finite(before) and _finite(last) and before > 0
+        return (before - last) / before if ok else None
+
+    d = drop(train)
+    if d is None:
+        return None
+    if len(val) == len(train) and not ((drop(val) or 0.0) > 0):
+        return None
+    return d, w
 
 
 def format_table(
@@ -419,7 +445,11 @@ class SweepResult:
             f"SweepResult({len(self.strengths)} strengths x {self.folds} folds"
             + ("" if self.complete else f" ({done} of {total} models finished)")
             + f", best_strength={fmt(best)}, strength_1se={fmt(one)}"
-            + (f", refit={self.refit!r} at {fmt(chosen)}" if self.refit else "")
+            + (
+                f", refit={self.refit!r} at {fmt(chosen)}"
+                if self.refit and chosen is not None
+                else ""
+            )
             + ")"
         )
         table = format_table(
