@@ -437,3 +437,20 @@ def test_generated_csvs_never_crash_the_loader(rows, target, task):
         return
     assert X.ndim == 2 and len(X) == len(y) and np.isfinite(X).all()
     assert t in ("regression", "classification")
+
+
+def test_warnings_are_one_line_and_said_once(tmp_path, capsys):
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    path = tmp_path / "iris.csv"
+    with open(path, "w") as f:
+        f.write("a,b,c,d,species\n")
+        for row, label in zip(X, y):
+            f.write(",".join(f"{v:.2f}" for v in row) + f",{label}\n")
+    code, _, err = run(["sweep", *QUICK, "--data", str(path), "--task", "regression",
+                        "--model", "linear", "--out", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "distinct integer values" in ln]
+    assert len(lines) == 1 and lines[0].startswith("torchpenalty: warning: y holds 3 distinct")
+    assert "UserWarning" not in err

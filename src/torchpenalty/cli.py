@@ -666,6 +666,23 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings as one line each (``torchpenalty: warning: ...``), every message once."""
+    import warnings
+
+    seen: set[str] = set()
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *a: Any) -> None:
+        if str(message) not in seen:
+            seen.add(str(message))
+            print(f"torchpenalty: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # the filters stay as they are; only the display changes
+        warnings.showwarning = show
+        yield
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -674,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        with _cwd_last():
+        with _cwd_last(), _one_line_warnings():
             commands = {"sweep": cmd_sweep, "predict": cmd_predict, "explain": cmd_explain}
             return commands[ns.command](ns)
     except CLIError as e:
