@@ -53,11 +53,13 @@ _EXPORTS = {
     "to_sklearn_ridge": "penalties",
     "Regularizer": "regularizer",
     "compact": "compact",
+    "load_sweep": "report",
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
     "SweepInterrupted": "sweep",
     "SweepResult": "sweep",
+    "default_strengths": "sweep",
     "sweep": "sweep",
 }
 
@@ -85,6 +87,7 @@ __all__ = [
     "__version__",
     "activity",
     "compact",
+    "default_strengths",
     "explain",
     "fit_evidence",
     "from_keras_l1",
@@ -94,6 +97,7 @@ __all__ = [
     "from_sklearn_ridge",
     "functional",
     "get",
+    "load_sweep",
     "param_groups",
     "resolve",
     "schedules",
@@ -153,5 +157,6 @@ if TYPE_CHECKING:  # pragma: no cover
         to_sklearn_ridge,
     )
     from .regularizer import Regularizer
+    from .report import load_sweep
     from .select import ExplainRow, explain, select
-    from .sweep import SweepInterrupted, SweepResult, sweep
+    from .sweep import SweepInterrupted, SweepResult, default_strengths, sweep
