@@ -44,6 +44,11 @@ _EXPORTS = {
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
+    "Timescale": "timescale",
+    "timescale": "timescale",
+    "transfer_strength": "timescale",
+    "DecayStats": "stats",
+    "stats": "stats",
     "SweepInterrupted": "sweep",
     "SweepResult": "sweep",
     "sweep": "sweep",
@@ -63,6 +68,8 @@ __all__ = [
     "Regularizer",
     "SweepInterrupted",
     "SweepResult",
+    "DecayStats",
+    "Timescale",
     "__version__",
     "explain",
     "from_keras_l1",
@@ -75,10 +82,13 @@ __all__ = [
     "param_groups",
     "schedules",
     "select",
+    "stats",
     "sweep",
+    "timescale",
     "to_sklearn_elasticnet",
     "to_sklearn_lasso",
     "to_sklearn_ridge",
+    "transfer_strength",
 ]
 
 
@@ -121,4 +131,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .regularizer import Regularizer
     from .select import ExplainRow, explain, select
+    from .stats import DecayStats, stats
     from .sweep import SweepInterrupted, SweepResult, sweep
+    from .timescale import Timescale, timescale, transfer_strength
