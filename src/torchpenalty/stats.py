@@ -97,12 +97,19 @@ class DecayStats(NamedTuple):
 
 
 def _norms(tensors: Sequence[Tensor | None], like: Tensor) -> Tensor:
-    """fp32 L2 norms with one foreach call; ``nan`` where the tensor is None."""
-    out = torch.full((len(tensors),), _NAN, device=like.device)
-    idx = [i for i, t in enumerate(tensors) if t is not None]
-    if idx:
-        norms = torch._foreach_norm([tensors[i] for i in idx], 2, dtype=torch.float32)
-        out[idx] = torch.stack([n.to(like.device) for n in norms])
+    """L2 norms in float64 on ``like``'s device, computed by foreach calls in float32 (the
+    tensors' dtype if wider); ``nan`` where the tensor is None."""
+    out = torch.full((len(tensors),), _NAN, dtype=torch.float64, device=like.device)
+    for wide in (False, True):
+        idx = [
+            i
+            for i, t in enumerate(tensors)
+            if t is not None and (t.dtype in (torch.float32, torch.float64)) == wide
+        ]
+        if idx:
+            kind = None if wide else torch.float32
+            norms = torch._foreach_norm([tensors[i] for i in idx], 2, dtype=kind)
+            out[idx] = torch.stack([n.to(like.device, torch.float64) for n in norms])
     return out
 
 
@@ -158,7 +165,7 @@ def _sigma_max(params: list[Tensor], like: Tensor) -> Tensor:
         else p.detach().float().norm().to(like.device)
         for p in params
     ]
-    return torch.stack(vals)
+    return torch.stack(vals).double()
 
 
 def _idle_rows(grads: list[Tensor | None], embedded: list[bool], like: Tensor) -> Tensor:
@@ -170,7 +177,7 @@ def _idle_rows(grads: list[Tensor | None], embedded: list[bool], like: Tensor) -
         else torch.tensor(-1, device=like.device)
         for g, e in zip(grads, embedded, strict=True)
     ]
-    return torch.stack(vals).float()
+    return torch.stack(vals).double()
 
 
 def _rows(
@@ -220,12 +227,12 @@ def _decays(rows: list, step: int, mode: str, lr_max: float | None) -> list[floa
 def _measure(
     rows: list, optimizer: torch.optim.Optimizer | None, embedded: set[int], singular: bool
 ) -> list[list[float]]:
-    """One device pass: per row [weight, grad, update norms, zero fraction, sigma_max,
+    """One device pass: per row [weight, grad, update norms, exact zeros, sigma_max,
     idle rows], brought to the host with one transfer."""
     params = [local(r[4]).detach() for r in rows]
     grads = [None if r[4].grad is None else local(r[4].grad) for r in rows]
     like = params[0]
-    update = torch.full((len(rows),), _NAN, device=like.device)
+    update = torch.full((len(rows),), _NAN, dtype=torch.float64, device=like.device)
     by_group: dict[int | None, list[int]] = {}
     for i, r in enumerate(rows):
         by_group.setdefault(r[1], []).append(i)
@@ -234,12 +241,11 @@ def _measure(
         if not math.isnan(factor):
             dirs = [None if d is None else local(d) for d in dirs]
             update[idx] = _norms(dirs, like) * factor
-    zeros = torch.stack([(p == 0).sum().to(like.device) for p in params]).float()
-    numel = torch.tensor([float(p.numel()) for p in params], device=like.device)
+    zeros = torch.stack([(p == 0).sum().to(like.device) for p in params]).double()
     sigma = _sigma_max(params, like) if singular else torch.full_like(update, _NAN)
     idle = _idle_rows(grads, [id(r[4]) in embedded for r in rows], like)
     table = torch.stack(
-        [_norms(params, like), _norms(grads, like), update, zeros / numel, sigma, idle], dim=1
+        [_norms(params, like), _norms(grads, like), update, zeros, sigma, idle], dim=1
     )
     return table.cpu().tolist()
 
@@ -265,7 +271,7 @@ def _group_stats(tensors: list[TensorStats]) -> list[GroupStats]:
         )
         d = ts[0].decay
         sigma = max((t.sigma_max for t in ts), default=_NAN)
-        zero = sum(t.zero_fraction * t.numel for t in ts) / numel
+        zero = sum(round(t.zero_fraction * t.numel) for t in ts) / numel
         out.append(
             GroupStats(
                 gi,
@@ -349,19 +355,20 @@ def stats(
     for (pen, gi, _g, name, p), (w, g, u, z, s, idle), d in zip(
         rows, measured, decays, strict=True
     ):
+        numel = local(p).numel()
         tensors.append(
             TensorStats(
                 name,
                 gi,
                 repr(pen),
-                local(p).numel(),
+                numel,
                 w,
                 g,
                 u,
                 _ratio(u, w),
                 _predicted(d),
                 d,
-                z,
+                z / numel,
                 s,
                 None if idle < 0 else int(idle),
             )
