@@ -44,6 +44,7 @@ _EXPORTS = {
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
+    "muon_param_groups": "muon",
     "Timescale": "timescale",
     "timescale": "timescale",
     "transfer_strength": "timescale",
@@ -79,6 +80,7 @@ __all__ = [
     "from_sklearn_ridge",
     "functional",
     "get",
+    "muon_param_groups",
     "param_groups",
     "schedules",
     "select",
@@ -110,6 +112,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import functional, schedules
+    from .muon import muon_param_groups
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (
         L1,

@@ -1,0 +1,85 @@
+"""Decay rules beyond the classics: Muon's scaling, cautious decay, lr-corrected decay,
+each reproducing its claimed effect in small."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import torchpenalty as tp
+
+# ----------------------------------------------------------------------------- Muon
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(11, 8)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 11)
+
+    def forward(self, x):
+        h = self.emb(x)
+        h = self.conv(h.transpose(1, 2)).transpose(1, 2)
+        h = self.norm(h + self.down(torch.relu(self.up(h))))
+        return self.head(h)
+
+
+def lm_loss(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 11, (4, 6), generator=g)
+    return nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten())
+
+
+def test_muon_param_groups_gives_muon_only_matrices():
+    model = Block()
+    muon_groups, other = tp.muon_param_groups(model, 0.1, muon_exclude="head.*")
+    (mg,) = muon_groups
+    assert mg["names"] == ["up.weight", "down.weight"] and mg["weight_decay"] == 0.1
+    assert all(p.ndim == 2 for p in mg["params"])
+    assert [(g["names"], g["weight_decay"]) for g in other] == [
+        (["emb.weight", "conv.weight", "head.weight"], 0.1),
+        (["conv.bias", "up.bias", "down.bias", "norm.weight", "norm.bias", "head.bias"], 0.0),
+    ]
+    everything = [id(p) for g in muon_groups + other for p in g["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters())  # disjoint, complete
+    muon = torch.optim.Muon(muon_groups, lr=0.02)  # accepts them: all 2-D
+    adamw = torch.optim.AdamW(other, lr=1e-3)
+    lm_loss(model, 0).backward()
+    muon.step()
+    adamw.step()
+    with pytest.raises(ValueError, match="Muon only supports 2D"):
+        torch.optim.Muon(tp.param_groups(model, 0.1), lr=0.02)  # why the helper exists
+
+
+@pytest.mark.parametrize("adjust", [None, "match_rms_adamw"])
+@pytest.mark.parametrize("s", [0.1, 0.5])
+def test_decoupled_on_muon_equals_muons_own_weight_decay(adjust, s):
+    """Muon decays with the unadjusted lr, as reg.attach(mode='decoupled') does."""
+    ref = Block()
+    ours = copy.deepcopy(ref)
+    groups_ref, _ = tp.muon_param_groups(ref, s)
+    groups_ours, _ = tp.muon_param_groups(ours, 0.0)
+    opt_ref = torch.optim.Muon(groups_ref, lr=0.05, adjust_lr_fn=adjust)
+    opt_ours = torch.optim.Muon(groups_ours, lr=0.05, adjust_lr_fn=adjust)
+    reg = tp.Regularizer(ours, tp.L2(s), include=groups_ours[0]["names"])
+    reg.attach(opt_ours, mode="decoupled")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_ours, T_max=6)
+    sched_ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt_ref, T_max=6)
+    for step in range(6):
+        for model, opt, sch in ((ref, opt_ref, sched_ref), (ours, opt_ours, sched)):
+            opt.zero_grad()
+            lm_loss(model, step).backward()
+            opt.step()
+            sch.step()
+    assert groups_ours[0]["names"] == ["up.weight", "down.weight", "head.weight"]
+    for name in groups_ours[0]["names"]:
+        a, b = ref.get_parameter(name), ours.get_parameter(name)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
