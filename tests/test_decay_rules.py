@@ -83,3 +83,58 @@ def test_decoupled_on_muon_equals_muons_own_weight_decay(adjust, s):
     for name in groups_ours[0]["names"]:
         a, b = ref.get_parameter(name), ours.get_parameter(name)
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- structure
+class BasicBlock(nn.Module):  # torchvision's naming
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(3)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(3)
+        self.downsample = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.BatchNorm2d(3))
+        self.fc = nn.Linear(3, 2)  # no bn next to it
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1)), ["0.weight"]),
+        (
+            nn.Sequential(nn.Linear(2, 3), nn.Dropout(), nn.Identity(), nn.BatchNorm1d(3)),
+            ["0.weight"],
+        ),
+        (nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.LayerNorm(3)), []),  # not directly
+        (nn.Sequential(nn.LayerNorm(2), nn.Linear(2, 3)), []),  # pre-norm: not followed
+        (nn.Sequential(nn.Conv1d(2, 3, 1), nn.GroupNorm(1, 3)), ["0.weight"]),
+        (BasicBlock(), ["conv1.weight", "conv2.weight", "downsample.0.weight"]),
+        (nn.TransformerEncoderLayer(4, 2, 8), []),  # residual sums: not guessed
+    ],
+    ids=[
+        "seq",
+        "dropout-between",
+        "relu-between",
+        "prenorm",
+        "conv-groupnorm",
+        "block",
+        "transformer",
+    ],
+)
+def test_normalized_weights_by_structure(model, expected):
+    assert tp.normalized_weights(model) == expected
+
+
+def test_cautious_decay_matches_the_formula():
+    from torchpenalty.decay_rules import cautious_decay_
+
+    torch.manual_seed(0)
+    w0 = torch.randn(1000, dtype=torch.float64)
+    u = torch.randn(1000, dtype=torch.float64)
+    u[:10] = 0.0  # u * w = 0: decayed
+    lr, s = 0.1, 0.3
+    w = [w0 - lr * u]
+    cautious_decay_(w, [w0], [s * w0], lr)
+    expected = w0 - lr * (u + s * (u * w0 >= 0).double() * w0)
+    torch.testing.assert_close(w[0], expected, rtol=0, atol=1e-15)

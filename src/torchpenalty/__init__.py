@@ -45,6 +45,7 @@ _EXPORTS = {
     "explain": "select",
     "select": "select",
     "muon_param_groups": "muon",
+    "normalized_weights": "decay_rules",
     "Timescale": "timescale",
     "timescale": "timescale",
     "transfer_strength": "timescale",
@@ -81,6 +82,7 @@ __all__ = [
     "functional",
     "get",
     "muon_param_groups",
+    "normalized_weights",
     "param_groups",
     "schedules",
     "select",
@@ -112,6 +114,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import functional, schedules
+    from .decay_rules import normalized_weights
     from .muon import muon_param_groups
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (

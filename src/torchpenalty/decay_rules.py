@@ -44,7 +44,7 @@ __all__ = ["cautious_decay_", "normalized_weights"]
 
 _LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _TRANSPARENT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
-_BLOCK_PAIR = re.compile(r"^(conv|fc|linear|proj)(\d*)$")
+_BLOCK_PAIR = re.compile(r"^conv(\d*)$")
 
 
 def _followed_by_norm(children: list[tuple[str, nn.Module]]) -> list[str]:
@@ -61,16 +61,15 @@ def _followed_by_norm(children: list[tuple[str, nn.Module]]) -> list[str]:
 
 
 def _block_pairs(children: dict[str, nn.Module]) -> list[str]:
-    """The torchvision / timm block convention: ``conv1`` normalized by ``bn1`` (or
-    ``norm1``), ``fc`` by ``bn``..."""
+    """The torchvision / timm convolution-block convention: ``conv<k>`` normalized by
+    ``bn<k>`` (not ``linear1``/``norm1``: in transformer layers that norm follows a
+    residual sum)."""
     out = []
     for name, mod in children.items():
         m = _BLOCK_PAIR.match(name)
-        if m and isinstance(mod, _LAYERS):
-            for norm in (f"bn{m.group(2)}", f"norm{m.group(2)}"):
-                if norm in children and is_norm_module(children[norm]):
-                    out.append(name)
-                    break
+        norm = children.get(f"bn{m.group(1)}") if m else None
+        if isinstance(mod, _LAYERS) and norm is not None and is_norm_module(norm):
+            out.append(name)
     return out
 
 
@@ -78,8 +77,8 @@ def normalized_weights(model: nn.Module) -> list[str]:
     """Names of the weights that a normalization layer follows, found by structure: a
     ``Linear``/``Conv``/``Bilinear`` whose next module in an ``nn.Sequential`` is a
     normalization layer (dropouts and identities in between are skipped), or, in any
-    module, a child named ``conv<k>``/``fc<k>``/``linear<k>``/``proj<k>`` next to a
-    normalization child ``bn<k>``/``norm<k>`` (torchvision ResNet blocks, timm). Other
+    module, a convolution child ``conv<k>`` with a normalization child ``bn<k>``
+    (torchvision and timm ResNet blocks). Other
     architectures (pre-norm transformers, where the *next* block's norm sees a residual
     sum) are not guessed: name their weights instead."""
     found: list[str] = []
