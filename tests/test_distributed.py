@@ -58,7 +58,7 @@ def test_whole_tensor_penalties_refused_on_shards(ranks):
             "GroupLasso needs whole slices along dim 1" in s["group1"]
             and "GroupLasso(dim=0)" in s["group1"]
         )
-        assert "L2SP is not supported on sharded parameters" in s["l2sp"]
+        assert "L2SP needs whole tensors (its reference tensors are not sharded)" in s["l2sp"]
 
 
 def test_sweep_splits_the_grid_and_gathers_the_table(ranks):

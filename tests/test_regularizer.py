@@ -116,9 +116,9 @@ def test_modes_agree_on_models(info, model_id):
 def test_per_layer_dict_first_match_wins():
     model = convnet()
     reg = tp.Regularizer(model, {nn.Conv2d: tp.L1(1e-3), "4.*": tp.L2(1e-2), "*": tp.L2(5.0)})
-    assert [(repr(b.penalty), b.names) for b in reg._bindings] == [
-        ("L1(strength=0.001)", ["0.weight"]),
-        ("L2(strength=0.01)", ["4.weight"]),
+    assert [(repr(b.penalty), b.names) for b in reg.bindings] == [
+        ("L1(strength=0.001)", ("0.weight",)),
+        ("L2(strength=0.01)", ("4.weight",)),
     ]
     expected = 1e-3 * model[0].weight.abs().sum() + 0.5e-2 * model[4].weight.pow(2).sum()
     assert reg().item() == pytest.approx(expected.item(), rel=1e-12)

@@ -64,31 +64,15 @@ def _shard_dims(p: Tensor) -> list[int]:
 
 
 def check_sharding(penalty: Any, names: list[str], params: list[Tensor]) -> None:
-    """Refuse penalties that need whole rows or matrices (or, for L2SP, reference
-    tensors laid out like the shards) on parameters sharded across ranks."""
+    """Refuse penalties that need whole tensors (``penalty.shard_ok(dim, ndim)`` is False)
+    on parameters sharded across ranks."""
     for n, p in zip(names, params, strict=True):
         if not is_dtensor(p):
             continue
         dims = _shard_dims(p)
-        if not dims:
-            continue
-        if penalty.name == "l2sp":
-            raise ValueError(
-                f"L2SP is not supported on sharded parameters (FSDP2/DTensor): parameter {n!r} "
-                f"is sharded along dim {dims[0]}; apply it before sharding, got {penalty!r}"
-            )
-        if not getattr(penalty, "needs_full_tensors", False):
-            continue
-        ok = penalty.name == "group_lasso" and all(d == penalty.dim % max(p.ndim, 1) for d in dims)
-        if not ok:
-            what = (
-                f"slices along dim {penalty.dim}" if penalty.name == "group_lasso" else "matrices"
-            )
-            raise ValueError(
-                f"{type(penalty).__name__} needs whole {what}, but parameter {n!r} is sharded "
-                f"along dim {dims[0]} (FSDP2/DTensor): use GroupLasso(dim={dims[0]}), or keep "
-                f"this parameter out of the sharded module, got {penalty!r}"
-            )
+        bad = [d for d in dims if not penalty.shard_ok(d, p.ndim)]
+        if bad:
+            raise ValueError(penalty.sharding_error(n, bad[0]))
 
 
 def is_ddp_find_unused(model: nn.Module) -> bool:

@@ -49,6 +49,7 @@ __all__ = [
     "group_lasso",
     "group_lasso_grad_",
     "group_lasso_prox_",
+    "group_lasso_prox_metric_",
     "l1",
     "l1_grad_",
     "l1_prox_",
@@ -58,12 +59,17 @@ __all__ = [
     "l2sp",
     "l2sp_grad_",
     "l2sp_prox_",
+    "min_max_norm_",
+    "non_neg_",
     "orthogonal",
     "orthogonal_grad_",
+    "scale_threshold",
     "soft_threshold_",
     "stochastic_round",
     "sum_abs",
     "sum_squares",
+    "thresholds",
+    "unit_norm_",
 ]
 
 Strength = float | Tensor
@@ -213,8 +219,25 @@ def _per(p: Tensor, s: float | Tensor) -> float | Tensor:
     return s
 
 
-def _active(s: float | Tensor) -> bool:
-    return isinstance(s, Tensor) or s != 0
+def _active(s: float | Tensor | list) -> bool:
+    return isinstance(s, (Tensor, list)) or s != 0
+
+
+Threshold = float | Tensor | list
+"""A proximal threshold: a float, a 1-D tensor of per-model values (stacked models), or a
+list with one tensor per parameter of per-coordinate values (a preconditioned step)."""
+
+
+def scale_threshold(t: Threshold, c: float) -> Threshold:
+    """``t * c`` for any :data:`Threshold`."""
+    return [x * c for x in t] if isinstance(t, list) else t * c
+
+
+def thresholds(params: Sequence[Tensor], t: float | Tensor, metric: Sequence[Tensor]) -> list:
+    """Per-coordinate thresholds ``t / d`` of a step preconditioned by the diagonal
+    ``metric`` (one tensor ``d`` per parameter: the optimizer's step is ``lr * g / d``).
+    ``t`` is a float or a 1-D tensor of per-model values (stacked models)."""
+    return [_per(p, t) / d.to(p.real.dtype) for p, d in zip(params, metric, strict=True)]
 
 
 # --------------------------------------------------------------------------- rounding
@@ -258,11 +281,14 @@ def l2_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: Streng
 
 
 @torch.no_grad()
-def l2_prox_(params: Sequence[Tensor], t: Strength) -> None:
+def l2_prox_(params: Sequence[Tensor], t: Threshold) -> None:
     """Proximal point of ``t/2 * |w|**2``: ``w / (1 + t)``."""
     if not params or not _active(t):
         return
-    if isinstance(t, Tensor):
+    if isinstance(t, list):
+        for p, tv in zip(params, t, strict=True):
+            p.div_(1 + tv)
+    elif isinstance(t, Tensor):
         for p in params:
             p.div_(1 + _per(p, t))
     else:
@@ -294,10 +320,20 @@ def l1_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: Streng
 
 
 @torch.no_grad()
-def soft_threshold_(params: Sequence[Tensor], t: Strength) -> None:
+def soft_threshold_(params: Sequence[Tensor], t: Threshold) -> None:
     """``w <- sgn(w) * max(|w| - t, 0)``, written as ``w - clamp(w, -t, t)`` for real
-    tensors so that every ``|w| <= t`` becomes an exact zero."""
+    tensors so that every ``|w| <= t`` becomes an exact zero. ``t`` may be a list of
+    per-coordinate thresholds (one tensor per parameter, see :func:`thresholds`).
+
+    >>> p = [torch.tensor([-2.0, 0.5, 3.0])]
+    >>> soft_threshold_(p, [torch.tensor([1.0, 1.0, 2.5])]); p
+    [tensor([-1.0000,  0.0000,  0.5000])]
+    """
     if not params or not _active(t):
+        return
+    if isinstance(t, list):
+        for p, tv in zip(params, t, strict=True):
+            _soft_one(p, tv)
         return
     real = [p for p in params if not p.is_complex()]
     if real and not isinstance(t, Tensor):
@@ -306,15 +342,25 @@ def soft_threshold_(params: Sequence[Tensor], t: Strength) -> None:
         torch._foreach_sub_(real, clipped)
     elif real:
         for p in real:
-            tv = _per(p, t)
-            p.sub_(torch.clamp(p, -tv, tv))
+            _soft_one(p, _per(p, t))
     for p in params:
         if p.is_complex():
-            mag, tv = p.abs(), _per(p, t)
-            p.mul_(torch.where(mag > tv, 1 - tv / torch.clamp(mag, min=tv), 0))
+            _soft_one(p, _per(p, t))
 
 
-def l1_prox_(params: Sequence[Tensor], t: Strength) -> None:
+def _soft_one(p: Tensor, tv: float | Tensor) -> None:
+    if isinstance(tv, Tensor):
+        tv = tv.to(device=p.device, dtype=p.real.dtype)
+    if p.is_complex():
+        mag = p.abs()
+        p.mul_(torch.where(mag > tv, 1 - tv / torch.clamp(mag, min=tv), 0))
+    elif isinstance(tv, Tensor):
+        p.sub_(torch.minimum(torch.maximum(p, -tv), tv))
+    else:
+        p.sub_(torch.clamp(p, -tv, tv))
+
+
+def l1_prox_(params: Sequence[Tensor], t: Threshold) -> None:
     """Proximal point of ``t * |w|``: the soft-threshold at ``t``."""
     soft_threshold_(params, t)
 
@@ -342,11 +388,11 @@ def elastic_net_grad_(
 
 
 @torch.no_grad()
-def elastic_net_prox_(params: Sequence[Tensor], t: Strength, l1_ratio: float) -> None:
+def elastic_net_prox_(params: Sequence[Tensor], t: Threshold, l1_ratio: float) -> None:
     """Proximal point of ``t * (r|w| + (1-r)/2 |w|**2)``:
     ``soft_threshold(w, t*r) / (1 + t*(1-r))``."""
-    soft_threshold_(params, t * l1_ratio)
-    l2_prox_(params, t * (1 - l1_ratio))
+    soft_threshold_(params, scale_threshold(t, l1_ratio))
+    l2_prox_(params, scale_threshold(t, 1 - l1_ratio))
 
 
 # --------------------------------------------------------------------------- group lasso
@@ -452,6 +498,113 @@ def group_lasso_prox_(params: Sequence[Tensor], t: Strength, dim: int = 0) -> No
         p.copy_(p * _group_factor(p, dim, fn, stacked))
 
 
+@torch.no_grad()
+def group_lasso_prox_metric_(
+    params: Sequence[Tensor], t: float | Tensor, metric: Sequence[Tensor], dim: int = 0
+) -> None:
+    """Proximal point of ``t * ||w_g||`` in the metric ``D = diag(d)`` of a preconditioned
+    step (one tensor ``d`` per parameter), group by group:
+    ``argmin_w 1/2 (w - z)^T D (w - z) + t ||w||``.
+
+    The group is zero when ``||D z|| <= t``; otherwise ``w_i = d_i z_i / (d_i + mu)`` with
+    ``mu > 0`` the root of ``||D z * mu / (d + mu)|| = t`` (increasing in ``mu``; found by
+    bisection). With ``d`` constant on a group this is the Euclidean group shrinkage at
+    ``t / d``. ``t`` is a float or a 1-D tensor of per-model values (stacked models).
+    """
+    if not _active(t):
+        return
+    stacked = isinstance(t, Tensor)
+    for p, d in zip(params, metric, strict=True):
+        _check_dim(p, dim, stacked)
+        acc = accumulation_dtype([p])
+        z = _rows(p, dim, stacked).to(acc)
+        dd = _rows(d.expand_as(p), dim, stacked).to(acc)
+        lam = t.to(acc).reshape(-1, 1, 1) if stacked else torch.tensor(float(t), dtype=acc)
+        w = _metric_shrink(z, dd, lam)
+        if p.ndim <= (1 if stacked else 0):
+            p.copy_(w.reshape(p.shape))
+        else:
+            g = dim % (p.ndim - 1) + 1 if stacked else dim % p.ndim
+            to = 1 if stacked else 0
+            p.copy_(w.reshape(p.movedim(g, to).shape).movedim(to, g))
+
+
+def _metric_shrink(z: Tensor, d: Tensor, lam: Tensor, iters: int = 60) -> Tensor:
+    """Rows ``z`` (..., k) shrunk by ``lam`` (broadcast to (..., 1)) in the metric ``d``."""
+    dz = d * z
+    ndz = torch.linalg.vector_norm(dz, dim=-1, keepdim=True)
+    lam = lam.expand_as(ndz) if lam.ndim else lam.expand(ndz.shape)
+    live = ndz > lam
+    dmax = d.amax(dim=-1, keepdim=True)
+    hi = torch.where(live, lam * dmax / torch.clamp(ndz - lam, min=1e-30), 1.0)
+    lo = torch.zeros_like(hi)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        phi = torch.linalg.vector_norm(dz * (mid / (d + mid)), dim=-1, keepdim=True) - lam
+        up = phi > 0
+        hi = torch.where(up, mid, hi)
+        lo = torch.where(up, lo, mid)
+    mu = (lo + hi) / 2
+    return torch.where(live, dz / (d + mu), 0)
+
+
+# --------------------------------------------------------------------------- constraints
+# Euclidean projections onto constraint sets (Keras ``keras.constraints`` formulas, with
+# Keras's ``epsilon() = 1e-7``). ``dim`` is the dimension (or tuple of dimensions) the
+# norm runs over: Keras's ``axis`` on its kernel layout; a torch ``nn.Linear`` weight is
+# ``(out, in)``, the transpose of a Keras Dense kernel ``(in, out)``, so Keras
+# ``axis=0`` (per output unit) is ``dim=1`` here, and ``dim=None`` is every dimension
+# but the first (per output unit of a Linear or a Conv).
+EPSILON = 1e-7
+
+
+def _norm_dims(p: Tensor, dim: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    if dim is None:
+        return tuple(range(1, p.ndim)) if p.ndim > 1 else tuple(range(p.ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    for d in dims:
+        if not -p.ndim <= d < max(p.ndim, 1):
+            raise ValueError(
+                f"dim must index every tensor's dimensions, got {dim} for shape {tuple(p.shape)}"
+            )
+    return dims
+
+
+def _slice_norms(p: Tensor, dim) -> Tensor:
+    dims = _norm_dims(p, dim)
+    return torch.sqrt(torch.sum(p.float().square(), dim=dims, keepdim=True)) if dims else p.abs()
+
+
+@torch.no_grad()
+def min_max_norm_(
+    params: Sequence[Tensor],
+    min_value: float,
+    max_value: float,
+    rate: float = 1.0,
+    dim: int | tuple[int, ...] | None = None,
+) -> None:
+    """``w * (rate * clip(n, min, max) + (1 - rate) * n) / (eps + n)`` with ``n`` the norm
+    over ``dim`` (Keras ``MinMaxNorm``; ``min=0, rate=1`` is ``MaxNorm``)."""
+    for p in params:
+        n = _slice_norms(p, dim)
+        desired = rate * torch.clamp(n, min_value, max_value) + (1 - rate) * n
+        p.mul_((desired / (EPSILON + n)).to(p.dtype))
+
+
+@torch.no_grad()
+def unit_norm_(params: Sequence[Tensor], dim: int | tuple[int, ...] | None = None) -> None:
+    """``w / (eps + n)`` with ``n`` the norm over ``dim`` (Keras ``UnitNorm``)."""
+    for p in params:
+        p.div_((EPSILON + _slice_norms(p, dim)).to(p.dtype))
+
+
+@torch.no_grad()
+def non_neg_(params: Sequence[Tensor]) -> None:
+    """``w * (w >= 0)`` (Keras ``NonNeg``)."""
+    for p in params:
+        p.clamp_(min=0)
+
+
 # --------------------------------------------------------------------------- L2-SP
 def l2sp(params: Sequence[Tensor], refs: Sequence[Tensor], strength: Strength) -> Tensor:
     """``strength/2 * sum |w - w0|**2`` (pull toward reference weights ``w0``)."""
@@ -475,9 +628,14 @@ def l2sp_grad_(
 
 
 @torch.no_grad()
-def l2sp_prox_(params: Sequence[Tensor], refs: Sequence[Tensor], t: float) -> None:
+def l2sp_prox_(params: Sequence[Tensor], refs: Sequence[Tensor], t: Threshold) -> None:
     """Proximal point of ``t/2 * |w - w0|**2``: ``(w + t*w0) / (1 + t)``."""
-    if params and t != 0:
+    if not params or not _active(t):
+        return
+    if isinstance(t, list):
+        for p, r, tv in zip(params, refs, t, strict=True):
+            p.lerp_(r, (tv / (1 + tv)).to(p.dtype))
+    else:
         torch._foreach_lerp_(list(params), list(refs), t / (1.0 + t))
 
 

@@ -31,6 +31,7 @@ Four ways to apply it, one result (tested against torch.optim):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -40,17 +41,19 @@ from torch import Tensor, nn
 from ._validation import check_config, check_int, type_error
 from .distributed import check_sharding, is_ddp_find_unused, local, plain
 from .functional import accumulation_dtype
-from .optim import AttachHandle, attach
+from .hooks import AttachHandle, attach
 from .penalties import Penalty
-from .select import Matcher, _entries, check_matchers, matches, select_entries
+from .select import Matcher, _entries, check_matchers, explain, matches, select_entries
 
-__all__ = ["Regularizer"]
+__all__ = ["Binding", "Regularizer"]
 
 
-class _Binding(NamedTuple):
+class Binding(NamedTuple):
+    """One penalty and the parameters it applies to (read-only view: tuples)."""
+
     penalty: Penalty
-    names: list[str]
-    params: list[nn.Parameter]
+    names: tuple[str, ...]
+    params: tuple[nn.Parameter, ...]
 
 
 class Regularizer:
@@ -108,17 +111,21 @@ class Regularizer:
         else:
             raise type_error("penalty", "a Penalty or a dict of patterns to penalties", penalty)
 
-        bindings: dict[int, _Binding] = {}
+        found: dict[int, tuple[Penalty, list[str], list[nn.Parameter]]] = {}
         for name, p, module in entries:
             for key, pen in rules:
                 if matches(key, name, p, module):
-                    b = bindings.setdefault(id(pen), _Binding(pen, [], []))
-                    b.names.append(name)
-                    b.params.append(p)
+                    b = found.setdefault(id(pen), (pen, [], []))
+                    b[1].append(name)
+                    b[2].append(p)
                     break
+        if isinstance(penalty, Mapping):
+            _check_keys_selected(model, rules, found, include, exclude)
         self.model = model
         self.penalty = penalty
-        self._bindings = list(bindings.values())
+        self._bindings = [Binding(pen, tuple(ns), tuple(ps)) for pen, ns, ps in found.values()]
+        self._handles: list[AttachHandle] = []
+        self._warned_double = False
         for b in self._bindings:
             check_sharding(b.penalty, b.names, b.params)
         self._ddp_find_unused = is_ddp_find_unused(model)
@@ -146,10 +153,10 @@ class Regularizer:
     def parameters(self) -> list[nn.Parameter]:
         return [p for b in self._bindings for p in b.params]
 
-    def _positions(self) -> dict[int, tuple[int, int]]:
-        return {
-            id(p): (bi, i) for bi, b in enumerate(self._bindings) for i, p in enumerate(b.params)
-        }
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        """Read-only view: one :class:`Binding` (penalty, names, params) per penalty."""
+        return tuple(self._bindings)
 
     # ------------------------------------------------------------------ values
     def __call__(self, *, accumulation_steps: int = 1) -> Tensor:
@@ -168,6 +175,8 @@ class Regularizer:
                 "fails. Use reg.attach(optimizer, mode='grad') instead (the same update, no "
                 "autograd), or build DDP with find_unused_parameters=False."
             )
+        if torch.is_grad_enabled() and not self._warned_double:
+            self._warn_if_attached()
         total: Tensor | None = None
         for b, s in zip(self._bindings, self._strengths, strict=True):
             v = plain(b.penalty.value(b.params, names=b.names, strength=s))
@@ -175,6 +184,17 @@ class Regularizer:
         if total is None:
             return torch.zeros((), device=self._device)
         return total / n if n != 1 else total
+
+    def _warn_if_attached(self) -> None:
+        live = [h for h in self._handles if h.active and h.rule.applies_penalty]
+        if live:
+            self._warned_double = True
+            warnings.warn(
+                f"reg() is in the loss while this Regularizer is attached with "
+                f"mode={live[0].mode!r}: the penalty is applied twice per step. Attach with "
+                "mode='loss' (schedules only), or drop reg() from the loss.",
+                stacklevel=3,
+            )
 
     def value(self) -> float:
         """The penalty as a detached Python float (for logging)."""
@@ -203,6 +223,7 @@ class Regularizer:
         *,
         advance_schedule: bool = True,
         rounding: str = "stochastic",
+        **options: Any,
     ) -> AttachHandle:
         """Apply the penalty through ``optimizer``'s step hooks; returns a handle with
         ``.remove()``. ``mode`` is ``"grad"``, ``"decoupled"``, ``"independent"``,
@@ -217,8 +238,24 @@ class Regularizer:
         ``"compensated"`` keeps a float32 residual per weight (2 extra bytes per bf16 weight)
         and is exact and deterministic; ``"nearest"`` does what torch.optim does. Float32
         and float64 weights are unaffected.
+
+        ``mode="proximal"`` follows the optimizer's metric (see
+        :func:`torchpenalty.updates.step_metric`): with SGD, Adam, AdamW, Adamax, NAdam,
+        RAdam, RMSprop and Adagrad its fixed points are the penalized problem's solutions
+        (``L1(s)`` = scikit-learn ``Lasso(alpha=s/2)`` on a mean-squared loss). ``mode``
+        may also be an :class:`~torchpenalty.updates.UpdateRule`; ``options`` go to the
+        rule. Attaching the same Regularizer twice to one optimizer is an error.
         """
-        return attach(self, optimizer, mode, advance_schedule=advance_schedule, rounding=rounding)
+        handle = attach(
+            self,
+            optimizer,
+            mode,
+            advance_schedule=advance_schedule,
+            rounding=rounding,
+            **options,
+        )
+        self._handles = [h for h in self._handles if h.active] + [handle]
+        return handle
 
     # ------------------------------------------------------------------ schedule state
     @property
@@ -250,3 +287,28 @@ class Regularizer:
     def __repr__(self) -> str:
         parts = ", ".join(f"{b.penalty!r}: {len(b.params)} tensors" for b in self._bindings)
         return f"Regularizer({parts or 'no parameters'})"
+
+
+def _check_keys_selected(model, rules, found, include, exclude) -> None:
+    """A dict key that matches parameters, all of which the rule left out, is an error
+    that says which and why (a silent no-op otherwise)."""
+    used = set(found)
+    bound = {n for _, ns, _ in found.values() for n in ns}
+    rows = None
+    entries = _entries(model)
+    for key, pen in rules:
+        if id(pen) in used:
+            continue
+        hit = [e.name for e in entries if matches(key, e.name, e.param, e.module)]
+        if not hit or any(n in bound for n in hit):
+            continue  # matched nothing (already an error) or lost to an earlier key
+        if rows is None:
+            rows = {r.name: r for r in explain(model, include=include, exclude=exclude)}
+        why = "; ".join(f"{n}: {rows[n].reason}" for n in hit[:4] if n in rows)
+        more = f" (and {len(hit) - 4} more)" if len(hit) > 4 else ""
+        shown = key if isinstance(key, str) else key.__name__
+        raise ValueError(
+            f"penalty key {shown!r} must match at least one parameter the rule selects, but "
+            f"every parameter it matches was excluded: {why}{more}. Pass include= (e.g. "
+            f"include={shown!r} or include='*') to bring them in."
+        )

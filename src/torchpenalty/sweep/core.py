@@ -250,7 +250,7 @@ def sweep(
     if pen.name not in STACKABLE:
         raise value_error("penalty", "one of " + ", ".join(repr(p) for p in STACKABLE), pen.name)
     if mode is None:
-        mode = "grad" if pen.name == "l2" else "proximal"
+        mode = pen.sweep_mode
     mode = check_choice("mode", mode, ("grad", "decoupled", "proximal"))
 
     dev = check_device(device)

@@ -40,7 +40,31 @@ ACTIVATIONS = (
     nn.Softplus,
     nn.Identity,
 )
-STACKABLE = ("l2", "l1", "elastic_net", "group_lasso")
+
+
+class _Stackable:
+    """The penalty names a sweep can train, read from the penalty classes
+    (``Penalty.stackable``); behaves like the tuple of names it replaced."""
+
+    def _names(self) -> list[str]:
+        from ..penalties import names
+
+        return names(sweepable=True)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._names()))
+
+
+STACKABLE = _Stackable()
 
 
 @dataclass
@@ -110,7 +134,7 @@ class Engine:
         forward: str = "auto",
         device: torch.device | None = None,
     ) -> None:
-        if penalty.name not in STACKABLE:
+        if not penalty.stackable or penalty.is_constraint:
             raise ValueError(
                 f"penalty must be one of {list(STACKABLE)} for a sweep, got {penalty.name!r}"
             )
@@ -411,18 +435,28 @@ class Engine:
 
     @torch.no_grad()
     def _penalty_step(self, opt: torch.optim.Optimizer, sel: list[Tensor], s: Tensor) -> None:
-        pen = self.penalty
-        if self.mode == "grad":
-            pen._grad_([p.grad for p in sel], sel, s, None)
-            opt.step()
-        elif self.mode == "decoupled":
-            tmp = [torch.zeros_like(p) for p in sel]
-            pen._grad_(tmp, sel, s, None)
-            torch._foreach_add_(sel, tmp, alpha=-self.lr)
-            opt.step()
-        else:  # proximal
-            opt.step()
-            pen._prox_(sel, s * self.lr, None)
+        """The optimizer step with the penalty applied by the same update rule as
+        ``Regularizer.attach(opt, mode=self.mode)`` (per-model strengths ``s``)."""
+        from ..updates import Batch, make_rule
+
+        rule = self.__dict__.get("_rule")
+        if rule is None:
+            rule = self._rule = make_rule(self.mode, rounding="nearest")
+            rule.check(self.penalty)
+        batch = Batch(
+            self.penalty,
+            sel,
+            [p.grad for p in sel],
+            list(self.selected),
+            sel,
+            opt,
+            opt.param_groups[0],
+            strength=s,
+            lr0=self.lr,
+        )
+        rule.pre(batch)
+        opt.step()
+        rule.post(batch)
 
 
 def _clone_state(sd: dict[str, Any]) -> dict[str, Any]:

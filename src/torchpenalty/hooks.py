@@ -1,0 +1,271 @@
+"""Optimizer step hooks behind ``Regularizer.attach``: they run an update rule
+(:mod:`torchpenalty.updates`) on every (optimizer group, penalty) batch before and after
+``optimizer.step()``, and advance the Regularizer's strength schedules.
+
+This module knows a Regularizer only through its public read-only view
+(``reg.bindings``, ``reg.names``, ``reg.step_count``, ``reg.step()``): no import of
+:mod:`torchpenalty.regularizer`, so there is no import circle.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any, Protocol
+
+import torch
+
+from ._validation import check_choice, type_error
+from .distributed import local
+from .updates import RULES, Batch, UpdateRule, make_rule
+
+__all__ = ["AttachHandle", "attach"]
+
+
+class _Reg(Protocol):  # what the hooks need from a Regularizer
+    bindings: Any
+    names: list[str]
+    step_count: int
+
+    def step(self) -> None: ...
+
+
+# optimizer -> live handles attached to it (for the double-attach guards)
+_ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lr(group: dict[str, Any]) -> float:
+    lr = group.get("lr", 0.0)
+    return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+class AttachHandle:
+    """Returned by ``Regularizer.attach``; ``remove()`` detaches every hook (idempotent).
+    Also a context manager that removes on exit. ``rule`` is the update rule it runs."""
+
+    def __init__(
+        self,
+        reg: _Reg,
+        optimizer: torch.optim.Optimizer,
+        rule: UpdateRule,
+        advance: bool,
+    ):
+        self.rule = rule
+        self.mode = rule.name
+        self.optimizer = optimizer
+        self._reg = reg
+        self._advance = advance
+        self._plan_key: tuple = ()
+        self._plan: list = []
+        self._initial_lr: dict[int, float] = {}
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre),
+            optimizer.register_step_post_hook(self._post),
+        ]
+        for g in optimizer.param_groups:
+            self._lr0(g)
+        if rule.applies_penalty and not any(items for _, items in self._groups()):
+            self.remove()
+            raise ValueError(
+                "optimizer must hold at least one regularized parameter, got none of "
+                f"{reg.names[:3]}{'...' if len(reg.names) > 3 else ''}"
+            )
+        self._warn_double_decay()
+
+    @property
+    def rounding(self) -> str:
+        return getattr(self.rule, "rounding", "nearest")
+
+    @property
+    def residuals(self) -> dict[int, torch.Tensor]:
+        """float32 rounding residuals of float16/bfloat16 weights (``"compensated"``)."""
+        return getattr(self.rule, "residuals", {})
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    @property
+    def regularizer(self) -> _Reg:
+        return self._reg
+
+    def _lr0(self, group: dict[str, Any]) -> float:
+        """The group's initial lr: ``initial_lr`` (set by LR schedulers) or its lr when
+        first seen."""
+        return self._initial_lr.setdefault(id(group), float(group.get("initial_lr", _lr(group))))
+
+    # ------------------------------------------------------------------ planning
+    def _groups(self) -> list[tuple[dict[str, Any], list[tuple[int, list[int]]]]]:
+        """Per optimizer group: (group, [(binding index, [positions in binding])])."""
+        groups = self.optimizer.param_groups
+        key = tuple((id(g), len(g["params"])) for g in groups)
+        if key != self._plan_key:
+            where = {
+                id(p): (bi, i)
+                for bi, b in enumerate(self._reg.bindings)
+                for i, p in enumerate(b.params)
+            }
+            plan = []
+            for g in groups:
+                by_binding: dict[int, list[int]] = {}
+                for p in g["params"]:
+                    loc = where.get(id(p))
+                    if loc is not None:
+                        by_binding.setdefault(loc[0], []).append(loc[1])
+                plan.append((g, sorted(by_binding.items())))
+            self._plan_key, self._plan = key, plan
+        return self._plan
+
+    def param_ids(self) -> set[int]:
+        """``id()`` of the parameters this handle penalizes through its optimizer (those
+        under constraints only are left out)."""
+        out = set()
+        bindings = self._reg.bindings
+        for _, items in self._groups():
+            for b, positions in items:
+                if not bindings[b].penalty.is_constraint:
+                    out.update(id(bindings[b].params[i]) for i in positions)
+        return out
+
+    def _warn_double_decay(self) -> None:
+        for g, items in self._groups():
+            if items and g.get("weight_decay", 0):
+                warnings.warn(
+                    f"optimizer group has weight_decay={g['weight_decay']} on parameters the "
+                    f"Regularizer also penalizes (mode={self.mode!r}): they are decayed twice "
+                    "(note torch.optim.AdamW's default is weight_decay=0.01). Build the "
+                    "optimizer with weight_decay=0, or use tp.param_groups() alone.",
+                    stacklevel=5,
+                )
+                return
+
+    def batches(self, scale: torch.Tensor | None = None) -> list[Batch]:
+        """One :class:`~torchpenalty.updates.Batch` per optimizer group and penalty, with
+        the regularized parameters that have a gradient (as torch.optim: no grad, no
+        update), as local shards for DTensors (no communication)."""
+        bindings = self._reg.bindings
+        step = self._reg.step_count
+        out = []
+        for g, items in self._groups():
+            for b, positions in items:
+                binding = bindings[b]
+                live = [i for i in positions if binding.params[i].grad is not None]
+                if not live:
+                    continue
+                originals = [binding.params[i] for i in live]
+                out.append(
+                    Batch(
+                        penalty=binding.penalty,
+                        params=[local(p) for p in originals],
+                        grads=[local(p.grad) for p in originals],
+                        names=[binding.names[i] for i in live],
+                        originals=originals,
+                        optimizer=self.optimizer,
+                        group=g,
+                        step=step,
+                        lr0=self._lr0(g),
+                        grad_scale=scale,
+                    )
+                )
+        return out
+
+    # ------------------------------------------------------------------ hooks
+    @staticmethod
+    def _skipped(optimizer) -> bool:
+        """True when GradScaler found inf/NaN and a fused optimizer will skip this step."""
+        found = getattr(optimizer, "found_inf", None)
+        return found is not None and bool(found.item())
+
+    @torch.no_grad()
+    def _pre(self, optimizer, args, kwargs) -> None:
+        if self._skipped(optimizer) or type(self.rule).pre is UpdateRule.pre:
+            return
+        scale = getattr(optimizer, "grad_scale", None)  # GradScaler deferring unscale
+        for b in self.batches(scale):
+            self.rule.pre(b)
+
+    @torch.no_grad()
+    def _post(self, optimizer, args, kwargs) -> None:
+        if self._skipped(optimizer):
+            return
+        if type(self.rule).post is not UpdateRule.post:
+            for b in self.batches():
+                self.rule.post(b)
+        if self._advance:
+            self._reg.step()
+
+    # ------------------------------------------------------------------ handle
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        live = _ATTACHED.get(self.optimizer)
+        if live is not None and self in live:
+            live.remove(self)
+
+    def __enter__(self) -> AttachHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "attached" if self._handles else "removed"
+        return f"AttachHandle(mode={self.mode!r}, {state})"
+
+
+def _check_same(reg: _Reg, optimizer: torch.optim.Optimizer) -> None:
+    """The same Regularizer twice on one optimizer would apply its penalty twice."""
+    for h in _ATTACHED.get(optimizer, []):
+        if h.active and h.regularizer is reg:
+            raise RuntimeError(
+                f"optimizer already has this Regularizer attached (mode={h.mode!r}): "
+                "attaching it again would apply the penalty and advance its schedule twice "
+                "per step; call handle.remove() first"
+            )
+
+
+def _warn_overlap(optimizer: torch.optim.Optimizer, handle: AttachHandle) -> None:
+    """Two Regularizers penalizing the same parameter through one optimizer add up."""
+    if not handle.rule.applies_penalty:
+        return
+    mine = handle.param_ids()
+    for h in _ATTACHED.get(optimizer, []):
+        if h.active and h.rule.applies_penalty and mine & h.param_ids():
+            warnings.warn(
+                "two Regularizers penalize the same parameters through this optimizer "
+                f"(modes {h.mode!r} and {handle.mode!r}): their penalties add up. Use one "
+                "Regularizer with a dict of penalties, or `+` to combine penalties.",
+                stacklevel=4,
+            )
+            return
+
+
+def attach(
+    reg: _Reg,
+    optimizer: Any,
+    mode: str | UpdateRule,
+    *,
+    advance_schedule: bool = True,
+    rounding: str = "stochastic",
+    **options: Any,
+) -> AttachHandle:
+    """Attach ``reg`` to ``optimizer`` with the update rule ``mode`` (a name in
+    :data:`torchpenalty.updates.RULES` or an :class:`~torchpenalty.updates.UpdateRule`)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
+    if not isinstance(mode, UpdateRule):
+        check_choice("mode", mode, list(RULES))
+    rule = make_rule(mode, rounding=rounding, **options)
+    if isinstance(optimizer, torch.optim.LBFGS) and rule.name != "loss":
+        raise ValueError(
+            "mode must be 'loss' for torch.optim.LBFGS, whose closure recomputes the gradients "
+            f"inside step(): add reg() to the closure's loss instead, got {rule.name!r}"
+        )
+    for b in reg.bindings:
+        rule.check(b.penalty)
+    _check_same(reg, optimizer)
+    handle = AttachHandle(reg, optimizer, rule, advance_schedule)
+    _warn_overlap(optimizer, handle)
+    _ATTACHED.setdefault(optimizer, []).append(handle)
+    return handle
