@@ -138,3 +138,110 @@ def test_cautious_decay_matches_the_formula():
     cautious_decay_(w, [w0], [s * w0], lr)
     expected = w0 - lr * (u + s * (u * w0 >= 0).double() * w0)
     torch.testing.assert_close(w[0], expected, rtol=0, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- cautious
+def least_squares():
+    torch.manual_seed(0)
+    X = torch.randn(10, 30, dtype=torch.float64)  # 10 equations, 30 unknowns
+    y = X @ torch.randn(30, dtype=torch.float64)
+    return X, y
+
+
+def fit_least_squares(rule, s=1.0, steps=3000, lr=1e-2):
+    """Full-batch Adam on ||Xw - y||^2 / (2n) under a cosine schedule, with the decay
+    applied by reg.attach: returns (loss, ||w||)."""
+    X, y = least_squares()
+    torch.manual_seed(1)
+    model = nn.Linear(30, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, 30, dtype=torch.float64))  # far from min-norm
+    reg = tp.Regularizer(model, tp.L2(s))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if rule == "decoupled":
+        reg.attach(opt, mode="decoupled")
+    elif rule == "cautious":
+        reg.attach(opt, mode="decoupled", cautious=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = (model(X).squeeze(1) - y).square().mean() / 2
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        loss = (model(X).squeeze(1) - y).square().mean() / 2
+    return loss.item(), model.weight.norm().item()
+
+
+def test_cautious_reaches_a_smaller_minimizer_where_decoupled_stops_short():
+    """Chen et al. 2025 in small: on an underdetermined least-squares problem plain Adam
+    reaches a minimizer, decoupled decay trades loss for norm (stops short), cautious
+    decay reaches a minimizer of the unpenalized loss with a smaller norm than Adam's."""
+    adam_loss, adam_norm = fit_least_squares("none")
+    dec_loss, _ = fit_least_squares("decoupled")
+    cau_loss, cau_norm = fit_least_squares("cautious")
+    X, y = least_squares()
+    min_norm = torch.linalg.lstsq(X, y, driver="gelsd").solution.norm().item()
+    assert adam_loss < 1e-12 and cau_loss < 1e-6  # both reach a minimizer ...
+    assert dec_loss > 1e-2  # ... decoupled decay does not
+    assert min_norm <= cau_norm < 0.7 * adam_norm  # cautious: a smaller one than Adam's
+
+
+def test_cautious_rule_equals_the_formula_on_adam():
+    """One step of attach(cautious=True) = w - lr * (u + s * 1[u * w >= 0] * w), with u
+    Adam's own update (read from a twin optimizer without decay)."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 4, bias=False).double()
+    twin = copy.deepcopy(model)
+    reg = tp.Regularizer(model, tp.L2(0.7))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt_twin = torch.optim.Adam(twin.parameters(), lr=0.05)
+    reg.attach(opt, mode="decoupled", cautious=True)
+    x = torch.randn(16, 8, dtype=torch.float64)
+    for _ in range(4):
+        w = model.weight.detach().clone()
+        twin.load_state_dict(model.state_dict())
+        for m, o in ((model, opt), (twin, opt_twin)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+        opt_twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # no shared moments
+        opt_twin.step()
+        opt.step()
+        u = (w - twin.weight.detach()) / 0.05
+        expected = w - 0.05 * (u + 0.7 * (u * w >= 0).double() * w)
+        torch.testing.assert_close(model.weight.detach(), expected)
+
+
+# ----------------------------------------------------------------------------- corrected
+def ratio_profile(mode, steps=2000, lr=1e-2, s=0.5):
+    """||g|| / ||w|| of a Linear followed by LayerNorm, averaged over tenths of a cosine
+    schedule, with Adam and the decay applied by reg.attach."""
+    torch.manual_seed(0)
+    teacher = nn.Linear(16, 4)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    reg = tp.Regularizer(model, tp.L2(s))
+    reg.attach(opt, mode=mode)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    w, ratios = model[0].weight, []
+    for _ in range(steps):
+        x = torch.randn(32, 16)
+        y = teacher(x).detach() + 0.5 * torch.randn(32, 4)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        ratios.append((w.grad.norm() / w.norm()).item())
+        opt.step()
+        sched.step()
+    return torch.tensor(ratios).reshape(10, -1).mean(1)
+
+
+def test_corrected_keeps_the_gradient_to_weight_ratio_flat():
+    """Defazio 2025 in small: under a cosine schedule the gradient-to-weight ratio of a
+    normalized layer rises at the end with AdamW-style decay and stays flat with the
+    corrected decay (``lr**2 / lr_max``)."""
+    plain = ratio_profile("decoupled")
+    corrected = ratio_profile("corrected")
+    assert plain[-1] > 1.5 * plain[2]  # the end-of-training rise
+    assert corrected[-1] < 1.15 * corrected[2]  # flat
+    assert corrected[2:].max() < 1.15 * corrected[2:].min()

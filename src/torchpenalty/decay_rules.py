@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .select import is_norm_module
+from ._validation import check_positive, type_error, value_error
+from .select import is_norm_module, select
+from .updates import RULES, Batch, Decoupled, UpdateRule
 
-__all__ = ["cautious_decay_", "normalized_weights"]
+__all__ = ["Cautious", "Corrected", "bind_rule", "cautious_decay_", "normalized_weights"]
 
 _LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _TRANSPARENT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
@@ -120,3 +123,159 @@ def cautious_decay_(
     torch._foreach_add_(mask, 1.0)  # 1 where delta * D <= 0
     torch._foreach_mul_(mask, directions)
     torch._foreach_add_(params, mask, alpha=-lr)
+
+
+# ----------------------------------------------------------------------------- rules
+def _rates(rule: UpdateRule, b: Batch) -> list[float]:
+    """The decay factor of each tensor of the batch under a decoupled-family rule."""
+    if isinstance(rule, Corrected):
+        return rule.rates(b)
+    return [rule.rate(b)] * len(b.params)  # type: ignore[attr-defined]
+
+
+def _subset(b: Batch, idx: list[int]) -> Batch:
+    return b.replace(
+        params=[b.params[i] for i in idx],
+        grads=[b.grads[i] for i in idx],
+        names=[b.names[i] for i in idx],
+        originals=[b.originals[i] for i in idx],
+    )
+
+
+class Corrected(Decoupled):
+    """``mode="corrected"`` (Defazio 2025): decoupled decay ``w <- w - rate * grad P(w)``
+    before the step with ``rate = lr**2 / lr_max`` for weights followed by a normalization
+    layer and ``rate = lr`` (plain decoupled) for the others.
+
+    Options (``reg.attach(opt, mode="corrected", normalized=..., lr_max=...)``):
+    ``normalized``: ``None`` finds the normalized weights by structure
+    (:func:`normalized_weights` of the Regularizer's model), or a matcher as for
+    ``include=`` (fnmatch patterns, module classes, predicates, a list of them), ``"*"``
+    for every regularized weight (the reading of Chou 2025, arXiv 2512.08217).
+    ``lr_max``: the peak lr; by default the group's ``max_lr`` (OneCycleLR), else the
+    largest of its initial lr and every lr seen so far.
+    """
+
+    name = "corrected"
+
+    def __init__(self, normalized: Any = None, lr_max: float | None = None) -> None:
+        self.normalized = normalized
+        self.lr_max = None if lr_max is None else check_positive("lr_max", lr_max)
+        self.names: frozenset[str] | None = None
+        self._peak: dict[int, float] = {}
+
+    def bind(self, reg: Any) -> None:
+        """Resolve the normalized weights against ``reg.model``."""
+        model = reg.model
+        if self.normalized is None:
+            self.names = frozenset(normalized_weights(model))
+        else:
+            self.names = frozenset(n for n, _ in select(model, include=self.normalized))
+
+    def peak(self, b: Batch) -> float:
+        if self.lr_max is not None:
+            return self.lr_max
+        if "max_lr" in b.group:
+            return float(b.group["max_lr"])
+        seen = max(self._peak.get(id(b.group), 0.0), b.lr, b.lr0 or 0.0)
+        self._peak[id(b.group)] = seen
+        return seen
+
+    def rates(self, b: Batch) -> list[float]:
+        if self.names is None:
+            raise RuntimeError(
+                "mode='corrected' needs its normalized weights: use it through "
+                "Regularizer.attach, or call bind(regularizer) first"
+            )
+        lr, peak = b.lr, self.peak(b)
+        low = lr * lr / peak if peak else 0.0
+        return [low if n in self.names else lr for n in b.names]
+
+    def pre(self, b: Batch) -> None:
+        rates = self.rates(b)
+        for rate in dict.fromkeys(rates):
+            sub = _subset(b, [i for i, r in enumerate(rates) if r == rate])
+            sub.penalty.decay_(
+                sub.params, rate, step=sub.step, names=sub.names, strength=sub.strength
+            )
+
+    def __repr__(self) -> str:
+        return f"Corrected(normalized={self.normalized!r}, lr_max={self.lr_max!r})"
+
+
+class Cautious(UpdateRule):
+    """``cautious=True`` on a decoupled-family rule (``"decoupled"``, ``"independent"``,
+    ``"corrected"``; Chen et al. 2025): ``w <- w - rate * 1[u * D >= 0] * D`` with
+    ``D = grad P(w_old)`` and the update ``u`` read from the step. ``pre`` copies the
+    weights, ``post`` applies :func:`cautious_decay_` with each tensor's rate (the inner
+    rule's). Memory: the copy lives during ``opt.step()``, plus two temporaries of the
+    same size in ``post``."""
+
+    writes_weights = True
+
+    def __init__(self, inner: UpdateRule) -> None:
+        if not isinstance(inner, Decoupled):
+            raise value_error(
+                "cautious",
+                "False unless mode is 'decoupled', 'independent', 'corrected' (or another "
+                f"decoupled rule); mode is {inner.name!r}",
+                True,
+            )
+        self.inner = inner
+        self._before: dict[tuple[int, ...], list[Tensor]] = {}
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @classmethod
+    def around(cls, mode: str | UpdateRule, **options: Any) -> Cautious:
+        """The cautious form of ``mode`` built with ``options``."""
+        if isinstance(mode, UpdateRule):
+            if options:
+                raise TypeError(f"options must be empty for a rule instance, got {options}")
+            return cls(mode)
+        if mode not in RULES:
+            raise value_error("mode", "one of " + ", ".join(map(repr, RULES)), mode)
+        return cls(RULES[mode].from_options(**options))
+
+    def bind(self, reg: Any) -> None:
+        bind_rule(self.inner, reg)
+
+    def check(self, penalty: Any) -> None:
+        self.inner.check(penalty)
+
+    def pre(self, b: Batch) -> None:
+        self._before[tuple(b.keys)] = [p.detach().clone() for p in b.params]
+
+    def post(self, b: Batch) -> None:
+        before = self._before.pop(tuple(b.keys), None)
+        if before is None:  # the pre hook did not run (a skipped step)
+            return
+        directions = [torch.zeros_like(w) for w in before]
+        b.penalty.grad_(directions, before, step=b.step, names=b.names, strength=b.strength)
+        torch._foreach_mul_(directions, _rates(self.inner, b))
+        cautious_decay_(b.params, before, directions, 1.0)
+
+    def __repr__(self) -> str:
+        return f"Cautious({self.inner!r})"
+
+
+def bind_rule(rule: UpdateRule, reg: Any) -> None:
+    """Call ``bind(reg)`` on ``rule`` or on the rule it wraps (``Rounded``), if any."""
+    while rule is not None:
+        bind = getattr(type(rule), "bind", None)
+        if bind is not None:
+            bind(rule, reg)
+            return
+        rule = getattr(rule, "inner", None)
+
+
+def cautious_rule(mode: str | UpdateRule, cautious: Any, options: dict[str, Any]):
+    """``(mode, options)`` for ``attach``: with ``cautious=True`` the cautious form of
+    ``mode`` (its options consumed), else unchanged."""
+    if not isinstance(cautious, bool):
+        raise type_error("cautious", "a bool", cautious)
+    if not cautious:
+        return mode, options
+    return Cautious.around(mode, **options), {}

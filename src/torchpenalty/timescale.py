@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._validation import check_choice, check_positive, check_strength, type_error
-from .penalties import L2, L2SP, ElasticNet, Penalty
+from .penalties import L2, L2SP, ElasticNet, Penalty, Sum
 
 __all__ = ["TIMESCALE_MODES", "Timescale", "decay_per_step", "timescale", "transfer_strength"]
 
@@ -67,7 +67,10 @@ class Timescale(NamedTuple):
 def l2_rate(penalty: Penalty, step: int = 0) -> float | None:
     """The rate ``r`` of the multiplicative shrink ``w <- w - lr * r * w`` that ``penalty``
     applies at ``step``, or ``None`` when the penalty is not of that kind (L1, group lasso,
-    orthogonality: no timescale)."""
+    orthogonality: no timescale). A sum of penalties has the sum of its parts' rates."""
+    if isinstance(penalty, Sum):
+        rates = [r for r in (l2_rate(p, step) for p in penalty.parts) if r is not None]
+        return sum(rates) if rates else None
     if isinstance(penalty, (L2, L2SP)):
         return penalty.strength_at(step)
     if isinstance(penalty, ElasticNet):
@@ -106,8 +109,8 @@ def decay_per_step(
 
 
 def _regularized(reg: Any) -> Iterator[tuple[Penalty, list[str], list[torch.Tensor]]]:
-    """(penalty, names, params) for each penalty of ``reg``."""
-    for b in reg._bindings:
+    """(penalty, names, params) for each penalty of ``reg`` (its public bindings view)."""
+    for b in reg.bindings:
         yield b.penalty, list(b.names), list(b.params)
 
 
