@@ -245,3 +245,148 @@ def test_corrected_keeps_the_gradient_to_weight_ratio_flat():
     assert plain[-1] > 1.5 * plain[2]  # the end-of-training rise
     assert corrected[-1] < 1.15 * corrected[2]  # flat
     assert corrected[2:].max() < 1.15 * corrected[2:].min()
+
+
+# ----------------------------------------------------------------------------- by hand
+def ln_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+
+
+def one_step(model, opt, lr_now=None):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no update: only the decay moves the weights
+    if lr_now is not None:
+        opt.param_groups[0]["lr"] = lr_now
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    return {n: (p.detach() / before[n]).mean().item() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    ("options", "factor0", "factor2"),
+    [
+        ({}, 1 - 0.5 * 0.05**2 / 0.1, 1 - 0.5 * 0.05),  # found by structure: 0.weight
+        ({"normalized": "*"}, 1 - 0.5 * 0.05**2 / 0.1, 1 - 0.5 * 0.05**2 / 0.1),
+        ({"normalized": ["2.*"]}, 1 - 0.5 * 0.05, 1 - 0.5 * 0.05**2 / 0.1),
+        ({"lr_max": 0.2}, 1 - 0.5 * 0.05**2 / 0.2, 1 - 0.5 * 0.05),
+    ],
+)
+def test_corrected_rates_by_hand(options, factor0, factor2):
+    model = ln_net()
+    reg = tp.Regularizer(model, tp.L2(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    reg.attach(opt, mode="corrected", **options)
+    assert one_step(model, opt)["0.weight"] == pytest.approx(
+        1 - 0.5 * 0.1**2 / max(0.1, options.get("lr_max", 0.1))
+    )
+    moved = one_step(model, opt, lr_now=0.05)  # the schedule halved the lr
+    assert moved["0.weight"] == pytest.approx(factor0)
+    assert moved["2.weight"] == pytest.approx(factor2)
+    assert moved["0.bias"] == 1.0 and moved["1.weight"] == 1.0  # not regularized
+
+
+def test_corrected_peak_is_the_largest_lr_seen_or_max_lr():
+    model = ln_net()
+    reg = tp.Regularizer(model, tp.L2(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)  # warm-up start, no scheduler
+    reg.attach(opt, mode="corrected")
+    one_step(model, opt, lr_now=0.1)  # the peak
+    assert one_step(model, opt, lr_now=0.05)["0.weight"] == pytest.approx(1 - 0.5 * 0.025)
+    opt.param_groups[0]["max_lr"] = 0.5  # OneCycleLR's key wins
+    assert one_step(model, opt, lr_now=0.05)["0.weight"] == pytest.approx(1 - 0.5 * 0.005)
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "independent", "corrected"])
+def test_cautious_with_zero_update_equals_its_plain_rule(mode):
+    """u = 0: 1[u * w >= 0] = 1 everywhere, so the cautious rule decays like its base."""
+    a, b = ln_net(), ln_net()
+    for model, cautious in ((a, False), (b, True)):
+        reg = tp.Regularizer(model, tp.L2(0.5))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        reg.attach(opt, mode=mode, cautious=cautious)
+        one_step(model, opt)
+        one_step(model, opt, lr_now=0.05)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=1e-7)
+
+
+def test_cautious_skips_coordinates_the_update_pushes_away_from_zero():
+    w = nn.Parameter(torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    holder = nn.Module()
+    holder.w = w
+    reg = tp.Regularizer(holder, tp.L2(1.0), include="w")
+    opt = torch.optim.SGD([w], lr=0.1)
+    handle = reg.attach(opt, mode="decoupled", cautious=True)
+    assert handle.mode == "decoupled" and "Cautious" in repr(handle.rule)
+    w.grad = torch.tensor([1.0, -1.0, 1.0, -1.0])  # u: towards 0, away, away, towards 0
+    opt.step()
+    expected = torch.tensor([1 - 0.1 - 0.1, 1.1, -1.1, -1 + 0.1 + 0.1])
+    torch.testing.assert_close(w.detach(), expected)
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "compensated"])
+def test_cautious_bfloat16_goes_through_rounding(rounding):
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.ones(10_000, dtype=torch.bfloat16))
+    holder = nn.Module()
+    holder.w = w
+    reg = tp.Regularizer(holder, tp.L2(1e-3), include="w")
+    opt = torch.optim.SGD([w], lr=1e-2)  # decay 1e-5: far below bf16's half-ulp at 1.0
+    handle = reg.attach(opt, mode="decoupled", cautious=True, rounding=rounding)
+    for _ in range(100):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    value = w.float()
+    if rounding == "compensated":  # exact: the bf16 weight plus its float32 residual
+        value = value + handle.residuals[id(w)]
+    assert value.mean().item() == pytest.approx((1 - 1e-5) ** 100, abs=1e-4)
+    assert value.mean().item() < 0.9995  # nearest rounding would leave 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mode": "grad", "cautious": True}, ValueError, "cautious must be False unless mode is"),
+        ({"mode": "proximal", "cautious": True}, ValueError, "cautious must be False"),
+        ({"mode": "decoupled", "cautious": 1}, TypeError, "cautious must be a bool, got 1"),
+        ({"mode": "corrected", "lr_max": 0}, ValueError, "lr_max must be a finite number > 0"),
+        ({"mode": "corrected", "normalized": "nothing*"}, ValueError, "nothing"),
+        ({"mode": "corrected", "bogus": 1}, TypeError, "bogus"),
+    ],
+)
+def test_rule_option_errors(kwargs, error, match):
+    model = ln_net()
+    reg = tp.Regularizer(model, tp.L2(0.5) if kwargs["mode"] != "proximal" else tp.L1(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(error, match=match):
+        reg.attach(opt, **kwargs)
+
+
+def test_corrected_outside_attach_needs_binding():
+    from torchpenalty.decay_rules import Corrected
+    from torchpenalty.updates import Batch
+
+    w = torch.ones(2)
+    opt = torch.optim.SGD([w], lr=0.1)
+    b = Batch(tp.L2(1.0), [w], [w], ["w"], [w], opt, opt.param_groups[0])
+    with pytest.raises(RuntimeError, match="bind"):
+        Corrected().pre(b)
+
+
+def test_stats_follow_the_corrected_handle():
+    model = ln_net()
+    reg = tp.Regularizer(model, tp.L2(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = reg.attach(opt, mode="corrected")
+    one_step(model, opt)  # the rule sees the peak lr 0.1
+    opt.param_groups[0]["lr"] = 0.05
+    out = reg.stats(handle)
+    assert {t.name: t.decay for t in out.tensors} == pytest.approx(
+        {"0.weight": 0.5 * 0.05**2 / 0.1, "2.weight": 0.5 * 0.05}
+    )
+    assert [g.names for g in out.groups] == [["0.weight"], ["2.weight"]]  # split by decay
+    handle.remove()
+    cautious = reg.attach(opt, mode="decoupled", cautious=True)
+    t = reg.stats(cautious).tensors[0]
+    assert t.decay == pytest.approx(0.025) and t.predicted_ratio != t.predicted_ratio  # nan

@@ -181,6 +181,14 @@ class Corrected(Decoupled):
         self._peak[id(b.group)] = seen
         return seen
 
+    def seen_peak(self, group: dict[str, Any]) -> float | None:
+        """The peak lr this rule uses for ``group`` (``None`` before its first step)."""
+        if self.lr_max is not None:
+            return self.lr_max
+        if "max_lr" in group:
+            return float(group["max_lr"])
+        return self._peak.get(id(group))
+
     def rates(self, b: Batch) -> list[float]:
         if self.names is None:
             raise RuntimeError(

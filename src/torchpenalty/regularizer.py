@@ -44,6 +44,8 @@ from .functional import accumulation_dtype
 from .hooks import AttachHandle, attach
 from .penalties import Penalty
 from .select import Matcher, _entries, check_matchers, explain, matches, select_entries
+from .stats import DecayStats
+from .stats import stats as decay_stats
 
 __all__ = ["Binding", "Regularizer"]
 
@@ -200,6 +202,10 @@ class Regularizer:
         """The penalty as a detached Python float (for logging)."""
         with torch.no_grad():
             return float(self())
+
+    def stats(self, optimizer: Any = None, **kwargs: Any) -> DecayStats:
+        """What the decay is doing: :func:`torchpenalty.stats.stats` of this Regularizer."""
+        return decay_stats(self, optimizer, **kwargs)
 
     @torch.no_grad()
     def add_grad_(self) -> None:

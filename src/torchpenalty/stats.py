@@ -50,7 +50,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._validation import type_error
+from ._validation import check_positive, type_error
+from .decay_rules import Cautious, Corrected
 from .distributed import local
 from .timescale import TIMESCALE_MODES, _lr, _regularized, decay_per_step, l2_rate
 
@@ -198,25 +199,44 @@ def _rows(
     return rows
 
 
-def _resolve(optimizer: Any, mode: str | None) -> tuple[torch.optim.Optimizer | None, str]:
-    """Accept an optimizer or an ``AttachHandle`` (whose mode is then the default)."""
-    handle_mode = None
+class _Rule(NamedTuple):
+    mode: str
+    corrected: Corrected | None  # the handle's corrected rule (its weights and peaks)
+    lr_max: float | None
+    cautious: bool
+
+
+def _resolve(optimizer: Any, mode: str | None, lr_max: float | None):
+    """Accept an optimizer or an ``AttachHandle`` (whose rule then sets the defaults)."""
+    chain = []
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         inner = getattr(optimizer, "optimizer", None)
         if not isinstance(inner, torch.optim.Optimizer):
             raise type_error("optimizer", "a torch.optim.Optimizer or an AttachHandle", optimizer)
-        handle_mode, optimizer = getattr(optimizer, "mode", None), inner
-    mode = mode if mode is not None else (handle_mode or "decoupled")
+        rule = getattr(optimizer, "rule", None)
+        while rule is not None:
+            chain.append(rule)
+            rule = getattr(rule, "inner", None)
+        mode = mode if mode is not None else getattr(optimizer, "mode", None)
+        optimizer = inner
+    mode = "decoupled" if mode is None else mode
     if not isinstance(mode, str):
         raise type_error("mode", "a string", mode)
-    return optimizer, mode
+    corrected = next((r for r in chain if isinstance(r, Corrected)), None)
+    cautious = any(isinstance(r, Cautious) for r in chain)
+    return optimizer, _Rule(mode, corrected, lr_max, cautious)
 
 
-def _decays(rows: list, step: int, mode: str, lr_max: float | None) -> list[float]:
+def _decays(rows: list, step: int, rule: _Rule) -> list[float]:
     """Per-step decay ``d`` of each row (host arithmetic, no device work)."""
     out = []
-    for pen, _gi, g, _n, _p in rows:
+    for pen, _gi, g, name, _p in rows:
         rate = l2_rate(pen, step)
+        mode, lr_max, c = rule.mode, rule.lr_max, rule.corrected
+        if mode == "corrected" and c is not None and g is not None:
+            if c.names is not None and name not in c.names:
+                mode = "decoupled"
+            lr_max = lr_max if lr_max is not None else c.seen_peak(g)
         if g is None or rate is None or mode not in TIMESCALE_MODES:
             out.append(_NAN)
         else:
@@ -261,9 +281,9 @@ def _predicted(d: float) -> float:
 def _group_stats(tensors: list[TensorStats]) -> list[GroupStats]:
     keyed: dict[tuple, list[TensorStats]] = {}
     for t in tensors:
-        keyed.setdefault((t.group, t.penalty), []).append(t)
+        keyed.setdefault((t.group, t.penalty, t.decay), []).append(t)
     out = []
-    for (gi, pen), ts in keyed.items():
+    for (gi, pen, _d), ts in keyed.items():
         numel = sum(t.numel for t in ts)
         w, g, u = (
             math.sqrt(sum(getattr(t, k) ** 2 for t in ts))
@@ -282,7 +302,7 @@ def _group_stats(tensors: list[TensorStats]) -> list[GroupStats]:
                 g,
                 u,
                 _ratio(u, w),
-                _predicted(d),
+                ts[0].predicted_ratio,
                 d,
                 zero,
                 sigma,
@@ -313,7 +333,7 @@ def stats(
     mode: str | None = None,
     lr_max: float | None = None,
 ) -> DecayStats:
-    """Per regularized tensor and per (optimizer group, penalty): weight norm, gradient
+    """Per regularized tensor and per (optimizer group, penalty, decay): weight norm, gradient
     norm, the optimizer's last update (decay excluded) and its ratio to the weight norm
     against the steady-state prediction ``sqrt(d * (2 - d))``, the per-step decay ``d``,
     the fraction of exact zeros and, with ``singular_values=True``, the largest singular
@@ -324,9 +344,12 @@ def stats(
         reg: a :class:`~torchpenalty.Regularizer`.
         optimizer: a ``torch.optim.Optimizer``, or the ``AttachHandle`` returned by
             ``reg.attach`` (its mode becomes the default ``mode``), or None (norms only).
-        mode: the decay rule the prediction assumes: ``"decoupled"`` (default),
-            ``"independent"`` or ``"corrected"``; any other mode (``"grad"``, ...) has no
-            per-step decay (``nan``).
+        mode: the decay rule the prediction assumes: ``"decoupled"`` (default; an
+            ``AttachHandle``'s own rule otherwise), ``"independent"`` or ``"corrected"``;
+            any other mode (``"grad"``, ...) has no per-step decay (``nan``). With a
+            ``"corrected"`` handle only its normalized weights get the corrected ``d``; with
+            ``cautious=True`` ``d`` is the nominal decay and there is no prediction (the
+            decay applies to a varying subset of coordinates).
         lr_max: the peak lr for ``"corrected"`` (see ``decay_per_step``).
 
     Warns (``RuntimeWarning``) when rows of an ``nn.Embedding`` / ``nn.EmbeddingBag``
@@ -334,9 +357,9 @@ def stats(
     being trained (rare tokens pushed to zero; torchtitan#2599). Remedy:
     ``exclude=nn.Embedding``.
     """
-    optimizer, mode = _resolve(optimizer, mode)
     if lr_max is not None:
-        lr_max = float(lr_max)
+        lr_max = check_positive("lr_max", lr_max)
+    optimizer, rule = _resolve(optimizer, mode, lr_max)
     rows = _rows(reg, optimizer)
     if not rows:
         raise ValueError(
@@ -350,7 +373,7 @@ def stats(
         for p in m.parameters(recurse=False)
     }
     measured = _measure(rows, optimizer, embedded, bool(singular_values))
-    decays = _decays(rows, step, mode, lr_max)
+    decays = _decays(rows, step, rule)
     tensors = []
     for (pen, gi, _g, name, p), (w, g, u, z, s, idle), d in zip(
         rows, measured, decays, strict=True
@@ -366,7 +389,7 @@ def stats(
                 g,
                 u,
                 _ratio(u, w),
-                _predicted(d),
+                _NAN if rule.cautious else _predicted(d),
                 d,
                 z / numel,
                 s,
