@@ -11,7 +11,7 @@ step (zero_grad, forward, MSE, backward, step) for:
 * ``adamw``:       ``torch.optim.AdamW(weight_decay=s)`` on ``tp.param_groups`` (reference).
 
 and then ``tp.stats(reg, opt)`` (and with ``singular_values=True``) against the
-``decoupled`` step and against one read pass over the weights (``p.sum()`` each).
+``decoupled`` step and against one read pass over the weights (``p.sum()`` each, one transfer).
 Variants are interleaved round by round after a warm-up; medians are reported.
 Extra memory of ``cautious``: the snapshot, ``4 bytes x`` regularized float32 weights.
 
@@ -90,7 +90,7 @@ def run(sizes, batch, rounds, warmup, device):
     extra = {
         "stats()": lambda: tp.stats(reg, opt),
         "stats(singular_values=True)": lambda: tp.stats(reg, opt, singular_values=True),
-        "read pass": lambda: [float(p.sum()) for p in reg.parameters()],
+        "read pass": lambda: torch.stack([p.detach().sum() for p in reg.parameters()]).tolist(),
     }
     times = {k: [] for k in [*VARIANTS, *extra]}
     for _ in range(rounds):

@@ -4,6 +4,7 @@ change the optimizer actually made, the steady state against a simulated equilib
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import pytest
@@ -63,8 +64,10 @@ OPTIMIZERS = [
 ]
 
 
+@pytest.mark.parametrize("chunk", [1 << 24, 7], ids=["whole", "chunked"])
 @pytest.mark.parametrize("make", [m for _, m in OPTIMIZERS], ids=[n for n, _ in OPTIMIZERS])
-def test_update_is_the_change_the_optimizer_made(make):
+def test_update_is_the_change_the_optimizer_made(make, chunk, monkeypatch):
+    monkeypatch.setattr(sys.modules["torchpenalty.stats"], "_CHUNK", chunk)
     model = net()
     reg = tp.Regularizer(model, tp.L2(0.1))
     opt = make(model.parameters())

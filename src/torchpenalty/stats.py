@@ -114,49 +114,77 @@ def _norms(tensors: Sequence[Tensor | None], like: Tensor) -> Tensor:
     return out
 
 
-def _adam_update(group: dict[str, Any], states: list[dict]) -> list[Tensor | None]:
-    """``m_hat / (sqrt(v_hat) + eps)`` of each tensor (None where there is no state)."""
+#: Elements per foreach chunk when an update must be rebuilt (Adam's ``m / sqrt(v)``):
+#: bounds the temporaries to two such chunks, whatever the model size.
+_CHUNK = 1 << 24
+
+
+def _chunks(tensors: list[Tensor | None]):
+    """Indices of the non-None tensors, in runs of about ``_CHUNK`` elements."""
+    run: list[int] = []
+    size = 0
+    for i, t in enumerate(tensors):
+        if t is None:
+            continue
+        run.append(i)
+        size += t.numel()
+        if size >= _CHUNK:
+            yield run
+            run, size = [], 0
+    if run:
+        yield run
+
+
+def _adam_norms(group: dict[str, Any], states: list[dict], like: Tensor) -> Tensor:
+    """``||m_hat / (sqrt(v_hat) + eps)||`` of each tensor (nan where there is no state)."""
     beta1, beta2 = group["betas"]
-    eps = group["eps"]
-    have = [i for i, s in enumerate(states) if "exp_avg" in s]
-    out: list[Tensor | None] = [None] * len(states)
-    if not have:
-        return out
     key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
-    steps = [float(states[i]["step"]) for i in have]
-    denom = torch._foreach_sqrt([states[i][key] for i in have])
-    torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
-    torch._foreach_add_(denom, eps)
-    u = torch._foreach_div([states[i]["exp_avg"] for i in have], denom)
-    torch._foreach_div_(u, [1 - beta1**t for t in steps])
-    for i, t in zip(have, u, strict=True):
-        out[i] = t
+    out = torch.full((len(states),), _NAN, dtype=torch.float64, device=like.device)
+    moments = [local(s["exp_avg"]) if "exp_avg" in s else None for s in states]
+    for run in _chunks(moments):
+        steps = [float(states[i]["step"]) for i in run]
+        denom = torch._foreach_sqrt([local(states[i][key]) for i in run])
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+        torch._foreach_add_(denom, group["eps"])
+        u = torch._foreach_div([moments[i] for i in run], denom)
+        del denom
+        torch._foreach_div_(u, [1 - beta1**t for t in steps])
+        out[run] = _norms(u, like)
     return out
 
 
-def _updates(
-    optimizer: torch.optim.Optimizer | None, group: dict[str, Any] | None, params: list[Tensor]
-) -> tuple[list[Tensor | None], float]:
-    """The optimizer's last update direction per tensor and the factor (lr) it was
-    applied with; ``([None...], nan)`` for optimizers whose state is not understood."""
+def _sgd_norms(group: dict[str, Any], params: list[Tensor], states: list[dict], like: Tensor):
+    """``||buf||`` (``||g + momentum * buf||`` with Nesterov, ``||g||`` without momentum)."""
+    mu = group.get("momentum", 0.0)
+    if not mu:
+        return _norms([None if p.grad is None else local(p.grad) for p in params], like)
+    bufs = [
+        None if s.get("momentum_buffer") is None else local(s["momentum_buffer"]) for s in states
+    ]
+    if not group.get("nesterov"):
+        return _norms(bufs, like)
+    out = torch.full((len(params),), _NAN, dtype=torch.float64, device=like.device)
+    for run in _chunks([b if params[i].grad is not None else None for i, b in enumerate(bufs)]):
+        out[run] = _norms([local(params[i].grad).add(bufs[i], alpha=mu) for i in run], like)
+    return out
+
+
+def _update_norms(
+    optimizer: torch.optim.Optimizer | None,
+    group: dict[str, Any] | None,
+    params: list[Tensor],
+    like: Tensor,
+) -> Tensor:
+    """``lr * ||direction||`` of the optimizer's last update per tensor (decay excluded),
+    read from its state; ``nan`` for optimizers whose state is not understood."""
     if optimizer is None or group is None:
-        return [None] * len(params), _NAN
+        return torch.full((len(params),), _NAN, dtype=torch.float64, device=like.device)
     states = [optimizer.state.get(p, {}) for p in params]
-    lr = _lr(group)
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        return _adam_update(group, states), lr
+        return _adam_norms(group, states, like) * _lr(group)
     if type(optimizer) is torch.optim.SGD:
-        mu = group.get("momentum", 0.0)
-        if not mu:
-            return [p.grad for p in params], lr
-        out: list[Tensor | None] = []
-        for p, s in zip(params, states, strict=True):
-            buf = s.get("momentum_buffer")
-            if buf is not None and group.get("nesterov") and p.grad is not None:
-                buf = p.grad.add(buf, alpha=mu)
-            out.append(buf)
-        return out, lr
-    return [None] * len(params), _NAN
+        return _sgd_norms(group, params, states, like) * _lr(group)
+    return torch.full((len(params),), _NAN, dtype=torch.float64, device=like.device)
 
 
 def _sigma_max(params: list[Tensor], like: Tensor) -> Tensor:
@@ -257,10 +285,7 @@ def _measure(
     for i, r in enumerate(rows):
         by_group.setdefault(r[1], []).append(i)
     for idx in by_group.values():
-        dirs, factor = _updates(optimizer, rows[idx[0]][2], [rows[i][4] for i in idx])
-        if not math.isnan(factor):
-            dirs = [None if d is None else local(d) for d in dirs]
-            update[idx] = _norms(dirs, like) * factor
+        update[idx] = _update_norms(optimizer, rows[idx[0]][2], [rows[i][4] for i in idx], like)
     zeros = torch.stack([(p == 0).sum().to(like.device) for p in params]).double()
     sigma = _sigma_max(params, like) if singular else torch.full_like(update, _NAN)
     idle = _idle_rows(grads, [id(r[4]) in embedded for r in rows], like)
