@@ -251,6 +251,10 @@ class Regularizer:
         (``L1(s)`` = scikit-learn ``Lasso(alpha=s/2)`` on a mean-squared loss). ``mode``
         may also be an :class:`~torchpenalty.updates.UpdateRule`; ``options`` go to the
         rule. Attaching the same Regularizer twice to one optimizer is an error.
+
+        ``mode="corrected"`` (``normalized=``, ``lr_max=``) and ``cautious=True`` (with
+        ``"decoupled"``, ``"independent"``, ``"corrected"``): see
+        :mod:`torchpenalty.decay_rules`.
         """
         handle = attach(
             self,
