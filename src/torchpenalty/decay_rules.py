@@ -8,7 +8,7 @@ for any optimizer: before the step the regularized weights are copied (``w_old``
 it ``delta = w_new - w_old = -lr * u`` gives ``u * D >= 0  <=>  delta * D <= 0``, and the
 decay ``lr * mask * D(w_old)`` is subtracted, so the result is exactly the formula above
 evaluated at the pre-step weights. Cost: one copy of the regularized weights (their size
-in memory, kept between the two hooks of a step) and about six foreach passes per step.
+in memory, kept between the two hooks of a step) and about seven foreach passes per step.
 Where the decay opposes the update it is skipped: the optimizer then converges to a
 minimizer of the unpenalized loss, the decay choosing among minimizers (a smaller-norm one)
 instead of trading loss for norm.
@@ -100,11 +100,15 @@ def normalized_weights(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def cautious_decay_(
-    params: Sequence[Tensor], before: Sequence[Tensor], directions: Sequence[Tensor], lr: float
+    params: Sequence[Tensor],
+    before: Sequence[Tensor],
+    directions: Sequence[Tensor],
+    lr: float | Sequence[float],
 ) -> None:
     """``w <- w - lr * 1[delta * D <= 0] * D`` in place, with ``delta = w - before`` the
     optimizer's step (``-lr * u``) and ``D`` the decay direction at the pre-step weights
-    (``s * before`` for L2): the decay applies where ``u * D >= 0``.
+    (``s * before`` for L2): the decay applies where ``u * D >= 0``. ``lr`` may be one
+    value per tensor. ``directions`` is overwritten (with the masked, scaled decay).
 
     >>> w0 = [torch.tensor([1.0, 1.0, -1.0, 0.0])]
     >>> w = [torch.tensor([0.9, 1.1, -0.9, 0.1])]      # the optimizer moved these ways
@@ -115,14 +119,16 @@ def cautious_decay_(
     params, before, directions = list(params), list(before), list(directions)
     if not params:
         return
-    mask = torch._foreach_sub(params, before)
-    torch._foreach_mul_(mask, directions)
-    mask = torch._foreach_sign(mask)
-    torch._foreach_clamp_min_(mask, 0.0)  # 1 where delta * D > 0 (decay opposes u), else 0
-    torch._foreach_mul_(mask, -1.0)
-    torch._foreach_add_(mask, 1.0)  # 1 where delta * D <= 0
-    torch._foreach_mul_(mask, directions)
-    torch._foreach_add_(params, mask, alpha=-lr)
+    delta = torch._foreach_sub(params, before)
+    torch._foreach_mul_(delta, directions)
+    masks = [d <= 0 for d in delta]
+    del delta
+    torch._foreach_mul_(directions, masks)
+    if isinstance(lr, (int, float)):
+        torch._foreach_add_(params, directions, alpha=-lr)
+    else:
+        torch._foreach_mul_(directions, [-float(x) for x in lr])
+        torch._foreach_add_(params, directions)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -262,8 +268,8 @@ class Cautious(UpdateRule):
             return
         directions = [torch.zeros_like(w) for w in before]
         b.penalty.grad_(directions, before, step=b.step, names=b.names, strength=b.strength)
-        torch._foreach_mul_(directions, _rates(self.inner, b))
-        cautious_decay_(b.params, before, directions, 1.0)
+        rates = _rates(self.inner, b)
+        cautious_decay_(b.params, before, directions, rates[0] if len(set(rates)) == 1 else rates)
 
     def __repr__(self) -> str:
         return f"Cautious({self.inner!r})"
