@@ -205,7 +205,7 @@ def test_schedules():
         bad.strength_at(0)
 
 
-STACKABLE = [p for p in PENALTIES if p.name in ("l2", "l1", "elastic_net", "group_lasso")]
+STACKABLE = [p for p in PENALTIES if tp.penalties.lookup(p.name).stackable]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex64], ids=str)
@@ -218,17 +218,79 @@ def test_stacked_models_with_per_model_strengths(info, dtype):
     ws = make_tensors(shapes, dtype, seed=5)
     pen = info.make(1.0, {})
     grads = [torch.zeros_like(w) for w in ws]
-    pen._grad_(grads, ws, strengths, None)
+    pen.grad_(grads, ws, strength=strengths)
     prox = [w.clone() for w in ws]
+    g = torch.Generator().manual_seed(7)
+    metric = [torch.rand(w.shape, generator=g) + 0.1 for w in ws]  # a preconditioned step
+    prox_m = [w.clone() for w in ws]
     if info.prox is not None:
-        pen._prox_(prox, strengths * 0.7, None)
+        pen.prox_(prox, 0.7, strength=strengths)
+        if not dtype.is_complex:
+            pen.prox_(prox_m, 0.7, strength=strengths, metric=metric)
     for m, s in enumerate(strengths.tolist()):
         single = [w[m].clone() for w in ws]
+        single_m = [w[m].clone() for w in ws]
         g1 = [torch.zeros_like(w) for w in single]
         if s:
-            pen._grad_(g1, single, s, None)
-            pen._prox_(single, s * 0.7, None)
+            pen.grad_(g1, single, strength=s)
+            if info.prox is not None:
+                pen.prox_(single, 0.7, strength=s)
+                if not dtype.is_complex:
+                    pen.prox_(single_m, 0.7, strength=s, metric=[d[m] for d in metric])
         for a, b in zip(grads, g1):
             torch.testing.assert_close(a[m], b)
         for a, b in zip(prox, single):
             torch.testing.assert_close(a[m], b)
+        for a, b in zip(prox_m, single_m):
+            torch.testing.assert_close(a[m], b)
+
+
+@pytest.mark.parametrize("info", [p for p in PENALTIES if p.prox is not None], ids=lambda p: p.name)
+def test_prox_in_a_diagonal_metric(info):
+    """``prox_(..., metric=d)`` thresholds coordinate i at ``lr * s / d_i`` (the NumPy
+    reference with per-coordinate thresholds); group lasso with ``d`` constant on each
+    group equals its Euclidean prox at ``lr * s / d_g``."""
+    shapes = SHAPES["mixed"]
+    pen, ws, names, np_ws, np_refs = _setup(info, shapes, torch.float64)
+    g = torch.Generator().manual_seed(3)
+    if info.name == "group_lasso":
+        metric = [
+            torch.rand((w.shape[0],) + (1,) * (w.ndim - 1), generator=g, dtype=torch.float64) + 0.2
+            for w in ws
+        ]
+    else:
+        metric = [torch.rand(w.shape, generator=g, dtype=torch.float64) + 0.2 for w in ws]
+    lr = 0.3
+    pen.prox_(ws, lr, names=names, metric=metric)
+    # per-group thresholds (G,) for group lasso, per-coordinate ones otherwise
+    ts = [
+        lr * STRENGTH / (d.numpy().ravel() if info.name == "group_lasso" else d.numpy())
+        for d in metric
+    ]
+    expected = [info.prox([w], t, [r])[0] for w, t, r in zip(np_ws, ts, np_refs)]
+    for w, e in zip(ws, expected):
+        np.testing.assert_allclose(to_numpy(w), e, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("alias", "cls"),
+    [("ridge", tp.L2), ("weight_decay", tp.L2), ("Lasso", tp.L1), ("elasticnet", tp.ElasticNet),
+     ("enet", tp.ElasticNet), ("group-lasso", tp.GroupLasso), ("grouplasso", tp.GroupLasso),
+     ("l2_sp", tp.L2SP), ("orth", tp.Orthogonal), ("maxnorm", tp.MaxNorm), ("nonneg", tp.NonNeg)],
+)  # fmt: skip
+def test_aliases_come_from_the_classes(alias, cls):
+    assert tp.penalties.lookup(alias) is cls
+    assert alias.lower().replace("-", "_") in {cls.name, *cls.aliases}
+
+
+def test_classes_describe_themselves():
+    sweepable = tp.penalties.names(sweepable=True)
+    assert sweepable[:4] == ["l2", "l1", "elastic_net", "group_lasso"]
+    assert not {"l2sp", "orthogonal", "max_norm", "sum"} & set(sweepable)
+    assert [tp.penalties.lookup(n).sweep_mode for n in ("l2", "l1", "elastic_net", "group_lasso")] == [
+        "grad", "proximal", "proximal", "proximal"
+    ]  # fmt: skip
+    assert not tp.Orthogonal.has_prox and tp.L1.has_prox and tp.MaxNorm.has_prox
+    assert tp.ElasticNet.config_keys() == ("l1_ratio",) and tp.L2SP.config_keys() == ()
+    assert tp.GroupLasso(1.0, dim=1).shard_ok(1, 2) and not tp.GroupLasso(1.0, dim=1).shard_ok(0, 2)
+    assert not tp.Orthogonal(1.0).shard_ok(0, 2) and tp.L2(1.0).shard_ok(0, 2)

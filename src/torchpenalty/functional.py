@@ -529,22 +529,31 @@ def group_lasso_prox_metric_(
             p.copy_(w.reshape(p.movedim(g, to).shape).movedim(to, g))
 
 
-def _metric_shrink(z: Tensor, d: Tensor, lam: Tensor, iters: int = 60) -> Tensor:
-    """Rows ``z`` (..., k) shrunk by ``lam`` (broadcast to (..., 1)) in the metric ``d``."""
+def _metric_shrink(z: Tensor, d: Tensor, lam: Tensor, iters: int = 40) -> Tensor:
+    """Rows ``z`` (..., k) shrunk by ``lam`` (broadcast to (..., 1)) in the metric ``d``:
+    safeguarded Newton on ``phi(mu) = ||D z * mu / (d + mu)|| - lam``, bracketed by
+    ``lam * [min d, max d] / (||D z|| - lam)``, with geometric bisection as the fallback."""
     dz = d * z
     ndz = torch.linalg.vector_norm(dz, dim=-1, keepdim=True)
-    lam = lam.expand_as(ndz) if lam.ndim else lam.expand(ndz.shape)
+    lam = lam.expand(ndz.shape)
     live = ndz > lam
-    dmax = d.amax(dim=-1, keepdim=True)
-    hi = torch.where(live, lam * dmax / torch.clamp(ndz - lam, min=1e-30), 1.0)
-    lo = torch.zeros_like(hi)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        phi = torch.linalg.vector_norm(dz * (mid / (d + mid)), dim=-1, keepdim=True) - lam
+    gap = torch.clamp(ndz - lam, min=1e-30)
+    hi = torch.where(live, lam * d.amax(dim=-1, keepdim=True) / gap, 1.0)
+    lo = torch.where(live, lam * d.amin(dim=-1, keepdim=True) / gap, 1.0)
+    mu = torch.sqrt(lo * hi)
+    tol = 64 * torch.finfo(z.dtype).eps
+    for i in range(iters):
+        u = dz * (mu / (d + mu))
+        nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+        phi = nu - lam
+        if i % 4 == 3 and bool(((phi.abs() <= tol * lam) | ~live).all()):
+            break
+        dphi = (u * dz * d / (d + mu).square()).sum(-1, keepdim=True) / nu.clamp(min=1e-300)
         up = phi > 0
-        hi = torch.where(up, mid, hi)
-        lo = torch.where(up, lo, mid)
-    mu = (lo + hi) / 2
+        hi = torch.where(up, mu, hi)
+        lo = torch.where(up, lo, mu)
+        step = mu - phi / dphi.clamp(min=1e-300)
+        mu = torch.where((step > lo) & (step < hi), step, torch.sqrt(lo * hi))
     return torch.where(live, dz / (d + mu), 0)
 
 
@@ -572,7 +581,8 @@ def _norm_dims(p: Tensor, dim: int | tuple[int, ...] | None) -> tuple[int, ...]:
 
 def _slice_norms(p: Tensor, dim) -> Tensor:
     dims = _norm_dims(p, dim)
-    return torch.sqrt(torch.sum(p.float().square(), dim=dims, keepdim=True)) if dims else p.abs()
+    w = p.to(accumulation_dtype([p])) if p.dtype in (torch.float16, torch.bfloat16) else p
+    return torch.sqrt(torch.sum(w.square(), dim=dims, keepdim=True)) if dims else w.abs()
 
 
 @torch.no_grad()

@@ -177,9 +177,19 @@ class AttachHandle:
         found = getattr(optimizer, "found_inf", None)
         return found is not None and bool(found.item())
 
+    def _runs(self, phase: str) -> bool:
+        """Whether the rule (unwrapped from Rounded) overrides ``pre`` / ``post``."""
+        runs = self.__dict__.get("_phases")
+        if runs is None:
+            rule = type(getattr(self.rule, "inner", self.rule))
+            runs = self._phases = {
+                p: getattr(rule, p) is not getattr(UpdateRule, p) for p in ("pre", "post")
+            }
+        return runs[phase]
+
     @torch.no_grad()
     def _pre(self, optimizer, args, kwargs) -> None:
-        if self._skipped(optimizer) or type(self.rule).pre is UpdateRule.pre:
+        if self._skipped(optimizer) or not self._runs("pre"):
             return
         scale = getattr(optimizer, "grad_scale", None)  # GradScaler deferring unscale
         for b in self.batches(scale):
@@ -189,7 +199,7 @@ class AttachHandle:
     def _post(self, optimizer, args, kwargs) -> None:
         if self._skipped(optimizer):
             return
-        if type(self.rule).post is not UpdateRule.post:
+        if self._runs("post"):
             for b in self.batches():
                 self.rule.post(b)
         if self._advance:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_config, check_int, type_error
+from .activity import ActivityHooks
 from .distributed import check_sharding, is_ddp_find_unused, local, plain
 from .functional import accumulation_dtype
 from .hooks import AttachHandle, attach
@@ -67,6 +68,12 @@ class Regularizer:
             patterns or module classes to penalties (Keras-style per-layer; the first
             matching key wins, parameters matching no key are not regularized).
         include, exclude: override the default rule (see :mod:`torchpenalty.select`).
+        activity: Keras-style activity penalties: a dict mapping module names, fnmatch
+            patterns of module names, or module classes to penalties of their outputs,
+            taken by forward hooks and added by ``reg()`` (see
+            :mod:`torchpenalty.activity`); ``reg.activity_hooks.remove()`` detaches them.
+        activity_reduction: ``"sum"`` (Keras 3: the penalty of the whole output) or
+            ``"batch_mean"`` (tf.keras 2: divided by the batch size).
 
     ``reg()`` returns the penalty as a 0-d tensor (float32 accumulation) for the loss;
     ``reg.value()`` a detached float for logging. Strength schedules advance once per
@@ -95,6 +102,8 @@ class Regularizer:
         *,
         include: Matcher | None = None,
         exclude: Matcher | None = None,
+        activity: Mapping[Any, Penalty] | None = None,
+        activity_reduction: str = "sum",
     ) -> None:
         entries = select_entries(model, include=include, exclude=exclude)
         if isinstance(penalty, Penalty):
@@ -128,6 +137,14 @@ class Regularizer:
         self._bindings = [Binding(pen, tuple(ns), tuple(ps)) for pen, ns, ps in found.values()]
         self._handles: list[AttachHandle] = []
         self._warned_double = False
+        #: forward hooks of the activity penalties (``None`` without ``activity=``)
+        self.activity_hooks = (
+            None
+            if activity is None
+            else ActivityHooks(
+                model, activity, reduction=activity_reduction, step=lambda: self._step
+            )
+        )
         for b in self._bindings:
             check_sharding(b.penalty, b.names, b.params)
         self._ddp_find_unused = is_ddp_find_unused(model)
@@ -183,9 +200,25 @@ class Regularizer:
         for b, s in zip(self._bindings, self._strengths, strict=True):
             v = plain(b.penalty.value(b.params, names=b.names, strength=s))
             total = v if total is None else total + v.to(total.device)
-        if total is None:
-            return torch.zeros((), device=self._device)
-        return total / n if n != 1 else total
+        if total is not None and n != 1:
+            total = total / n
+        act = self.activity_loss(accumulation_steps=n) if self.activity_hooks else None
+        if act is not None:
+            total = act if total is None else total + act.to(total.device)
+        return torch.zeros((), device=self._device) if total is None else total
+
+    def activity_loss(self, *, accumulation_steps: int = 1) -> Tensor | None:
+        """The activity penalties of the forward passes since the last call (``reg()``
+        includes them), or ``None`` when there are none; clears them. Use it in the loss
+        when the weight penalty is applied by ``attach()``. With ``"batch_mean"``
+        reduction it is divided by ``accumulation_steps``; sums are not (the
+        micro-batches' sums add up to the batch's)."""
+        if self.activity_hooks is None:
+            return None
+        v = self.activity_hooks.take()
+        if v is not None and self.activity_hooks.reduction == "batch_mean":
+            v = v / accumulation_steps
+        return v
 
     def _warn_if_attached(self) -> None:
         live = [h for h in self._handles if h.active and h.rule.applies_penalty]
@@ -194,7 +227,8 @@ class Regularizer:
             warnings.warn(
                 f"reg() is in the loss while this Regularizer is attached with "
                 f"mode={live[0].mode!r}: the penalty is applied twice per step. Attach with "
-                "mode='loss' (schedules only), or drop reg() from the loss.",
+                "mode='loss' (schedules only), or drop reg() from the loss (use "
+                "reg.activity_loss() for activity penalties).",
                 stacklevel=3,
             )
 

@@ -1,0 +1,138 @@
+"""Activity (output) penalties, as Keras's ``activity_regularizer``: forward hooks take
+the penalty of chosen modules' outputs, and ``reg()`` adds it to the loss.
+
+Reduction: Keras 3 (``keras/src/layers/layer.py``, ``Layer.__call__``) adds
+``activity_regularizer(output)`` for every tensor output with no division, so
+``L1(l1)`` on an output is ``l1 * sum |y|`` over the whole batch; ``reduction="sum"``
+(the default) does the same. tf.keras 2 divided by the batch size
+(``reduction="batch_mean"``: the penalty divided by ``output.shape[0]``).
+
+The hooks keep only the penalty value (a 0-d tensor with its graph), never the
+activation itself, only while autograd is recording, and ``reg()`` takes (and clears)
+what the forward passes since the last call left. Under gradient accumulation over
+``N`` micro-batches, ``reg(accumulation_steps=N)`` after each micro-batch gives the
+full batch's gradient: with ``"sum"`` the micro-batch sums add up to the batch's sum
+(not divided by ``N``); with ``"batch_mean"`` they are divided by ``N``.
+
+>>> import torch, torchpenalty as tp
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+>>> reg = tp.Regularizer(net, tp.L2(0.0), activity={"1": tp.L1(0.5)})
+>>> out = net(torch.ones(4, 2))
+>>> with torch.no_grad():   # no_grad: evaluation passes are not recorded
+...     h = net[1](net[0](torch.ones(4, 2)))
+>>> torch.isclose(reg(), 0.5 * h.abs().sum())   # Keras 3: sum over the whole output
+tensor(True)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_choice, type_error
+from .penalties import Penalty
+
+__all__ = ["REDUCTIONS", "ActivityHooks"]
+
+REDUCTIONS = ("sum", "batch_mean")
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _match(key: Any, name: str, module: nn.Module) -> bool:
+    if isinstance(key, str):
+        return fnmatch.fnmatchcase(name, key)
+    return isinstance(module, key)
+
+
+class ActivityHooks:
+    """Forward hooks that take ``penalty(output)`` of the modules matched by each key of
+    ``spec`` (module names or fnmatch patterns of ``model.named_modules()``, or module
+    classes; the first matching key wins). ``remove()`` detaches them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: Mapping[Any, Penalty],
+        *,
+        reduction: str = "sum",
+        step: Callable[[], int] = lambda: 0,
+    ) -> None:
+        if not isinstance(spec, Mapping) or not spec:
+            raise type_error(
+                "activity", "a non-empty dict of module names/classes to penalties", spec
+            )
+        self.reduction = check_choice("activity_reduction", reduction, REDUCTIONS)
+        self._step = step
+        self._pending: list[Tensor] = []
+        self.modules: dict[str, Penalty] = {}
+        self._handles = []
+        named = list(model.named_modules())
+        for key, pen in spec.items():
+            if not isinstance(key, (str, type)):
+                raise type_error("activity keys", "module names, fnmatch patterns or classes", key)
+            if not isinstance(pen, Penalty) or pen.is_constraint:
+                raise type_error(f"activity[{key!r}]", "a penalty (not a constraint)", pen)
+            if not any(_match(key, n, m) for n, m in named):
+                example = ", ".join(repr(n) for n, _ in named[1:4]) or "none"
+                shown = key if isinstance(key, str) else key.__name__
+                raise ValueError(
+                    f"activity key {shown!r} must match at least one module of the model, "
+                    f"got none (module names look like {example})"
+                )
+        for name, module in named:
+            pen = next((p for k, p in spec.items() if _match(k, name, module)), None)
+            if pen is not None:
+                self.modules[name] = pen
+                self._handles.append(module.register_forward_hook(self._hook(pen)))
+
+    def _hook(self, pen: Penalty):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not torch.is_grad_enabled():
+                return
+            step = self._step()
+            for t in _tensors(out):
+                if t.is_floating_point() or t.is_complex():
+                    v = pen.value([t], step=step)
+                    if self.reduction == "batch_mean" and t.ndim:
+                        v = v / t.shape[0]
+                    self._pending.append(v)
+
+        return hook
+
+    @property
+    def pending(self) -> int:
+        """Penalty values taken by forward passes and not yet collected by ``take()``."""
+        return len(self._pending)
+
+    def take(self) -> Tensor | None:
+        """The sum of the pending values (then cleared), or ``None``."""
+        if not self._pending:
+            return None
+        vals, self._pending = self._pending, []
+        total = vals[0]
+        for v in vals[1:]:
+            total = total + v.to(total.device)
+        return total
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._pending = []
+
+    def __repr__(self) -> str:
+        return f"ActivityHooks({self.modules!r}, reduction={self.reduction!r})"
