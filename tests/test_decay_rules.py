@@ -390,3 +390,21 @@ def test_stats_follow_the_corrected_handle():
     cautious = reg.attach(opt, mode="decoupled", cautious=True)
     t = reg.stats(cautious).tensors[0]
     assert t.decay == pytest.approx(0.025) and t.predicted_ratio != t.predicted_ratio  # nan
+
+
+def test_cautious_generic_path_equals_the_l2_fast_path():
+    """ElasticNet(s, l1_ratio=0) is L2(s) but takes the generic D = grad P(w) path."""
+    models = [ln_net(), ln_net()]
+    for model, pen in zip(models, [tp.L2(0.3), tp.ElasticNet(0.3, l1_ratio=0.0)], strict=True):
+        reg = tp.Regularizer(model, pen)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        reg.attach(opt, mode="corrected", cautious=True)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5)
+        for step in range(5):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            model(torch.randn(8, 3)).square().mean().backward()
+            opt.step()
+            sched.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(b, a)
