@@ -98,7 +98,7 @@ def test_group_lasso_satisfies_kkt(diabetes, name, make_opt, steps):
     rng = np.random.default_rng(0)
     Y = np.stack([y, X @ rng.normal(size=10) * 0.1 + y, rng.normal(size=len(y))], 1)
     s = 0.15
-    model = train(X, Y, make_opt, 2 * steps, tp.GroupLasso(s, dim=1), out=3)
+    model = train(X, Y, make_opt, steps, tp.GroupLasso(s, dim=1), out=3)
     W = model.weight.detach().clone().requires_grad_(True)
     loss = nn.functional.mse_loss(
         torch.tensor(X) @ W.T + model.bias.detach(), torch.tensor(Y).reshape(len(X), 3)
