@@ -57,6 +57,13 @@ _EXPORTS = {
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
+    "muon_param_groups": "muon",
+    "normalized_weights": "decay_rules",
+    "Timescale": "timescale",
+    "timescale": "timescale",
+    "transfer_strength": "timescale",
+    "DecayStats": "stats",
+    "stats": "stats",
     "SweepInterrupted": "sweep",
     "SweepResult": "sweep",
     "default_strengths": "sweep",
@@ -70,6 +77,7 @@ __all__ = [
     "MODES",
     "AttachHandle",
     "Constraint",
+    "DecayStats",
     "ElasticNet",
     "Evidence",
     "ExplainRow",
@@ -83,6 +91,7 @@ __all__ = [
     "Sum",
     "SweepInterrupted",
     "SweepResult",
+    "Timescale",
     "UnitNorm",
     "__version__",
     "activity",
@@ -98,14 +107,19 @@ __all__ = [
     "functional",
     "get",
     "load_sweep",
+    "muon_param_groups",
+    "normalized_weights",
     "param_groups",
     "resolve",
     "schedules",
     "select",
+    "stats",
     "sweep",
+    "timescale",
     "to_sklearn_elasticnet",
     "to_sklearn_lasso",
     "to_sklearn_ridge",
+    "transfer_strength",
     "updates",
 ]
 
@@ -129,7 +143,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import activity, functional, schedules, updates
     from .compact import compact
+    from .decay_rules import normalized_weights
     from .evidence import Evidence, fit_evidence
+    from .muon import muon_param_groups
     from .optim import MODES, AttachHandle, param_groups
     from .penalties import (
         L1,
@@ -159,4 +175,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .regularizer import Regularizer
     from .report import load_sweep
     from .select import ExplainRow, explain, select
+    from .stats import DecayStats, stats
     from .sweep import SweepInterrupted, SweepResult, default_strengths, sweep
+    from .timescale import Timescale, timescale, transfer_strength

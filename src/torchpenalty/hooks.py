@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from ._validation import check_choice, type_error
+from .decay_rules import bind_rule, cautious_rule  # also registers mode="corrected"
 from .distributed import local
 from .updates import RULES, Batch, UpdateRule, make_rule
 
@@ -266,7 +267,9 @@ def attach(
         raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
     if not isinstance(mode, UpdateRule):
         check_choice("mode", mode, list(RULES))
+    mode, options = cautious_rule(mode, options.pop("cautious", False), options)
     rule = make_rule(mode, rounding=rounding, **options)
+    bind_rule(rule, reg)
     if isinstance(optimizer, torch.optim.LBFGS) and rule.name != "loss":
         raise ValueError(
             "mode must be 'loss' for torch.optim.LBFGS, whose closure recomputes the gradients "

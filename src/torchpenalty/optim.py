@@ -28,7 +28,7 @@ from .updates import ROUNDINGS
 __all__ = ["MODES", "ROUNDINGS", "AttachHandle", "param_groups"]
 
 #: Modes of ``Regularizer.attach`` (the built-in update rules' names).
-MODES = ("grad", "decoupled", "independent", "proximal", "loss")
+MODES = ("grad", "decoupled", "independent", "corrected", "proximal", "loss")
 
 
 def param_groups(

@@ -45,6 +45,8 @@ from .functional import accumulation_dtype
 from .hooks import AttachHandle, attach
 from .penalties import Penalty
 from .select import Matcher, _entries, check_matchers, explain, matches, select_entries
+from .stats import DecayStats
+from .stats import stats as decay_stats
 
 __all__ = ["Binding", "Regularizer"]
 
@@ -235,6 +237,10 @@ class Regularizer:
         with torch.no_grad():
             return float(self())
 
+    def stats(self, optimizer: Any = None, **kwargs: Any) -> DecayStats:
+        """What the decay is doing: :func:`torchpenalty.stats.stats` of this Regularizer."""
+        return decay_stats(self, optimizer, **kwargs)
+
     @torch.no_grad()
     def add_grad_(self) -> None:
         """Add the penalty's gradient to each regularized parameter's ``.grad`` (those
@@ -279,6 +285,10 @@ class Regularizer:
         (``L1(s)`` = scikit-learn ``Lasso(alpha=s/2)`` on a mean-squared loss). ``mode``
         may also be an :class:`~torchpenalty.updates.UpdateRule`; ``options`` go to the
         rule. Attaching the same Regularizer twice to one optimizer is an error.
+
+        ``mode="corrected"`` (``normalized=``, ``lr_max=``) and ``cautious=True`` (with
+        ``"decoupled"``, ``"independent"``, ``"corrected"``): see
+        :mod:`torchpenalty.decay_rules`.
         """
         handle = attach(
             self,
