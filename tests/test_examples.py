@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -53,3 +54,46 @@ def test_torchrun_examples(script, last_lines):
 def test_benchmarks_quick(script):
     out = run(sys.executable, script, "--quick")
     assert "x" in out
+
+
+def _test_functions() -> list[tuple[str, str]]:
+    """(``file::name``, source with decorators) of every test function in tests/."""
+    import ast
+    import glob
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "test_*.py"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                body = "\n".join(lines[first - 1 : node.end_lineno])
+                out.append((f"{os.path.basename(path)}::{node.name}", body))
+    return out
+
+
+def test_every_example_and_benchmark_runs_in_exactly_one_test():
+    # A script counts as run by a test whose source (decorators included) names its
+    # folder and its file name: examples run in this file, test_compact.py
+    # (compact_group_lasso) and test_docs.py (finetune_l2sp); benchmarks here (--quick)
+    # and in test_evidence.py (evidence). A new script without a test, or a second test
+    # running the same script, fails here.
+    scripts = sorted(
+        (folder, name)
+        for folder in ("examples", "benchmarks")
+        for name in os.listdir(os.path.join(ROOT, folder))
+        if name.endswith(".py")
+    )
+    tests = _test_functions()
+    me = "test_examples.py::test_every_example_and_benchmark_runs_in_exactly_one_test"
+    runs = {
+        f"{folder}/{name}": [
+            t
+            for t, src in tests
+            if t != me and folder in src and re.search(rf"\b{re.escape(name)}", src)
+        ]
+        for folder, name in scripts
+    }
+    assert {s: ts for s, ts in runs.items() if len(ts) != 1} == {}

@@ -15,7 +15,6 @@ import transformers
 from torch.nn import functional as F
 
 import torchpenalty as tp
-from torchpenalty.integrations import closure_first
 from torchpenalty.integrations.transformers import (
     Regularize,
     compare_decay_rule,
@@ -234,7 +233,7 @@ def test_missing_transformers_names_the_extra(monkeypatch):
 
 
 def test_closure_passed_to_step_runs_before_the_penalty():
-    # accelerate calls optimizer.step(closure) positionally; a closure must run first
+    # accelerate calls optimizer.step(closure) positionally: the penalty acts after it
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     ref = copy.deepcopy(net)
@@ -242,7 +241,6 @@ def test_closure_passed_to_step_runs_before_the_penalty():
     reg = tp.Regularizer(net, tp.L2(0.3))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     cb = Regularize(tp.L2(0.3), "grad")
-    opt.register_step_pre_hook(closure_first)
     reg.attach(opt, "grad")
 
     def closure():

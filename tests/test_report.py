@@ -140,7 +140,7 @@ def test_groups_column_keeps_groups_in_one_fold(tmp_path, capsys, monkeypatch):
     assert saved["data"]["features"] == ["a", "b", "c"] and saved["settings"]["groups"] == 12
     code, _, err = run(["sweep", *QUICK, "--data", str(path), "--groups", "nope", "--out",
                         str(tmp_path / "r2")], capsys)  # fmt: skip
-    assert code == 2 and "--groups 'nope': no such numeric column" in err
+    assert code == 2 and "--groups must name a column of the CSV" in err and "got 'nope'" in err
     code, _, err = run(
         ["sweep", *QUICK, "--groups", "subject", "--out", str(tmp_path / "r3")], capsys
     )

@@ -148,7 +148,7 @@ def _sweep_parser(sub: Any) -> None:
                    help="default: inferred from the target")  # fmt: skip
     d.add_argument("--test", metavar="FILE", help="held-out data (same columns as --data), "
                    "scored with the refit model and reported beside the CV figures")  # fmt: skip
-    d.add_argument("--groups", metavar="COLUMN", help="group column (CSV, numeric labels) or "
+    d.add_argument("--groups", metavar="COLUMN", help="group column (CSV; numbers or text) or "
                    "array (NPZ): each group's rows stay in one fold (repeated measures)")  # fmt: skip
     m = s.add_argument_group("model and penalty")
     m.add_argument("--model", help="'linear' or 'mlp:W1,W2,...[:relu|tanh|gelu|silu]' "
@@ -236,39 +236,16 @@ def _translate(e: Exception) -> CLIError:
 
 
 def _load_data(args: dict[str, Any]) -> Any:
-    """The data set; with ``--groups`` its group column (dropped from the features)."""
+    """The data set; with ``--groups`` its group ids (the column left out of the features)."""
     from . import data as data_mod
 
     try:
-        ds = data_mod.load(
-            args["data"], target=args["target"], task=args["task"], dataset=args["dataset"]
-        )
-        ds.groups = None if args["groups"] is None else _groups(ds, args)
-        return ds
+        return data_mod.load(
+            args["data"], target=args["target"], task=args["task"], dataset=args["dataset"],
+            groups=args["groups"],
+        )  # fmt: skip
     except data_mod.DataError as e:
-        raise CLIError(str(e)) from None
-
-
-def _groups(ds: Any, args: dict[str, Any]) -> Any:
-    """The ``--groups`` column of a CSV (numeric labels, removed from the features) or
-    array of an NPZ file."""
-    import numpy as np
-
-    name = args["groups"]
-    if args["data"].lower().endswith(".npz"):
-        with np.load(args["data"], allow_pickle=False) as z:
-            if name not in z.files:
-                raise CLIError(f"--groups {name!r}: no such array in {args['data']} "
-                               f"(it holds {sorted(z.files)})")  # fmt: skip
-            return z[name]
-    if name not in ds.feature_names:
-        raise CLIError(f"--groups {name!r}: no such numeric column besides the target; "
-                       f"columns are {ds.feature_names}")  # fmt: skip
-    j = ds.feature_names.index(name)
-    groups = ds.X[:, j].copy()
-    ds.X = np.delete(ds.X, j, axis=1)
-    ds.feature_names = [f for f in ds.feature_names if f != name]
-    return groups
+        raise CLIError(("--" if str(e).startswith("groups ") else "") + str(e)) from None
 
 
 def _test_data(args: dict[str, Any], ds: Any) -> tuple | None:

@@ -19,7 +19,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -31,6 +31,7 @@ __all__ = [
     "Dataset",
     "check_scale",
     "decode_csv",
+    "group_ids",
     "infer_task",
     "load",
     "read_csv",
@@ -58,6 +59,8 @@ class Dataset:
     task: str  # "regression" or "classification"
     source: str
     target: str
+    #: one integer id per row (``load(groups=...)``), or None
+    groups: np.ndarray | None = None
 
     def check_folds(self, folds: int) -> None:
         n = len(self.X)
@@ -190,13 +193,49 @@ def read_csv(
     task: str | None = None,
     *,
     encoding: str | None = None,
+    groups: str | None = None,
 ) -> tuple:
-    """Read a CSV with a header row. Every column but ``target`` must be numeric; the
-    target may hold class labels. ``target=None`` takes the last column. A path is read
-    as bytes and decoded by :func:`decode_csv` (``encoding``)."""
+    """Read a CSV with a header row. Every column but ``target`` (and ``groups``) must be
+    numeric; the target may hold class labels. ``target=None`` takes the last column. A
+    path is read as bytes and decoded by :func:`decode_csv` (``encoding``). Returns
+    ``(X, y, feature_names, task)``, and the :func:`group_ids` of the ``groups`` column
+    (left out of ``X``) as a fifth item when ``groups`` is given."""
     if isinstance(f, str):
         text = decode_csv(_read_bytes(f), f, encoding)
-        return read_csv(io.StringIO(text, newline=""), target, task)
+        return read_csv(io.StringIO(text, newline=""), target, task, groups=groups)
+    header, reader = _csv_header(f)
+    target = header[-1] if target is None else target
+    if target not in header:
+        raise DataError(f"no column {target!r} in the CSV; columns are {header}")
+    t = header.index(target)
+    g = _groups_column(header, groups, t)
+    feats = [h for i, h in enumerate(header) if i not in (t, g)]
+    rows, ys, gs = [], [], []
+    try:
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec or all(c.strip() == "" for c in rec):
+                continue
+            if len(rec) != len(header):
+                raise DataError(f"row {lineno}: {len(rec)} cells, the header has {len(header)}")
+            rows.append(
+                [_number(c, lineno, header[i]) for i, c in enumerate(rec) if i not in (t, g)]
+            )
+            ys.append((rec[t].strip(), lineno))
+            if g is not None:
+                gs.append((rec[g], lineno))
+    except csv.Error as e:
+        raise DataError(f"the CSV file cannot be parsed: {e}") from None
+    if not rows:
+        raise DataError("the CSV has a header but no data rows")
+    y = _csv_target(ys, target, task)
+    out = (np.array(rows, dtype=np.float64), y, feats, task or infer_task(y))
+    if g is None:
+        return out
+    ids = group_ids([v for v, _ in gs], f"groups column {groups!r}", [ln for _, ln in gs])
+    return (*out, ids)
+
+
+def _csv_header(f: IO[str]) -> tuple[list[str], Any]:
     reader = csv.reader(f)
     try:
         header = next(reader)
@@ -210,26 +249,55 @@ def read_csv(
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise DataError(f"duplicate column names in the header: {dup}")
-    target = header[-1] if target is None else target
-    if target not in header:
-        raise DataError(f"no column {target!r} in the CSV; columns are {header}")
-    t = header.index(target)
-    feats = [h for i, h in enumerate(header) if i != t]
-    rows, ys = [], []
-    try:
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(c.strip() == "" for c in rec):
-                continue
-            if len(rec) != len(header):
-                raise DataError(f"row {lineno}: {len(rec)} cells, the header has {len(header)}")
-            rows.append([_number(c, lineno, header[i]) for i, c in enumerate(rec) if i != t])
-            ys.append((rec[t].strip(), lineno))
-    except csv.Error as e:
-        raise DataError(f"the CSV file cannot be parsed: {e}") from None
-    if not rows:
-        raise DataError("the CSV has a header but no data rows")
-    y = _csv_target(ys, target, task)
-    return np.array(rows, dtype=np.float64), y, feats, task or infer_task(y)
+    return header, reader
+
+
+def _groups_column(header: list[str], groups: str | None, t: int) -> int | None:
+    if groups is None:
+        return None
+    others = [h for i, h in enumerate(header) if i != t]
+    if groups not in others:
+        raise DataError(
+            f"groups must name a column of the CSV other than the target {header[t]!r}, "
+            f"one of {others}, got {groups!r}"
+        )
+    return header.index(groups)
+
+
+def group_ids(labels: Any, what: str, rows: Any = None) -> np.ndarray:
+    """Group labels (numbers or text; ``"1"`` and ``"1.0"`` are one group) as integer
+    ids ``0..G-1`` in the order of the sorted labels. A missing label (an empty cell,
+    ``NA``, NaN: :data:`MISSING`) is refused, naming ``what`` and its row (``rows[i]``,
+    default ``i``).
+
+    >>> group_ids(["b", "a", " b", "c"], "groups").tolist()
+    [1, 0, 1, 2]
+    >>> group_ids(["2", "1.0", "1"], "groups").tolist()
+    [1, 0, 0]
+    >>> group_ids(["a", "NA"], "groups column 's'", [2, 3])
+    Traceback (most recent call last):
+    ...
+    torchpenalty.data.DataError: groups column 's' must have a label in every row, got 'NA' (reads as missing) in row 3
+    """
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "S":
+        arr = np.char.decode(arr, "utf-8", errors="replace")
+    if arr.dtype.kind == "U":
+        arr = np.char.strip(arr)
+        if all(_is_number(v) for v in arr.tolist()) and not np.isin(arr, list(MISSING)).any():
+            arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "biufU":
+        raise DataError(f"{what} must hold numbers or text labels, got dtype {arr.dtype}")
+    missing = np.isin(arr, list(MISSING)) if arr.dtype.kind == "U" else np.zeros(arr.shape, bool)
+    if arr.dtype.kind == "f":
+        missing = np.isnan(arr)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        v = arr[i].item()
+        got = "an empty cell" if v == "" else f"{v!r} (reads as missing)"
+        row = i if rows is None else rows[i]
+        raise DataError(f"{what} must have a label in every row, got {got} in row {row}")
+    return np.unique(arr, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def _is_number(text: str) -> bool:
@@ -291,9 +359,12 @@ def _npz_target(y: np.ndarray, key: str, n: int, task: str | None) -> np.ndarray
     return y.astype(np.float64) if y.ndim == 2 else y
 
 
-def read_npz(path: str, target: str | None, task: str | None = None) -> tuple:
+def read_npz(
+    path: str, target: str | None, task: str | None = None, *, groups: str | None = None
+) -> tuple:
     """Read an ``.npz`` with arrays ``X`` (rows, features) and ``y`` (or ``target``).
-    Loaded with ``allow_pickle=False``: no code runs from the file."""
+    Loaded with ``allow_pickle=False``: no code runs from the file. With ``groups``, the
+    :func:`group_ids` of that array come as a fifth item."""
     head = _read_bytes(path)[:4]
     if head != b"PK\x03\x04":
         what = "a .npy array" if head == b"\x93NUM" else "not a ZIP archive"
@@ -327,7 +398,22 @@ def read_npz(path: str, target: str | None, task: str | None = None) -> tuple:
         raise DataError(f"row {r}, column {c}: {X[r, c]} is not a finite number")
     y = _npz_target(arrays[key], key, len(X), task)
     names = [f"x{i}" for i in range(X.shape[1])]
-    return X, y, names, task or infer_task(y)
+    out = (X, y, names, task or infer_task(y))
+    if groups is None:
+        return out
+    others = sorted(k for k in arrays if k not in ("X", key))
+    if groups not in others:
+        raise DataError(
+            f"groups must name an array of the .npz other than 'X' and {key!r}, one of "
+            f"{others}, got {groups!r}"
+        )
+    g = arrays[groups]
+    if g.shape != (len(X),):
+        raise DataError(
+            f"groups array {groups!r} must hold one label per row of X ({len(X)}), "
+            f"got shape {g.shape}"
+        )
+    return (*out, group_ids(g, f"groups array {groups!r}"))
 
 
 #: A regression target's standard deviation must lie in this range: the sweep reports
@@ -387,11 +473,15 @@ def load(
     task: str | None = None,
     dataset: str = "diabetes",
     encoding: str | None = None,
+    groups: str | None = None,
 ) -> Dataset:
     """Load ``path`` (``.csv``, gzip-compressed ``.csv.gz`` or ``.npz``), or the bundled
     ``dataset`` when ``path`` is None (scikit-learn ships these files: no download).
     ``encoding`` is the CSV's text encoding (default: UTF-8, see :func:`decode_csv`).
-    Every problem raises :class:`DataError` with a one-line message."""
+    ``groups`` names a CSV column (left out of the features) or an NPZ array of group
+    labels, numbers or text, kept as integer ids in ``Dataset.groups`` (see
+    :func:`group_ids`; a missing label is refused). Every problem raises
+    :class:`DataError` with a one-line message."""
     if task not in (None, "regression", "classification"):
         raise DataError(f"task must be 'regression' or 'classification', got {task!r}")
     if path is None:
@@ -399,15 +489,17 @@ def load(
             raise DataError(f"dataset must be one of {sorted(BUNDLED)}, got {dataset!r}")
         from sklearn import datasets
 
+        if groups is not None:
+            raise DataError(f"groups applies to a data file, got groups={groups!r} without one")
         bunch = getattr(datasets, f"load_{dataset}")()
         X, y = bunch.data.astype(np.float64), bunch.target
         names = [str(n) for n in bunch.feature_names]
         return Dataset(X, y, names, task or BUNDLED[dataset], f"sklearn:{dataset}", "target")
     lower = str(path).lower()
     if lower.endswith((".csv", ".csv.gz")):
-        X, y, names, inferred = read_csv(path, target, task, encoding=encoding)
+        X, y, names, inferred, *ids = read_csv(path, target, task, encoding=encoding, groups=groups)
     elif lower.endswith(".npz"):
-        X, y, names, inferred = read_npz(path, target, task)
+        X, y, names, inferred, *ids = read_npz(path, target, task, groups=groups)
     else:
         raise DataError(f"the data file must end in .csv or .npz (or .csv.gz), got {path!r}")
     if X.shape[1] == 0:
@@ -416,4 +508,4 @@ def load(
         raise DataError(f"task 'regression' needs a numeric target, got labels like {y[0]!r}")
     name = target or ("y" if lower.endswith(".npz") else "last column")
     check_scale(X, y, names, name, inferred)
-    return Dataset(X, y, names, inferred, path, name)
+    return Dataset(X, y, names, inferred, path, name, ids[0] if ids else None)

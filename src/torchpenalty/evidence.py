@@ -219,8 +219,9 @@ def _groups(reg: Regularizer) -> list[tuple[Penalty, list[str], list[nn.Paramete
 
 
 def set_strengths(reg: Regularizer, strengths: Mapping[str, float]) -> None:
-    """Set the L2 strengths of ``reg`` by parameter name (for the lead: a candidate for a
-    public ``Regularizer.set_strengths`` method).
+    """Set the L2 strengths of ``reg`` by parameter name: checks that the names are
+    regularized and their penalties are ``tp.L2``, then calls
+    :meth:`Regularizer.set_strengths <torchpenalty.Regularizer.set_strengths>`.
 
     Names share a strength when one penalty covers them (build ``reg`` with
     :func:`per_layer` for one per parameter); such names must get equal values. The new
@@ -239,29 +240,23 @@ def set_strengths(reg: Regularizer, strengths: Mapping[str, float]) -> None:
         raise type_error("strengths", "a dict of parameter names to strengths", strengths)
     groups = _groups(reg)
     where = {n: i for i, (_, names, _) in enumerate(groups) for n in names}
-    chosen: dict[int, float] = {}
-    for name, value in strengths.items():
+    for name in strengths:
         if name not in where:
             raise ValueError(
                 f"strengths keys must be names of regularized parameters {sorted(where)}, "
                 f"got {name!r}"
             )
-        s = check_strength(f"strengths[{name!r}]", value)
-        i = where[name]
-        if chosen.setdefault(i, s) != s:
+    for name in strengths:
+        _check_l2(groups[where[name]])
+    try:
+        reg.set_strengths(strengths)
+    except ValueError as e:
+        if "share one penalty" in str(e):  # the evidence's remedy
             raise ValueError(
-                f"strengths must be equal for parameters that share one penalty "
-                f"({groups[i][1]}), got {s!r} and {chosen[i]!r}; build the Regularizer with "
-                "torchpenalty.evidence.per_layer(model) for one penalty per parameter"
-            )
-    for i, s in chosen.items():
-        _check_l2(groups[i])
-        groups[i][0].strength = s
-    # Refresh the Regularizer's cached strengths (loss mode reads them) via its public
-    # state: loading step 0 re-reads every penalty's strength, then the step is restored.
-    state = reg.state_dict()
-    reg.load_state_dict({**state, "step": 0})
-    reg.load_state_dict(state)
+                f"{e}; build the Regularizer with torchpenalty.evidence.per_layer(model) "
+                "for one penalty per parameter"
+            ) from None
+        raise
 
 
 def _check_l2(group: tuple[Penalty, list[str], list[nn.Parameter]]) -> None:

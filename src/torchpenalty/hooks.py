@@ -187,9 +187,40 @@ class AttachHandle:
             }
         return runs[phase]
 
+    def _pre(self, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
+        """Step pre-hook. With ``step(closure)`` the gradients do not exist yet (the step
+        calls the closure first): hand the step a closure that runs the rule's ``pre``
+        right after the user's closure returns, once per step."""
+        self._closure_pending = False
+        if not self._runs("pre"):
+            return None
+        # args[0] is the optimizer; a closure comes next or as a keyword
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._pre_now(optimizer)
+            return None
+        wrapped = self._after(closure, optimizer)
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": wrapped}
+        return (args[0], wrapped, *args[2:]), kwargs
+
+    def _after(self, closure: Any, optimizer) -> Any:
+        """``closure`` followed, on its first call, by the rule's ``pre`` (an optimizer
+        that calls the closure again gets the gradients of those calls unchanged)."""
+        self._closure_pending = True
+
+        def closure_then_penalty() -> Any:
+            result = closure()
+            if self._closure_pending:
+                self._closure_pending = False
+                self._pre_now(optimizer)
+            return result
+
+        return closure_then_penalty
+
     @torch.no_grad()
-    def _pre(self, optimizer, args, kwargs) -> None:
-        if self._skipped(optimizer) or not self._runs("pre"):
+    def _pre_now(self, optimizer) -> None:
+        if self._skipped(optimizer):
             return
         scale = getattr(optimizer, "grad_scale", None)  # GradScaler deferring unscale
         for b in self.batches(scale):
@@ -197,6 +228,12 @@ class AttachHandle:
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
+        if self.__dict__.pop("_closure_pending", False):
+            warnings.warn(
+                f"{type(optimizer).__name__}.step(closure) never called its closure: the "
+                f"Regularizer (mode={self.mode!r}) did not apply its penalty this step",
+                stacklevel=3,
+            )
         if self._skipped(optimizer):
             return
         if self._runs("post"):

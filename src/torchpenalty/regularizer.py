@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_config, check_int, type_error
+from ._validation import check_config, check_int, check_strength, type_error, value_error
 from .activity import ActivityHooks
 from .distributed import check_sharding, is_ddp_find_unused, local, plain
 from .functional import accumulation_dtype
@@ -317,6 +317,71 @@ class Regularizer:
         for b, s in zip(self._bindings, self._strengths, strict=True):
             if callable(b.penalty.strength) or self._step == 0:  # schedules, or the first fill
                 s.fill_(b.penalty.strength_at(self._step))
+
+    def set_strengths(self, strengths: Mapping[str | type, float]) -> None:
+        """Set penalty strengths, in effect at once in every mode (``reg()``, ``attach``).
+
+        A key is a regularized parameter's name (it sets the strength of the penalty that
+        covers it) or a key of the ``penalty`` dict (fnmatch pattern or module class;
+        ``"*"`` when ``penalty`` is a single one). A name is looked up first. Values are
+        finite numbers >= 0; a schedule is replaced by the number (it no longer follows the
+        step). Names covered by one penalty share its strength, so keys that reach one
+        penalty must get equal values. The penalties are updated in place (they are the
+        ones in ``reg.penalty`` and ``reg.bindings``).
+
+        >>> import torch, torchpenalty as tp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.fill_(1.0); _ = net[1].weight.fill_(2.0)
+        >>> reg = tp.Regularizer(net, {"0.*": tp.L2(0.0), torch.nn.Linear: tp.L2(lambda k: k)})
+        >>> reg.set_strengths({"0.weight": 0.5, torch.nn.Linear: 0.1})
+        >>> round(reg.value(), 6)   # 0.5/2 * 4 + 0.1/2 * 8
+        1.4
+        >>> reg.bindings[1].penalty
+        L2(strength=0.1)
+        """
+        if not isinstance(strengths, Mapping):
+            raise type_error(
+                "strengths", "a dict of parameter names or penalty keys to strengths", strengths
+            )
+        chosen = self._strength_targets(strengths)
+        for pen, value in chosen.values():
+            pen.strength = value
+        with torch.no_grad():
+            for b, t in zip(self._bindings, self._strengths, strict=True):
+                if id(b.penalty) in chosen:
+                    t.fill_(b.penalty.strength_at(self._step))
+
+    def _strength_targets(self, strengths: Mapping[Any, Any]) -> dict[int, tuple[Penalty, float]]:
+        """``id(penalty) -> (penalty, strength)`` for :meth:`set_strengths`, validated."""
+        by_name = {n: b.penalty for b in self._bindings for n in b.names}
+        keys = {"*": self.penalty} if isinstance(self.penalty, Penalty) else dict(self.penalty)
+        chosen: dict[int, tuple[Penalty, float]] = {}
+        first: dict[int, Any] = {}
+        for key, value in strengths.items():
+            pen = by_name.get(key) if isinstance(key, str) else None
+            if pen is None and isinstance(key, (str, type)):
+                pen = keys.get(key)
+            if pen is None:
+                raise value_error(
+                    "strengths keys",
+                    f"regularized parameter names {sorted(by_name)} or penalty keys "
+                    f"{[k if isinstance(k, str) else k.__name__ for k in keys]}",
+                    key,
+                )
+            s = check_strength(f"strengths[{key!r}]", value)
+            if not type(pen)._has_strength():
+                raise value_error(
+                    f"strengths[{key!r}]", "set on a penalty that takes a strength", pen
+                )
+            old = chosen.setdefault(id(pen), (pen, s))[1]
+            if old != s:
+                raise ValueError(
+                    f"strengths must be equal for keys that share one penalty ({pen!r}: "
+                    f"{first[id(pen)]!r} and {key!r}), got {old!r} and {s!r}"
+                )
+            first.setdefault(id(pen), key)
+        return chosen
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step}

@@ -7,9 +7,8 @@ the optimizer step hooks of ``Regularizer.attach``. The update is then exactly t
 the same training written by hand with ``reg.attach(optimizer, mode=...)``:
 
 * Lightning's automatic optimization passes a closure (forward and backward) to
-  ``optimizer.step(closure)``, which runs after the optimizer's step pre-hooks; the
-  callback registers one more pre-hook, ahead of the Regularizer's, that runs the closure
-  first, so the penalty acts on this step's gradients and weights;
+  ``optimizer.step(closure)``; ``attach``'s step hook runs the penalty right after that
+  closure returns, so it acts on this step's gradients and weights;
 
 * gradient accumulation (``Trainer(accumulate_grad_batches=N)``): Lightning calls
   ``optimizer.step()`` once per ``N`` micro-batches, so the penalty's gradient (or decay,
@@ -58,7 +57,7 @@ from ..optim import MODES, ROUNDINGS, AttachHandle
 from ..penalties import Penalty
 from ..regularizer import Regularizer
 from ..select import Matcher
-from . import closure_first, require
+from . import require
 
 __all__ = ["Regularize"]
 
@@ -114,7 +113,6 @@ class Regularize(_pl.Callback):
         self._log, self.name = log, name
         self.regularizer: Regularizer | None = None
         self.handles: list[AttachHandle] = []
-        self._hooks: list[Any] = []
         self._pending: dict[str, Any] | None = None
 
     @property
@@ -142,8 +140,6 @@ class Regularize(_pl.Callback):
                 f"of {reg.names[:3]} in {len(optimizers)} optimizer(s)"
             )
         for i, opt in enumerate(holding):
-            if self.mode in ("grad", "decoupled", "independent"):
-                self._hooks.append(opt.register_step_pre_hook(closure_first))
             self.handles.append(
                 reg.attach(opt, self.mode, advance_schedule=i == 0, rounding=self.rounding)
             )
@@ -162,9 +158,9 @@ class Regularize(_pl.Callback):
         self._detach()
 
     def _detach(self) -> None:
-        for h in [*self.handles, *self._hooks]:
+        for h in self.handles:
             h.remove()
-        self.handles, self._hooks = [], []
+        self.handles = []
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from ..optim import MODES, ROUNDINGS, AttachHandle
 from ..penalties import Penalty
 from ..regularizer import Regularizer
 from ..select import Matcher, explain
-from . import closure_first, require
+from . import require
 
 __all__ = ["DecayDiff", "Regularize", "compare_decay_rule", "trainer_decay_names"]
 
@@ -97,7 +97,6 @@ class Regularize(_tf.TrainerCallback):
         self.include, self.exclude = include, exclude
         self.regularizer: Regularizer | None = None
         self.handle: AttachHandle | None = None
-        self._hook: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if args.weight_decay and self.mode != "loss":
@@ -112,8 +111,6 @@ class Regularize(_tf.TrainerCallback):
         self._detach()
         reg = Regularizer(model, self.penalty, include=self.include, exclude=self.exclude)
         reg.load_state_dict({"step": int(state.global_step)})
-        if self.mode in ("grad", "decoupled", "independent"):
-            self._hook = optimizer.register_step_pre_hook(closure_first)
         self.handle = reg.attach(optimizer, self.mode, rounding=self.rounding)
         self.regularizer = reg
 
@@ -121,10 +118,9 @@ class Regularize(_tf.TrainerCallback):
         self._detach()
 
     def _detach(self) -> None:
-        for h in (self.handle, self._hook):
-            if h is not None:
-                h.remove()
-        self.handle = self._hook = None
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = None
 
     def __repr__(self) -> str:
         return f"Regularize({self.penalty!r}, mode={self.mode!r})"
