@@ -156,6 +156,22 @@ PENALTIES = [
         lambda ws, s, refs: np_orth_grad(ws, s),
         None,
     ),
+    PenaltyInfo(
+        "huber",
+        lambda s, refs: tp.Huber(s, delta=0.5),
+        lambda ws, s, refs: (
+            s
+            * sum(
+                np.sum(np.where(np.abs(w) <= 0.5, np.abs(w) ** 2 / 2, 0.5 * (np.abs(w) - 0.25)))
+                for w in ws
+            )
+        ),
+        lambda ws, s, refs: [s * np.where(np.abs(w) <= 0.5, w, 0.5 * _sgn(w)) for w in ws],
+        lambda ws, t, refs: [
+            np.where(np.abs(w) <= 0.5 * (1 + t), w / (1 + t), w - t * 0.5 * _sgn(w)) for w in ws
+        ],
+        config_extra={"delta": 0.5},
+    ),
 ]
 PENALTY_IDS = [p.name for p in PENALTIES]
 

@@ -56,6 +56,7 @@ __all__ = [
     "Constraint",
     "ElasticNet",
     "GroupLasso",
+    "Huber",
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
@@ -721,6 +722,53 @@ class Orthogonal(Penalty):
 
     def _grad_(self, grads, params, s, names):
         F.orthogonal_grad_(grads, params, s)
+
+
+class Huber(Penalty):
+    """Huber penalty: ``strength * sum(huber(w))`` with, elementwise,
+    ``huber(x) = |x|**2 / 2`` for ``|x| <= delta`` and ``delta * (|x| - delta/2)``
+    otherwise: L2 near zero, L1 in the tails, so large weights are pulled in at a constant
+    rate ``strength * delta`` instead of in proportion. Equals
+    ``strength * torch.nn.functional.huber_loss(w, 0, delta=delta, reduction="sum")``;
+    gradient ``strength * clamp(w, -delta, delta)``; proximal step (threshold ``t``)
+    ``w / (1 + t)`` where ``|w| <= delta * (1 + t)``, else ``w - t * delta * sign(w)``
+    (no exact zeros). Complex weights use ``|w|`` and ``sgn(w) = w / |w|``.
+
+    >>> import torch
+    >>> w = torch.tensor([0.5, -3.0])
+    >>> Huber(2.0, delta=1.0)([w])   # 2 * (0.5**2/2 + 1 * (3 - 1/2))
+    tensor(5.2500)
+    >>> torch.nn.functional.huber_loss(w, torch.zeros(2), delta=1.0, reduction="sum") * 2
+    tensor(5.2500)
+    >>> g = [torch.zeros(2)]; Huber(2.0).grad_(g, [w]); g   # 2 * clamp(w, -1, 1)
+    [tensor([ 1., -2.])]
+    >>> Huber(1.0, delta=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: delta must be a finite number > 0, got 0
+    """
+
+    name = "huber"
+    aliases = ("smooth_l1",)
+
+    def __init__(self, strength: StrengthLike, *, delta: float = 1.0) -> None:
+        super().__init__(strength)
+        self.delta = check_positive("delta", delta)
+
+    def term(self, w: Tensor) -> Tensor:
+        a = w.abs()
+        d = self.delta
+        return torch.where(a <= d, 0.5 * a.square(), d * (a - 0.5 * d)).sum()
+
+    def term_grad(self, w: Tensor) -> Tensor:
+        if w.is_complex():  # w * min(1, delta / |w|): the clamp of the modulus
+            return w * (self.delta / w.abs().clamp_min(self.delta))
+        return w.clamp(-self.delta, self.delta)
+
+    def term_prox(self, w: Tensor, t: float | Tensor) -> Tensor:
+        x = w.float() if w.dtype in _LOW else w
+        d = self.delta
+        return torch.where(x.abs() <= d * (1 + t), x / (1 + t), x - (t * d) * x.sgn())
 
 
 def names(*, sweepable: bool = False) -> list[str]:
