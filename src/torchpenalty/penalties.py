@@ -731,8 +731,8 @@ class Huber(Penalty):
     rate ``strength * delta`` instead of in proportion. Equals
     ``strength * torch.nn.functional.huber_loss(w, 0, delta=delta, reduction="sum")``;
     gradient ``strength * clamp(w, -delta, delta)``; proximal step (threshold ``t``)
-    ``w / (1 + t)`` where ``|w| <= delta * (1 + t)``, else ``w - t * delta * sign(w)``
-    (no exact zeros). Complex weights use ``|w|`` and ``sgn(w) = w / |w|``.
+    ``w / (1 + t)`` where ``|w| <= delta * (1 + t)``, else ``w - t * delta * sign(w)``,
+    i.e. ``w - t * clamp(w / (1 + t), -delta, delta)`` (no exact zeros). Complex weights use ``|w|`` and ``sgn(w) = w / |w|``.
 
     >>> import torch
     >>> w = torch.tensor([0.5, -3.0])
@@ -757,8 +757,8 @@ class Huber(Penalty):
 
     def term(self, w: Tensor) -> Tensor:
         a = w.abs()
-        d = self.delta
-        return torch.where(a <= d, 0.5 * a.square(), d * (a - 0.5 * d)).sum()
+        c = a.clamp(max=self.delta)  # huber(a) = c * (a - c/2), c = min(a, delta)
+        return (c * (a - 0.5 * c)).sum()
 
     def term_grad(self, w: Tensor) -> Tensor:
         if w.is_complex():  # w * min(1, delta / |w|): the clamp of the modulus
@@ -766,9 +766,9 @@ class Huber(Penalty):
         return w.clamp(-self.delta, self.delta)
 
     def term_prox(self, w: Tensor, t: float | Tensor) -> Tensor:
+        # the prox x solves x = w - t * clamp(x, -delta, delta), so x = w - t * clamp(w / (1 + t))
         x = w.float() if w.dtype in _LOW else w
-        d = self.delta
-        return torch.where(x.abs() <= d * (1 + t), x / (1 + t), x - (t * d) * x.sgn())
+        return x - t * self.term_grad(x / (1 + t))
 
 
 def names(*, sweepable: bool = False) -> list[str]:
