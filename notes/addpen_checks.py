@@ -18,10 +18,14 @@ for delta in (0.1, 0.5, 1.0, 3.0):
     for s in (0.0, 0.37, 2.0):
         w = 3 * torch.randn(7, 11, dtype=torch.float64)
         pen = tp.Huber(s, delta=delta)
-        ref = s * torch.nn.functional.huber_loss(w, torch.zeros_like(w), delta=delta, reduction="sum")
+        ref = s * torch.nn.functional.huber_loss(
+            w, torch.zeros_like(w), delta=delta, reduction="sum"
+        )
         worst[0] = max(worst[0], abs(pen([w]).item() - ref.item()) / max(1.0, abs(ref.item())))
         x = w.clone().requires_grad_()
-        (s * torch.nn.functional.huber_loss(x, torch.zeros_like(x), delta=delta, reduction="sum")).backward()
+        (
+            s * torch.nn.functional.huber_loss(x, torch.zeros_like(x), delta=delta, reduction="sum")
+        ).backward()
         g = [torch.zeros_like(w)]
         pen.grad_(g, [w])
         worst[1] = max(worst[1], (g[0] - x.grad).abs().max().item())
