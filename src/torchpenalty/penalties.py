@@ -732,7 +732,8 @@ class Huber(Penalty):
     ``strength * torch.nn.functional.huber_loss(w, 0, delta=delta, reduction="sum")``;
     gradient ``strength * clamp(w, -delta, delta)``; proximal step (threshold ``t``)
     ``w / (1 + t)`` where ``|w| <= delta * (1 + t)``, else ``w - t * delta * sign(w)``,
-    i.e. ``w - t * clamp(w / (1 + t), -delta, delta)`` (no exact zeros). Complex weights use ``|w|`` and ``sgn(w) = w / |w|``.
+    i.e. ``w - t * clamp(w / (1 + t), -delta, delta)`` (no exact zeros). Complex weights
+    use ``|w|`` and ``sgn(w) = w / |w|``.
 
     >>> import torch
     >>> w = torch.tensor([0.5, -3.0])
