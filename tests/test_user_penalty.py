@@ -26,8 +26,8 @@ SOURCE = textwrap.dedent(
     class Huber(tp.Penalty):
         """strength * sum(huber(w, delta))"""
 
-        name = "user_huber"  # "huber" is the built-in tp.Huber
-        aliases = ("user_smooth_l1",)
+        name = "huber"
+        aliases = ("smooth_l1",)
 
         def __init__(self, strength, *, delta=1.0):
             super().__init__(strength)
@@ -67,10 +67,10 @@ def model():
 
 
 def test_value_and_registry(huber):
-    pen = tp.get("user_huber", 0.1, delta=0.5)
+    pen = tp.get("huber", 0.1, delta=0.5)
     assert type(pen) is huber and pen.delta == 0.5
-    assert type(tp.get("user-smooth-l1", 1.0)) is huber
-    assert "user_huber" in names(sweepable=True)
+    assert type(tp.get("smooth-l1", 1.0)) is huber
+    assert "huber" in names(sweepable=True)
     assert not huber.has_prox
     w = torch.randn(3, 5, dtype=torch.float64)
     assert pen([w]).item() == pytest.approx(0.1 * np_huber(w.numpy(), 0.5).sum(), rel=1e-12)
@@ -79,16 +79,16 @@ def test_value_and_registry(huber):
 def test_config_round_trip(huber):
     pen = huber(0.3, delta=0.25)
     cfg = json.loads(json.dumps(pen.get_config()))
-    assert cfg == {"name": "user_huber", "strength": 0.3, "delta": 0.25}
+    assert cfg == {"name": "huber", "strength": 0.3, "delta": 0.25}
     assert huber.from_config(cfg) == pen and tp.get(cfg) == pen
     assert repr(pen) == "Huber(strength=0.3, delta=0.25)"
 
 
 def test_duplicate_name_is_an_error(huber):
-    with pytest.raises(ValueError, match=r"name must be unique among penalties: 'user_huber'"):
+    with pytest.raises(ValueError, match=r"name must be unique among penalties: 'huber'"):
 
         class Other(tp.Penalty):
-            name = "user_huber"
+            name = "huber"
 
             def term(self, w):
                 return w.sum()
@@ -157,7 +157,7 @@ def test_resolve_module_class(huber):
     pen = resolve("tp_user_huber:Huber", 0.3)
     assert type(pen) is huber and pen.strength == 0.3
     assert resolve(huber, 0.2).strength == 0.2
-    assert resolve("user_smooth_l1", 0.1).strength == 0.1
+    assert resolve("smooth_l1", 0.1).strength == 0.1
     with pytest.raises(
         ValueError, match=r"name must name an importable module, got 'no_such_mod:X'"
     ):

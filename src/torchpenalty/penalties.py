@@ -53,10 +53,10 @@ __all__ = [
     "L1",
     "L2",
     "L2SP",
+    "BerHu",
     "Constraint",
     "ElasticNet",
     "GroupLasso",
-    "Huber",
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
@@ -724,52 +724,49 @@ class Orthogonal(Penalty):
         F.orthogonal_grad_(grads, params, s)
 
 
-class Huber(Penalty):
-    """Huber penalty: ``strength * sum(huber(w))`` with, elementwise,
-    ``huber(x) = |x|**2 / 2`` for ``|x| <= delta`` and ``delta * (|x| - delta/2)``
-    otherwise: L2 near zero, L1 in the tails, so large weights are pulled in at a constant
-    rate ``strength * delta`` instead of in proportion. Equals
-    ``strength * torch.nn.functional.huber_loss(w, 0, delta=delta, reduction="sum")``;
-    gradient ``strength * clamp(w, -delta, delta)``; proximal step (threshold ``t``)
-    ``w / (1 + t)`` where ``|w| <= delta * (1 + t)``, else ``w - t * delta * sign(w)``,
-    i.e. ``w - t * clamp(w / (1 + t), -delta, delta)`` (no exact zeros). Complex weights
-    use ``|w|`` and ``sgn(w) = w / |w|``.
+class BerHu(Penalty):
+    """Reverse Huber ("BerHu", Owen 2007) penalty: ``strength * sum(berhu(w))`` with,
+    elementwise, ``berhu(x) = |x|`` for ``|x| <= delta`` and ``(|x|**2 + delta**2) /
+    (2 * delta)`` otherwise: the lasso near zero (exact zeros), ridge in the tails (large
+    weights shrink in proportion, correlated ones are kept together, as with elastic net).
+    Gradient ``strength * sign(w)`` for ``|w| <= delta``, else ``strength * w / delta``
+    (``0`` at ``w = 0``); proximal step
+    (threshold ``t``): ``0`` where ``|w| <= t``, ``w - t * sign(w)`` where
+    ``|w| <= delta + t``, else ``w * delta / (delta + t)``. Complex weights use ``|w|``.
 
     >>> import torch
     >>> w = torch.tensor([0.5, -3.0])
-    >>> Huber(2.0, delta=1.0)([w])   # 2 * (0.5**2/2 + 1 * (3 - 1/2))
-    tensor(5.2500)
-    >>> torch.nn.functional.huber_loss(w, torch.zeros(2), delta=1.0, reduction="sum") * 2
-    tensor(5.2500)
-    >>> g = [torch.zeros(2)]; Huber(2.0).grad_(g, [w]); g   # 2 * clamp(w, -1, 1)
-    [tensor([ 1., -2.])]
-    >>> Huber(1.0, delta=0)
+    >>> BerHu(2.0, delta=1.0)([w])   # 2 * (0.5 + (3**2 + 1) / 2)
+    tensor(11.)
+    >>> g = [torch.zeros(2)]; BerHu(2.0).grad_(g, [w]); g   # 2 * [sign(0.5), -3 / 1]
+    [tensor([ 2., -6.])]
+    >>> BerHu(1.0, delta=0)
     Traceback (most recent call last):
     ...
     ValueError: delta must be a finite number > 0, got 0
     """
 
-    name = "huber"
-    aliases = ("smooth_l1",)
+    name = "berhu"
+    aliases = ("reverse_huber",)
+    sweep_mode = "proximal"
 
     def __init__(self, strength: StrengthLike, *, delta: float = 1.0) -> None:
         super().__init__(strength)
         self.delta = check_positive("delta", delta)
 
     def term(self, w: Tensor) -> Tensor:
-        a = w.abs()
-        c = a.clamp(max=self.delta)  # huber(a) = c * (a - c/2), c = min(a, delta)
-        return (c * (a - 0.5 * c)).sum()
+        a, d = w.abs(), self.delta
+        return torch.where(a <= d, a, (a * a + d * d) / (2 * d)).sum()
 
-    def term_grad(self, w: Tensor) -> Tensor:
-        if w.is_complex():  # w * min(1, delta / |w|): the clamp of the modulus
-            return w * (self.delta / w.abs().clamp_min(self.delta))
-        return w.clamp(-self.delta, self.delta)
+    def term_grad(self, w: Tensor) -> Tensor:  # w / min(|w|, delta), 0 at w = 0
+        a = w.abs()
+        return w / a.clamp(max=self.delta).clamp_min(torch.finfo(a.dtype).tiny)
 
     def term_prox(self, w: Tensor, t: float | Tensor) -> Tensor:
-        # the prox x solves x = w - t * clamp(x, -delta, delta), so x = w - t * clamp(w / (1 + t))
         x = w.float() if w.dtype in _LOW else w
-        return x - t * self.term_grad(x / (1 + t))
+        a, d = x.abs(), self.delta
+        shrink = (1 - t / a.clamp_min(torch.finfo(a.dtype).tiny)).clamp_min(0)
+        return x * torch.where(a <= d + t, shrink, d / (d + t))
 
 
 def names(*, sweepable: bool = False) -> list[str]:
