@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..penalties import Penalty
 from ..select import select
 
-__all__ = ["ACTIVATIONS", "Engine", "Problem", "Task"]
+__all__ = ["ACTIVATIONS", "Engine", "Problem", "Task", "denormals_flushed", "flush_denormal"]
 
 ACTIVATIONS = (
     nn.ReLU,
@@ -84,6 +84,28 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class _StackedLinear(torch.autograd.Function):
+    """``x @ w^T + b`` for M stacked models: ``x`` (M, rows, in), ``w`` (M, out, in),
+    ``b`` (M, out) or None. The backward writes the weight's gradient in the weight's own
+    layout (``g^T @ x``), so autograd stores it without the copy that the transposed
+    gradient of ``baddbmm(b, x, w.transpose(1, 2))`` costs."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        wt = w.transpose(1, 2)
+        return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, w = ctx.saved_tensors
+        gx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
 
 
 def _is_stackable_mlp(model: nn.Module) -> bool:
@@ -179,9 +201,7 @@ class Engine:
             for name, mod in mods:
                 if isinstance(mod, nn.Linear):
                     pre = f"{name}." if name else ""
-                    w = params[pre + "weight"].transpose(1, 2)
-                    b = params.get(pre + "bias")
-                    h = torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)
+                    h = _StackedLinear.apply(h, params[pre + "weight"], params.get(pre + "bias"))
                 else:
                     h = mod(h)
             return h
@@ -297,8 +317,14 @@ class Engine:
         (parameters and buffers).
 
         ``epochs`` overrides the engine's; ``early_stopping=False`` turns the engine's
-        patience off for this run (the refit). ``state`` resumes from a snapshot taken by ``on_epoch(epoch, snapshot)``, which is
-        called after every epoch with a function that copies the training state."""
+        patience off for this run (the refit). ``state`` resumes from a snapshot taken by
+        ``on_epoch(epoch, snapshot)``, which is called after every epoch with a function
+        that copies the training state. On the CPU, subnormal floats are flushed to zero
+        while training (see :func:`flush_denormal`)."""
+        with flush_denormal(self.device):
+            return self._run(tasks, epochs, early_stopping, state, on_epoch)
+
+    def _run(self, tasks, epochs, early_stopping, state, on_epoch):
         epochs = self.epochs if epochs is None else epochs
         patience = self.early_stopping if early_stopping else None
         m = len(tasks)
@@ -344,8 +370,11 @@ class Engine:
                     rows = self._row_losses(self.forward(live, x), y)
                 mk = mask[:, b]
                 per_model = (rows * mk).sum(1) / mk.sum(1).clamp_min(1)
-                opt.zero_grad(set_to_none=False)
+                # set_to_none: backward writes the gradients instead of adding them to zeros
+                # (the in-place adds were most of a wide model's step)
+                opt.zero_grad(set_to_none=True)
                 per_model.sum().backward()
+                _fill_missing_grads(sel)
                 self._penalty_step(opt, sel, strengths)
                 total += (rows.detach() * mk).sum(1)
                 seen += mk.sum(1)
@@ -423,6 +452,45 @@ class Engine:
         else:  # proximal
             opt.step()
             pen._prox_(sel, s * self.lr, None)
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU flushes subnormal floats to zero (there is no getter for
+    ``torch.set_flush_denormal``: a subnormal product tells)."""
+    tiny = torch.tensor([1e-38], dtype=torch.float32)
+    return bool((tiny * 0.5)[0] == 0)
+
+
+@contextlib.contextmanager
+def flush_denormal(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Flush subnormal floats to zero on the CPU inside the block, restored afterwards.
+
+    Weights and Adam's moment estimates that decay towards zero (strong penalties, long
+    runs) turn subnormal, and x86 CPUs compute on subnormals tens of times more slowly:
+    epoch times then grow with every epoch. Flushing changes values below 1.2e-38 only.
+
+    >>> with flush_denormal("cpu"):
+    ...     inside = denormals_flushed()
+    >>> inside, denormals_flushed()
+    (True, False)
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    was = denormals_flushed()
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(was)
+
+
+def _fill_missing_grads(params: list[Tensor]) -> None:
+    """Zero gradients for regularized parameters the forward pass did not use."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def _clone_state(sd: dict[str, Any]) -> dict[str, Any]:
