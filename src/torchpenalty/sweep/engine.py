@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -304,6 +306,50 @@ class Engine:
             return torch.optim.Adam(params, lr=self.lr, foreach=True)
         return torch.optim.SGD(params, lr=self.lr, momentum=0.9, foreach=True)
 
+    def _step(self, live, opt, sel, strengths, folds, idx, mk) -> tuple[Tensor, Tensor]:
+        """One optimizer step of the stacked models on the batch rows ``idx`` (M, bs) with
+        mask ``mk``; returns the detached per-row losses and the mask."""
+        x, y = self._gather(folds, idx)
+        with self._mode(True):
+            rows = self._row_losses(self.forward(live, x), y)
+        per_model = (rows * mk).sum(1) / mk.sum(1).clamp_min(1)
+        # set_to_none: backward writes the gradients instead of adding them to zeros
+        # (the in-place adds were most of a wide model's step)
+        opt.zero_grad(set_to_none=True)
+        per_model.sum().backward()
+        _fill_missing_grads(sel)
+        self._penalty_step(opt, sel, strengths)
+        return rows.detach(), mk
+
+    def time_steps(self, tasks: list[Task], steps: int = 3) -> float:
+        """Median seconds of one training step of ``tasks`` stacked together, over
+        ``steps`` steps after one warm-up step, on copies (nothing is kept, the random
+        state is restored). What :func:`torchpenalty.sweep.plan.probe` compares."""
+        dev = self.device
+        folds = torch.tensor([t.fold for t in tasks], device=dev)
+        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
+        params = {
+            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
+            for n in self.names
+        }
+        live = {**params, **{n: torch.stack([self.init(t.fold)[n] for t in tasks])
+                             for n in self.buffers}}  # fmt: skip
+        opt = self._optimizer(list(params.values()))
+        sel = [params[n] for n in self.selected]
+        idx, mask = self.batches(tasks, 0)
+        times = []
+        with torch.random.fork_rng(devices=[]), flush_denormal(dev):
+            for k in range(steps + 1):
+                b = k % idx.shape[1]
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                self._step(live, opt, sel, strengths, folds, idx[:, b], mask[:, b])
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
     def run(
         self,
         tasks: list[Task],
@@ -365,18 +411,8 @@ class Engine:
             seen = torch.zeros(m, device=dev)
             total = torch.zeros(m, device=dev)
             for b in range(idx.shape[1]):
-                x, y = self._gather(folds, idx[:, b])
-                with self._mode(True):
-                    rows = self._row_losses(self.forward(live, x), y)
-                mk = mask[:, b]
-                per_model = (rows * mk).sum(1) / mk.sum(1).clamp_min(1)
-                # set_to_none: backward writes the gradients instead of adding them to zeros
-                # (the in-place adds were most of a wide model's step)
-                opt.zero_grad(set_to_none=True)
-                per_model.sum().backward()
-                _fill_missing_grads(sel)
-                self._penalty_step(opt, sel, strengths)
-                total += (rows.detach() * mk).sum(1)
+                rows, mk = self._step(live, opt, sel, strengths, folds, idx[:, b], mask[:, b])
+                total += (rows * mk).sum(1)
                 seen += mk.sum(1)
             train_loss = total / seen.clamp_min(1)
             if self.problem.loss == "mse":
