@@ -15,7 +15,13 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 import torchpenalty as tp
-from torchpenalty.sweep import SweepInterrupted, SweepResult, kfold, stratified_kfold
+from torchpenalty.sweep import (
+    SweepInterrupted,
+    SweepResult,
+    default_strengths,
+    kfold,
+    stratified_kfold,
+)
 from torchpenalty.sweep.engine import Engine, Record
 
 
@@ -186,6 +192,22 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypat
         ({"refit": "last"}, ValueError, r"refit must be 'best', '1se' or False, got 'last'"),
         ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
         ({"device": "gpu0"}, ValueError, r"device must be a torch device such as 'cpu' or 'cuda', got 'gpu0'"),
+        ({"device": "meta"}, ValueError, r"device must be 'cpu' or 'cuda' \(a sweep trains on one of these\), got 'meta'"),
+        ({"device": "mps"}, ValueError, r"device must be 'cpu' or 'cuda' .*got 'mps'"),
+        ({"strengths": 0.1}, TypeError, r"strengths must be a sequence of numbers >= 0 .*got 0.1"),
+        ({"strengths": "0.1"}, TypeError, r"strengths must be a sequence .*got '0.1'"),
+        ({"strengths": [0.1, float("nan")]}, ValueError, r"strengths must be a finite number >= 0, got nan"),
+        ({"penalty": "l2sp"}, ValueError, r"penalty must be one of 'l2', 'l1', 'elastic_net', 'group_lasso' \(the penalties a sweep stacks\), got 'l2sp'"),
+        ({"resume": [1, 2]}, TypeError, r"resume must be the state of a SweepInterrupted \(a dict\) or None, got \[1, 2\]"),
+        ({"resume": {"records": []}}, ValueError, r"resume must be the state of a SweepInterrupted, got a dict missing \['settings', 'strengths', 'chunk_size'\]"),
+        ({"forward": "jit"}, ValueError, r"forward must be one of 'auto', 'bmm', 'vmap', got 'jit'"),
+        ({"seed": -1}, ValueError, r"seed must be an integer >= 0, got -1"),
+        ({"seed": 2**40}, ValueError, r"seed must be an integer in \[0, 4294967295\], got 1099511627776"),
+        ({"seed": 1.5}, TypeError, r"seed must be an integer, got 1.5"),
+        ({"vectorize": "yes"}, TypeError, r"vectorize must be True or False, got 'yes'"),
+        ({"early_stopping": 0}, ValueError, r"early_stopping must be an integer >= 1, got 0"),
+        ({"max_memory_mb": 0}, ValueError, r"max_memory_mb must be a finite number > 0, got 0"),
+        ({"on_chunk": 3}, TypeError, r"on_chunk must be a callable, got 3"),
     ],
 )  # fmt: skip
 def test_argument_errors(diabetes, kwargs, error, match):
@@ -197,7 +219,7 @@ def test_data_errors():
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="X must be finite"):
         tp.sweep(mlp, (np.where(X > 1.5, np.nan, X), X[:, 0]), progress=False)
-    with pytest.raises(ValueError, match=r"y must be not constant, got every value 1.0"):
+    with pytest.raises(ValueError, match=r"y must be non-constant, got every value 1.0"):
         tp.sweep(mlp, (X, np.ones(20)), progress=False)
     with pytest.raises(
         ValueError, match=r"y must be of the same length as X \(20 rows\), got 19 rows"
@@ -299,3 +321,96 @@ def test_models_with_dropout_and_batch_norm(diabetes, make):
     bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
     if bn:
         assert bn[0].num_batches_tracked > 0 and bn[0].running_mean.abs().sum() > 0
+
+
+def test_model_and_label_errors():
+    """Each bad combination of model and data gets a ValueError naming the argument before
+    anything trains."""
+    X, y = load_iris(return_X_y=True)
+    cases = [
+        (lambda: nn.Linear(3, 3), (X, y), r"X must be of a width the model accepts, got 4 columns \(.*\)"),
+        (lambda: nn.ReLU(), (X, y), r"make_model must be a model with trainable parameters, got ReLU\(\)"),
+        (lambda: nn.Linear(4, 2), (X, y), r"make_model must be a model with one output per class \(3\), got 2 outputs"),
+        (lambda: nn.Linear(4, 3), (X, np.stack([y, y], 1)), r"y must be 1-D class labels for loss='cross_entropy', got shape \(150, 2\)"),
+        (lambda: nn.Linear(4, 3), (X, np.where(np.arange(150) == 7, np.nan, y)), r"y must be class labels \(no NaN or inf\)"),
+        (lambda: nn.Linear(4, 1), (X + 1j, X[:, 0]), r"X must be real \(not complex\), got dtype complex128"),
+        (lambda: nn.Linear(4, 2), (X, X[:, :3]), r"make_model must be a model with 3 outputs \(y's columns\), got 2 outputs"),
+    ]  # fmt: skip
+    for make, data, match in cases:
+        loss = (
+            "mse"
+            if data[1].ndim == 2 and data[1].dtype.kind == "f" and data[1].shape[1] == 3
+            else "cross_entropy"
+        )
+        loss = "mse" if np.iscomplexobj(data[0]) else loss
+        with pytest.raises(ValueError, match=match):
+            tp.sweep(make, data, loss=loss, progress=False)
+
+
+def test_loss_is_inferred_like_the_command_line():
+    X, y = load_iris(return_X_y=True)
+    kw = dict(strengths=[1e-3, 1.0], folds=3, epochs=3, progress=False, refit=False)
+    r = tp.sweep(lambda: nn.Linear(4, 3), (X, y), **kw)
+    assert r.loss == "cross_entropy" and r.settings["loss"] == "cross_entropy"
+    assert "val_accuracy_mean" in r.table[0]
+    text = np.array(["setosa", "versicolor", "virginica"])[y]
+    assert tp.sweep(lambda: nn.Linear(4, 3), (X, text), **kw).loss == "cross_entropy"
+    with pytest.warns(
+        UserWarning, match=r"y holds 3 distinct integer values: if these are classes"
+    ):
+        r = tp.sweep(lambda: nn.Linear(4, 1), (X, y), loss="mse", **kw)
+    assert r.loss == "mse"
+    Xd, yd = load_diabetes(return_X_y=True)
+    assert tp.sweep(lambda: nn.Linear(10, 1), (Xd[:60], yd[:60]), **kw).loss == "mse"
+
+
+def test_frozen_parameters_stay_frozen(diabetes, monkeypatch):
+    def make():
+        m = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 1))
+        m[0].requires_grad_(False)
+        return m
+
+    finals = []
+    real = Engine.run
+
+    def capture(self, tasks, **kw):
+        recs, final = real(self, tasks, **kw)
+        finals.append((self, tasks, final))
+        return recs, final
+
+    monkeypatch.setattr(Engine, "run", capture)
+    r = tp.sweep(make, diabetes, strengths=[1e-3, 1.0], **FAST)
+    assert sum(len(tasks) for _, tasks, _ in finals) == 2 * 3 + 1  # six folds and the refit
+    for engine, tasks, final in finals:
+        for j, t in enumerate(tasks):
+            init = engine.init(t.fold)
+            torch.testing.assert_close(final["0.weight"][j], init["0.weight"], rtol=0, atol=0)
+            torch.testing.assert_close(final["0.bias"][j], init["0.bias"], rtol=0, atol=0)
+            assert not torch.equal(final["2.weight"][j], init["2.weight"])  # the rest trains
+    refit = r.model.model
+    assert not refit[0].weight.requires_grad
+    torch.testing.assert_close(refit[0].weight, finals[-1][0].init(3)["0.weight"])
+
+
+def test_default_strengths_at_the_top_level():
+    assert tp.default_strengths() == tp.sweep.default_strengths() == default_strengths()
+    assert "default_strengths" in tp.__all__
+
+
+def test_resume_never_duplicates_records(diabetes):
+    """A state whose records repeat one (strength, fold), or already hold the chunk its
+    snapshot belongs to, resumes to the uninterrupted table."""
+    kw = dict(strengths=GRID, vectorize=False, **FAST)
+    full = tp.sweep(mlp, diabetes, **kw)
+    seen = []
+    tp.sweep(mlp, diabetes, on_chunk=seen.append, **kw)
+    state = dict(seen[3])  # three models done
+    state["records"] = state["records"] + state["records"][:2]  # duplicates
+    resumed = tp.sweep(mlp, diabetes, resume=state, **kw)
+    assert len(resumed.records) == len(GRID) * 3
+    assert all(row["folds_done"] == 3 for row in resumed.table)
+    np.testing.assert_allclose(_vals(resumed), _vals(full), rtol=1e-6)
+    changed = np.array(diabetes[1], copy=True)
+    changed[0] += 1.0
+    with pytest.raises(ValueError, match="resume must come from a sweep with the same data"):
+        tp.sweep(mlp, (diabetes[0], changed), resume=state, **kw)

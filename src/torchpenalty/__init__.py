@@ -46,6 +46,7 @@ _EXPORTS = {
     "select": "select",
     "SweepInterrupted": "sweep",
     "SweepResult": "sweep",
+    "default_strengths": "sweep",
     "sweep": "sweep",
 }
 
@@ -64,6 +65,7 @@ __all__ = [
     "SweepInterrupted",
     "SweepResult",
     "__version__",
+    "default_strengths",
     "explain",
     "from_keras_l1",
     "from_keras_l2",
@@ -121,4 +123,4 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .regularizer import Regularizer
     from .select import ExplainRow, explain, select
-    from .sweep import SweepInterrupted, SweepResult, sweep
+    from .sweep import SweepInterrupted, SweepResult, default_strengths, sweep

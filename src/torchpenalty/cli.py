@@ -2,26 +2,24 @@
 
 ``torchpenalty sweep`` cross-validates a penalty strength on a CSV/NPZ file or a bundled
 data set and writes a report; ``torchpenalty explain MODULE:FACTORY`` shows which
-parameters of your model the default rule regularizes. Only argument wiring lives here:
-the work is done by :mod:`torchpenalty.data`, :func:`torchpenalty.sweep` and
-:mod:`torchpenalty.plotting`. torch is imported only once a command runs, so ``--help``
-is fast.
+parameters of your model the default rule regularizes. Only parsing and wiring live here:
+:func:`torchpenalty.sweep` validates the arguments (its errors are printed with the
+option's name), :mod:`torchpenalty.data` reads the data and :mod:`torchpenalty.report`
+writes the run folder. torch is imported only once a command runs, so ``--help`` is fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime as _dt
 import importlib
-import io
-import json
+import itertools
 import math
 import os
+import re
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = ["main", "parse_strengths"]
@@ -36,7 +34,8 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------------------- parsing
 def parse_strengths(text: str) -> list[float]:
-    """``LO:HI:N`` (N values log-spaced from LO to HI) or a comma-separated list.
+    """``LO:HI:N`` (N values log-spaced from LO to HI) or a comma-separated list (the
+    values are checked by the sweep).
 
     >>> parse_strengths("1e-4:1:5")
     [0.0001, 0.001, 0.01, 0.1, 1.0]
@@ -58,7 +57,7 @@ def parse_strengths(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise bad from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+    if not values:
         raise bad
     return values
 
@@ -94,89 +93,40 @@ def build_model_factory(spec: str, n_in: int, n_out: int) -> Callable[[], Any]:
     return make
 
 
+#: The run's settings as saved in report.json ("inputs") and their defaults. The parser's
+#: defaults are None so that options given together with ``--resume`` can be told apart.
+DEFAULTS: dict[str, Any] = {
+    "data": None, "dataset": "diabetes", "target": None, "task": None, "model": "mlp:32,32",
+    "penalty": "l2", "l1_ratio": 0.5, "strengths": "1e-5:10:13", "mode": None, "folds": 5,
+    "epochs": 100, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "early_stopping": None,
+    "select": "best", "seed": 0, "no_vectorize": False, "device": "cpu",
+}  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line on stderr (exit 2) like every other error."""
+
+    def error(self, message: str) -> Any:
+        if "expected one argument" in message:
+            message += " (for a value that starts with '-', write --option=VALUE)"
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from . import __version__
+
+    p = _Parser(
         prog="torchpenalty",
         description="Regularization for PyTorch: choose a penalty strength by cross-validation.",
     )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser(
-        "sweep",
-        help="cross-validate a penalty strength and write a report",
-        description="Train one model per (strength, fold), all at once, and report the best "
-        "and the one-standard-error strength. With no arguments: scikit-learn's diabetes "
-        "data, an MLP 10-32-32-1 and L2.",
-    )
-    d = s.add_argument_group("data")
-    d.add_argument("--data", metavar="FILE", help="a .csv (header row) or .npz (arrays X, y) file")
-    d.add_argument("--dataset", default="diabetes", help="bundled data set when --data is not given: "
-                   "diabetes, breast_cancer, iris, wine (default: diabetes)")  # fmt: skip
-    d.add_argument(
-        "--target",
-        metavar="COLUMN",
-        help="target column (CSV; default: the last) or array name (NPZ; default: y)",
-    )
-    d.add_argument(
-        "--task", choices=["regression", "classification"], help="default: inferred from the target"
-    )
-    m = s.add_argument_group("model and penalty")
-    m.add_argument(
-        "--model",
-        default="mlp:32,32",
-        help="'linear' or 'mlp:W1,W2,...[:relu|tanh|gelu|silu]' (default: mlp:32,32)",
-    )
-    m.add_argument(
-        "--penalty", default="l2", help="l2, l1, elastic_net or group_lasso (default: l2)"
-    )
-    m.add_argument("--l1-ratio", type=float, default=0.5, help="elastic net mixing (default: 0.5)")
-    m.add_argument(
-        "--strengths",
-        default="1e-5:10:13",
-        help="LO:HI:N log grid or a comma list (default: 1e-5:10:13)",
-    )
-    m.add_argument(
-        "--mode",
-        choices=["grad", "decoupled", "proximal"],
-        help="default: proximal for sparse penalties, else grad",
-    )
-    t = s.add_argument_group("training")
-    t.add_argument("--folds", type=int, default=5, help="K-fold cross-validation (default: 5)")
-    t.add_argument("--epochs", type=int, default=100, help="default: 100")
-    t.add_argument("--batch-size", type=int, default=64, help="0 for full batch (default: 64)")
-    t.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default: 0.01)")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    t.add_argument(
-        "--early-stopping",
-        type=int,
-        metavar="PATIENCE",
-        help="keep each model's best epoch, stop after PATIENCE epochs without improvement",
-    )
-    t.add_argument(
-        "--select",
-        choices=["best", "1se"],
-        default="best",
-        help="strength to refit on all the data (default: best)",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
-        "--no-vectorize",
-        action="store_true",
-        help="train one model at a time (same numbers, slower)",
-    )
-    t.add_argument(
-        "--device", default="cpu", help="where to train: cpu (default), cuda, cuda:1, ..."
-    )
-    o = s.add_argument_group("output")
-    o.add_argument("--out", metavar="DIR", help="report folder (default: runs/<timestamp>/)")
-    o.add_argument(
-        "--resume", metavar="DIR", help="continue an interrupted sweep in DIR with its settings"
-    )
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--version", action="version", version=f"torchpenalty {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _sweep_parser(sub)
     e = sub.add_parser(
         "explain",
         help="show which parameters of a model are regularized, and why",
-        description="Import MODULE (from the current folder or sys.path), call FACTORY() and "
-        "print tp.explain() of the model it returns.",
+        description="Import MODULE (from sys.path, then the current folder), call FACTORY() "
+        "and print tp.explain() of the model it returns.",
     )
     e.add_argument("target", metavar="MODULE:FACTORY")
     e.add_argument(
@@ -188,67 +138,162 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------- files
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``: an
-    interrupted write never leaves a truncated file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+def _sweep_parser(sub: Any) -> None:
+    D = DEFAULTS
+    s = sub.add_parser(
+        "sweep",
+        help="cross-validate a penalty strength and write a report",
+        description="Train one model per (strength, fold), all at once, and report the best "
+        "and the one-standard-error strength. With no arguments: scikit-learn's diabetes "
+        "data, an MLP 10-32-32-1 and L2.",
+    )
+    d = s.add_argument_group("data")
+    d.add_argument("--data", metavar="FILE", help="a .csv (header row) or .npz (arrays X, y) file")
+    d.add_argument("--dataset", help="bundled data set when --data is not given: "
+                   f"diabetes, breast_cancer, iris, wine (default: {D['dataset']})")  # fmt: skip
+    d.add_argument("--target", metavar="COLUMN",
+                   help="target column (CSV; default: the last) or array name (NPZ; default: y)")  # fmt: skip
+    d.add_argument("--task", choices=["regression", "classification"],
+                   help="default: inferred from the target")  # fmt: skip
+    m = s.add_argument_group("model and penalty")
+    m.add_argument("--model", help="'linear' or 'mlp:W1,W2,...[:relu|tanh|gelu|silu]' "
+                   f"(default: {D['model']})")  # fmt: skip
+    m.add_argument("--penalty", help="l2, l1, elastic_net or group_lasso (default: l2)")
+    m.add_argument("--l1-ratio", type=float, help="elastic net mixing (default: 0.5)")
+    m.add_argument("--strengths", help="LO:HI:N log grid or a comma list (default: "
+                   f"{D['strengths']})")  # fmt: skip
+    m.add_argument("--mode", choices=["grad", "decoupled", "proximal"],
+                   help="default: proximal for sparse penalties, else grad")  # fmt: skip
+    t = s.add_argument_group("training")
+    t.add_argument("--folds", type=int, help=f"K-fold cross-validation (default: {D['folds']})")
+    t.add_argument("--epochs", type=int, help=f"default: {D['epochs']}")
+    t.add_argument("--batch-size", type=int, help="0 for full batch (default: 64)")
+    t.add_argument("--lr", type=float, help="learning rate (default: 0.01)")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], help="default: adam")
+    t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="keep each model's best epoch, stop after PATIENCE epochs without "
+                   "improvement")  # fmt: skip
+    t.add_argument("--select", choices=["best", "1se"],
+                   help="strength to refit on all the data (default: best)")  # fmt: skip
+    t.add_argument("--seed", type=int, help="0 .. 2**32-1 (default: 0)")
+    t.add_argument("--no-vectorize", action="store_true", default=None,
+                   help="train one model at a time (same numbers, slower)")  # fmt: skip
+    t.add_argument("--device", help="where to train: cpu (default), cuda, cuda:1, ...")
+    o = s.add_argument_group("output")
+    o.add_argument("--out", metavar="DIR", help="report folder (default: runs/<timestamp>/)")
+    o.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted sweep in DIR with its saved settings")  # fmt: skip
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out")  # fmt: skip
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------------------- settings
+def _settings(ns: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings: the options given over the defaults, or for ``--resume`` the
+    saved ones (an option given with ``--resume`` must agree with them)."""
+    given = {k: getattr(ns, k) for k in DEFAULTS if getattr(ns, k) is not None}
+    if "data" in given:
+        given["data"] = os.path.abspath(given["data"])  # a resume may run from elsewhere
+    if saved is None:
+        if "target" in given and "data" not in given:
+            raise CLIError("--target applies to a --data file; a bundled --dataset has its own")
+        return {**DEFAULTS, **given}
+    if ns.out is not None and os.path.abspath(ns.out) != os.path.abspath(ns.resume):
+        raise CLIError(f"--out {ns.out} conflicts with --resume {ns.resume}: give one folder")
+    if ns.overwrite:
+        raise CLIError("--overwrite conflicts with --resume: resume continues the run")
+    settings = {**DEFAULTS, **saved}
+    for k, v in given.items():
+        if v != settings[k]:
+            flag = "--" + k.replace("_", "-")
+            raise CLIError(f"{flag} {v} conflicts with the run being resumed ({flag} "
+                           f"{settings[k]}); --resume takes its settings from report.json")  # fmt: skip
+    return settings
+
+
+#: Argument of ``tp.sweep`` (or of the data) -> the option that sets it.
+_FLAGS = {
+    "strengths": "--strengths", "penalty": "--penalty", "name": "--penalty",
+    "l1_ratio": "--l1-ratio", "folds": "--folds", "epochs": "--epochs",
+    "batch_size": "--batch-size", "optimizer": "--optimizer", "lr": "--lr", "mode": "--mode",
+    "seed": "--seed", "early_stopping": "--early-stopping", "refit": "--select",
+    "device": "--device", "make_model": "--model", "X": "the data's features",
+    "y": "the target",
+}  # fmt: skip
+
+
+def _translate(e: Exception) -> CLIError:
+    """A sweep argument error as a command line error: the argument's name becomes the
+    option's (``epochs must be ...`` -> ``--epochs must be ...``)."""
+    text = (str(e).splitlines() or [type(e).__name__])[0]
+    m = re.match(r"(\w+)(?= must| has| is)", text)
+    if m and m.group(1) in _FLAGS:
+        text = _FLAGS[m.group(1)] + text[m.end() :]
+    if m and m.group(1) == "batch_size":
+        text += " (0: full batch)"
+    return CLIError(text)
+
+
+def _load_data(args: dict[str, Any]) -> Any:
+    from . import data as data_mod
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        return data_mod.load(
+            args["data"], target=args["target"], task=args["task"], dataset=args["dataset"]
+        )
+    except data_mod.DataError as e:
+        raise CLIError(str(e)) from None
 
 
-def _torch_bytes(obj: Any) -> bytes:
-    import torch
+def _penalty(args: dict[str, Any]) -> Any:
+    """``--penalty`` as a penalty object (``--l1-ratio`` goes to penalties that have one).
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+    TODO(lead): when ``penalties.resolve(spec, strength)`` lands (helper "arch"), use it
+    here so that ``--penalty mypackage.module:Huber`` works."""
+    import torchpenalty as tp
+
+    try:
+        pen = tp.get(args["penalty"], 1.0)
+        cfg = pen.get_config()
+        if "l1_ratio" in cfg:
+            pen = type(pen).from_config({**cfg, "l1_ratio": args["l1_ratio"]})
+    except (ValueError, TypeError) as e:
+        if isinstance(e, TypeError) and isinstance(args["penalty"], str):
+            return args["penalty"]  # needs more than a strength: the sweep says what it takes
+        raise _translate(e) from None
+    return pen
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
+def _sweep_call(args: dict[str, Any], ds: Any, quiet: bool) -> tuple[Any, tuple, dict]:
+    """The arguments of ``tp.sweep`` for these settings and data."""
+    import numpy as np
 
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import torch
-
-    from . import __version__
-
-    return {
-        "torchpenalty": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": sys.version.split()[0],
+    classification = ds.task == "classification"
+    n_out = len(np.unique(ds.y)) if classification else (1 if ds.y.ndim == 1 else ds.y.shape[1])
+    make = build_model_factory(args["model"], ds.X.shape[1], n_out)
+    options = {
+        "strengths": parse_strengths(args["strengths"]),
+        "penalty": _penalty(args),
+        "loss": "cross_entropy" if classification else "mse",
+        **{k: args[k] for k in ("folds", "epochs", "optimizer", "lr", "mode", "seed")},
+        "batch_size": None if args["batch_size"] == 0 else args["batch_size"],
+        "vectorize": not args["no_vectorize"],
+        "progress": not quiet,
+        "early_stopping": args["early_stopping"],
+        "refit": args["select"],
+        "device": args["device"],
     }
+    return make, (ds.X, ds.y), options
 
 
-# ---------------------------------------------------------------------------- sweep
-_SAVED_ARGS = (
-    "data", "dataset", "target", "task", "model", "penalty", "l1_ratio", "strengths", "mode",
-    "folds", "epochs", "batch_size", "lr", "optimizer", "early_stopping", "select", "seed",
-    "no_vectorize", "device",
-)  # fmt: skip
+def _header(args: dict[str, Any], ds: Any) -> dict[str, Any]:
+    """What report.json says about the run besides the result: the settings, the data
+    and its fingerprint (a resume checks it)."""
+    from . import report
 
-
-def _write_report(
-    out: str, args: dict[str, Any], result: Any, ds: Any, extra: dict[str, Any]
-) -> None:
-    report = {
+    sha = report.file_sha256(args["data"]) if args["data"] else None
+    return {
         "inputs": args,
         "data": {
             "source": ds.source,
@@ -257,29 +302,168 @@ def _write_report(
             "target": ds.target,
             "task": ds.task,
         },
-        **json.loads(result.to_json()),
-        "versions": _versions(),
-        **extra,
+        "fingerprint": {"data": args["data"] or ds.source, "data_sha256": sha},
     }
-    write_atomic(os.path.join(out, "sweep.csv"), _csv_text(result.table))
-    if result.records:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        for kind, name in (
-            ("validation", "validation.png"),
-            ("norm", "norm.png"),
-            ("learning", "learning.png"),
-        ):
-            disp = result.plot(kind=kind)
-            buf = io.BytesIO()
-            disp.figure_.tight_layout()
-            disp.figure_.savefig(buf, format="png", dpi=110)
-            plt.close(disp.figure_)
-            write_atomic(os.path.join(out, name), buf.getvalue())
-    write_atomic(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
+# ---------------------------------------------------------------------------- run folder
+def _new_out_dir() -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join("runs", stamp)
+    path, i = base, 1
+    while os.path.exists(path):
+        i += 1
+        path = f"{base}-{i}"
+    return path
+
+
+def _resumed(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved header (settings, data, fingerprint) and state of an unfinished run in
+    ``folder``. The checkpoint alone is enough: a report.json that is missing or broken
+    (a stop between the two writes) is rewritten, with a notice."""
+    from . import report
+
+    if os.path.isdir(os.path.join(folder, report.REPORT)):  # could never be rewritten
+        raise CLIError(f"--resume {folder}: cannot be resumed: {report.REPORT} is a folder")
+    try:
+        saved = report.load_report(folder)
+    except report.ReportError as e:
+        saved, problem = None, e
+    if saved is not None and saved.get("complete"):
+        raise CLIError(f"--resume {folder}: that sweep already finished")
+    try:
+        state = report.load_checkpoint(folder)
+    except report.ReportError as e:
+        no_ckpt = not os.path.lexists(os.path.join(folder, report.CHECKPOINT))
+        cause = problem if saved is None and no_ckpt else e
+        raise CLIError(f"--resume {folder}: cannot be resumed: {cause}") from None
+    if saved is None:
+        print(f"torchpenalty: {problem}; resuming from {report.CHECKPOINT}", file=sys.stderr)
+    return state["header"], state
+
+
+def _check_fingerprint(folder: str, saved: dict[str, Any], header: dict[str, Any]) -> None:
+    then = (saved.get("fingerprint") or {}).get("data_sha256")
+    now = header["fingerprint"]["data_sha256"]
+    if then != now:
+        raise CLIError(f"--resume {folder}: the data {header['fingerprint']['data']} changed "
+                       "since the run started (its sha256 differs); start a new run")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _run_folder(out: str, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Create ``out`` (refusing a file, a path under a file, an unwritable place), lock it,
+    and refuse a folder holding a run unless resuming or overwriting."""
+    from . import report
+
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out {out} is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        with report.RunLock(out):
+            report.remove_temporaries(out)  # left by a process killed mid-write
+            if not resume and report.holds_run(out):
+                if not overwrite:
+                    raise CLIError(f"--out {out} holds a run already: continue it with "
+                                   "--resume, or replace it with --overwrite")  # fmt: skip
+                for name in report.RUN_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(out, name))
+            yield
+    except report.ReportError as e:
+        raise CLIError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------- sweep
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    saved, state = _resumed(ns.resume) if ns.resume else (None, None)
+    args = _settings(ns, None if saved is None else saved["inputs"])
+    ds = _load_data(args)
+    make, data, options = _sweep_call(args, ds, ns.quiet)
+    from .sweep.core import validate
+
+    try:  # the sweep's own checks, before any folder is created
+        validate(make, data, **options)
+    except (ValueError, TypeError) as e:
+        raise _translate(e) from None
+    header = _header(args, ds)
+    out = ns.resume or ns.out or _new_out_dir()
+    if saved is not None:
+        _check_fingerprint(out, saved, header)
+    with _run_folder(out, resume=saved is not None, overwrite=ns.overwrite):
+        print(f"torchpenalty sweep: {ds.source} ({len(ds.X)} rows, {ds.X.shape[1]} features, "
+              f"{ds.task}), {args['model']}, {args['penalty']}, {len(options['strengths'])} "
+              f"strengths x {args['folds']} folds -> {out}")  # fmt: skip
+        return _run(out, make, data, {**options, "resume": state}, header, args)
+
+
+def _partial(state: dict[str, Any]) -> Any:
+    """A ``SweepResult`` of the records in a sweep state (for report.json)."""
+    from .sweep.engine import Record
+    from .sweep.result import SweepResult
+
+    records = [Record(**r) for r in state["records"]]
+    return SweepResult(state["strengths"], state["settings"]["folds"], records, state["settings"])
+
+
+def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: dict) -> int:
+    """Train with the run folder saved before the first model and after every chunk;
+    SIGINT/SIGTERM/SIGHUP save and exit with a resumable folder."""
+    import torchpenalty as tp
+
+    from . import report
+
+    first = (options["resume"] or {}).get("seq", -1) + 1
+    seq = itertools.count(first)
+
+    def save(state: dict[str, Any], result: Any = None) -> None:
+        n = next(seq)
+        report.write_checkpoint(out, state, n, header)
+        report.write_report(out, result or _partial(state), header, complete=False, seq=n)
+
+    def on_chunk(state: dict[str, Any]) -> None:
+        with report.shielded():  # a signal during the save acts once it is written
+            save(state)
+
+    try:
+        with report.stop_signals() as received:
+            try:
+                result = tp.sweep(make, data, **options, on_chunk=on_chunk)
+            except tp.SweepInterrupted as e:
+                with report.shielded(interrupt_after=False):
+                    save(e.state, e.result)
+                done, total = len(e.result.records), len(e.result.strengths) * e.result.folds
+                print(f"\ninterrupted: {done} of {total} models finished and saved in {out}; "
+                      f"continue with: torchpenalty sweep --resume {out}", file=sys.stderr)  # fmt: skip
+                return 128 + received[0] if received else EXIT_INTERRUPTED
+            with report.shielded(interrupt_after=False):
+                report.write_outputs(out, result, header, _model_info(args, data, result))
+    except report.ReportError as e:
+        raise CLIError(f"{e}; what was saved before stays resumable") from None
+    except ValueError as e:  # a resume state that does not fit these settings
+        raise _translate(e) from None
+    _print_summary(result, args["select"], out)
+    return 0
+
+
+def _model_info(args: dict[str, Any], data: tuple, result: Any) -> dict[str, Any]:
+    import numpy as np
+
+    X, y = data
+    classification = result.settings["loss"] == "cross_entropy"
+    classes = np.unique(y).tolist() if classification else None
+    return {
+        "model": args["model"],
+        "n_features": int(X.shape[1]),
+        "n_outputs": len(classes) if classes else (1 if y.ndim == 1 else int(y.shape[1])),
+        "classes": classes,
+        "strength": result.chosen_strength,
+        "state_dict": "model.pt (torch.load(path, weights_only=True); keys model.*, x_mean, "
+        "x_std, y_mean, y_std)",
+    }
 
 
 def _print_table(result: Any, stream: Any) -> None:
@@ -302,177 +486,65 @@ def _print_table(result: Any, stream: Any) -> None:
         print(line + mark, file=stream)
 
 
-def _new_out_dir() -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = os.path.join("runs", stamp)
-    path, i = base, 1
-    while os.path.exists(path):
-        i += 1
-        path = f"{base}-{i}"
-    return path
-
-
-def cmd_sweep(ns: argparse.Namespace) -> int:
-    resume_state = None
-    if ns.resume:
-        out = ns.resume
-        report_path = os.path.join(out, "report.json")
-        ckpt_path = os.path.join(out, "checkpoint.pt")
-        if not os.path.exists(report_path):
-            raise CLIError(f"--resume {out}: no report.json there (not a torchpenalty run folder)")
-        with open(report_path) as f:
-            try:
-                previous = json.load(f)
-            except json.JSONDecodeError as e:
-                raise CLIError(f"--resume {out}: report.json is not valid JSON ({e})") from None
-        if previous.get("complete"):
-            raise CLIError(f"--resume {out}: that sweep already finished")
-        args = dict(previous.get("inputs", {}))
-        if os.path.exists(ckpt_path):
-            import torch
-
-            resume_state = torch.load(ckpt_path, weights_only=True)
-    else:
-        args = {k: getattr(ns, k) for k in _SAVED_ARGS}
-        out = ns.out or _new_out_dir()
-
-    from . import data as data_mod
-
-    try:
-        ds = data_mod.load(
-            args["data"], target=args["target"], task=args["task"], dataset=args["dataset"]
-        )
-        ds.check_folds(args["folds"])
-    except data_mod.DataError as e:
-        raise CLIError(str(e)) from None
-
-    strengths = parse_strengths(args["strengths"])
-    for name in ("folds", "epochs"):
-        if args[name] < (2 if name == "folds" else 1):
-            raise CLIError(f"--{name} must be >= {2 if name == 'folds' else 1}, got {args[name]}")
-    if args["batch_size"] < 0:
-        raise CLIError(f"--batch-size must be >= 0 (0: full batch), got {args['batch_size']}")
-    if not (args["lr"] > 0 and math.isfinite(args["lr"])):
-        raise CLIError(f"--lr must be a finite number > 0, got {args['lr']}")
-    import numpy as np
-
-    import torchpenalty as tp
-    from torchpenalty.sweep.core import check_device
-
-    try:
-        check_device(args.get("device", "cpu"))
-    except ValueError as e:
-        raise CLIError(f"--device: {e}") from None
-
-    y = ds.y
-    if ds.task == "classification":
-        classes = np.unique(y)
-        n_out, loss = len(classes), "cross_entropy"
-    else:
-        y = y.astype(np.float64)
-        n_out, loss = (1 if y.ndim == 1 else y.shape[1]), "mse"
-    make = build_model_factory(args["model"], ds.X.shape[1], n_out)
-    penalty_name = args["penalty"].lower().replace("-", "_")
-    try:
-        penalty = tp.get(
-            penalty_name,
-            1.0,
-            **(
-                {"l1_ratio": args["l1_ratio"]}
-                if penalty_name in ("elastic_net", "elasticnet", "enet")
-                else {}
-            ),
-        )
-    except (ValueError, TypeError) as e:
-        raise CLIError(f"--penalty: {e}") from None
-    from torchpenalty.sweep.engine import STACKABLE
-
-    if penalty.name not in STACKABLE:
-        choices = ", ".join(repr(p) for p in STACKABLE)
-        raise CLIError(f"--penalty must be one of {choices} for a sweep, got {args['penalty']!r}")
-
-    os.makedirs(out, exist_ok=True)
-    stream = sys.stdout
-    print(f"torchpenalty sweep: {ds.source} ({len(ds.X)} rows, {ds.X.shape[1]} features, {ds.task}), "
-          f"{args['model']}, {penalty.name}, {len(strengths)} strengths x {args['folds']} folds -> {out}",
-          file=stream)  # fmt: skip
-
-    def save_checkpoint(state: dict[str, Any]) -> None:
-        write_atomic(os.path.join(out, "checkpoint.pt"), _torch_bytes(state))
-
-    def partial_report(result: Any) -> None:
-        _write_report(out, args, result, ds, {"complete": False})
-
-    try:
-        result = tp.sweep(
-            make,
-            (ds.X, y),
-            strengths=strengths,
-            penalty=penalty,
-            loss=loss,
-            folds=args["folds"],
-            epochs=args["epochs"],
-            batch_size=args["batch_size"] or None,
-            optimizer=args["optimizer"],
-            lr=args["lr"],
-            mode=args["mode"],
-            vectorize=not args["no_vectorize"],
-            seed=args["seed"],
-            progress=not ns.quiet,
-            early_stopping=args["early_stopping"],
-            refit=args["select"],
-            device=args.get("device", "cpu"),
-            resume=resume_state,
-            on_chunk=save_checkpoint,
-        )
-    except tp.SweepInterrupted as e:
-        save_checkpoint(e.state)
-        partial_report(e.result)
-        done = len(e.result.records)
-        total = len(strengths) * args["folds"]
-        print(f"\ninterrupted: {done} of {total} models finished and saved in {out}; "
-              f"continue with: torchpenalty sweep --resume {out}", file=sys.stderr)  # fmt: skip
-        return EXIT_INTERRUPTED
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-
-    model_path = os.path.join(out, "model.pt")
-    write_atomic(model_path, _torch_bytes(result.model.state_dict()))
-    model_info = {
-        "model": args["model"],
-        "n_features": int(ds.X.shape[1]),
-        "n_outputs": int(n_out),
-        "classes": np.unique(ds.y).tolist() if ds.task == "classification" else None,
-        "strength": result.chosen_strength,
-        "state_dict": "model.pt (torch.load(path, weights_only=True); keys model.*, x_mean, x_std, y_mean, y_std)",
-    }
-    _write_report(out, args, result, ds, {"model": model_info})
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(out, "checkpoint.pt"))
-    print(file=stream)
-    _print_table(result, stream)
-    print(f"\nbest strength: {result.best_strength:.4g}   1-SE strength: {result.strength_1se:.4g}   "
-          f"refit at: {result.chosen_strength:.4g} ({args['select']})", file=stream)  # fmt: skip
-    print(f"report: {os.path.join(out, 'report.json')}", file=stream)
-    return 0
+def _print_summary(result: Any, select: str, out: str) -> None:
+    print()
+    _print_table(result, sys.stdout)
+    print(f"\nbest strength: {result.best_strength:.4g}   1-SE strength: "
+          f"{result.strength_1se:.4g}   refit at: {result.chosen_strength:.4g} ({select})")  # fmt: skip
+    print(f"report: {os.path.join(out, 'report.json')}")
 
 
 # ---------------------------------------------------------------------------- explain
-def cmd_explain(ns: argparse.Namespace) -> int:
-    if ":" not in ns.target:
-        raise CLIError(f"explain needs MODULE:FACTORY, got {ns.target!r}")
-    mod_name, _, fn_name = ns.target.partition(":")
-    sys.path.insert(0, os.getcwd())
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+@contextlib.contextmanager
+def _cwd_last() -> Iterator[None]:
+    """The working directory moved to the end of ``sys.path`` (restored after): a file
+    there such as ``torch.py`` never shadows an installed package."""
+    cwd = os.getcwd()
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != cwd] + [cwd]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
+def _import_factory(target: str) -> Callable[[], Any]:
+    mod_name, sep, fn_name = target.partition(":")
+    if not sep or not _MODULE.fullmatch(mod_name) or not fn_name.isidentifier():
+        raise CLIError(f"explain needs MODULE:FACTORY (a dotted module name and a function "
+                       f"name, e.g. mymodels:make), got {target!r}")  # fmt: skip
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
         raise CLIError(f"cannot import {mod_name!r}: {e}") from None
+    except (Exception, SystemExit) as e:
+        raise CLIError(f"cannot import {mod_name!r}: it raised {_first_line(e)}") from None
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise CLIError(f"{mod_name!r} has no callable {fn_name!r}")
-    model = factory()
+    return factory
+
+
+def cmd_explain(ns: argparse.Namespace) -> int:
+    factory = _import_factory(ns.target)
+    try:
+        model = factory()
+    except Exception as e:
+        raise CLIError(f"{ns.target}() failed: {_first_line(e)} (explain calls FACTORY with "
+                       "no arguments)") from None  # fmt: skip
+    import torch
+
     import torchpenalty as tp
 
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError(f"{ns.target}() must return an nn.Module, got {type(model).__name__}")
     try:
         rows = tp.explain(model, include=ns.include, exclude=ns.exclude)
     except (ValueError, TypeError) as e:
@@ -491,9 +563,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return {"sweep": cmd_sweep, "explain": cmd_explain}[ns.command](ns)
+        with _cwd_last():
+            return {"sweep": cmd_sweep, "explain": cmd_explain}[ns.command](ns)
     except CLIError as e:
         print(f"torchpenalty: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a file that could not be read or written
+        name = f" {e.filename}" if e.filename else ""
+        print(f"torchpenalty: error:{name} {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

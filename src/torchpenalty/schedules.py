@@ -22,10 +22,12 @@ __all__ = ["Cosine", "Exponential", "Linear", "Piecewise", "Schedule", "schedule
 
 
 class Schedule:
-    """Base class: subclasses define ``__call__(step) -> float`` and ``_params``."""
+    """Base class: subclasses define ``__call__(step) -> float`` and ``_params`` (those in
+    ``_optional`` may be missing from a config)."""
 
     name: str = ""
     _params: tuple[str, ...] = ()
+    _optional: tuple[str, ...] = ()
 
     def __call__(self, step: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -81,17 +83,40 @@ class Cosine(_Ramp):
 
 
 class Exponential(Schedule):
-    """``start * gamma ** step``."""
+    """``min(start * gamma ** step, limit)``.
+
+    A decaying schedule (``gamma <= 1``) needs no ``limit``. A growing one (``gamma > 1``)
+    must be given a ``limit``: ``start * gamma ** step`` would otherwise overflow to inf
+    partway through training (``1e-4 * 1.5 ** step`` does at step 1751), so it is refused
+    at construction rather than failing mid-run. Past the overflow point the value is
+    ``limit`` exactly.
+
+    >>> Exponential(1.0, 0.5)(3)
+    0.125
+    >>> Exponential(1e-4, 1.5, limit=1e-2)(10_000)
+    0.01
+    """
 
     name = "exponential"
-    _params = ("start", "gamma")
+    _params = ("start", "gamma", "limit")
+    _optional = ("limit",)
 
-    def __init__(self, start: float, gamma: float) -> None:
+    def __init__(self, start: float, gamma: float, *, limit: float | None = None) -> None:
         self.start = check_strength("start", start)
         self.gamma = check_strength("gamma", gamma)
+        if limit is None and self.gamma > 1:
+            raise ValueError(
+                f"limit must be given when gamma > 1 (the strength grows without bound and "
+                f"overflows), got None (gamma={gamma!r})"
+            )
+        self.limit = None if limit is None else check_strength("limit", limit)
 
     def __call__(self, step: int) -> float:
-        return self.start * self.gamma ** max(step, 0)
+        try:
+            v = self.start * self.gamma ** max(step, 0)
+        except OverflowError:  # float ** raises past ~1.8e308
+            v = math.inf
+        return v if self.limit is None else min(v, self.limit)
 
 
 class Piecewise(Schedule):
@@ -131,8 +156,9 @@ def schedule_from_config(cfg: dict[str, Any]) -> Schedule:
             f"cfg must be a schedule config with 'schedule' in {sorted(_SCHEDULES)}, got {cfg!r}"
         )
     cls = _SCHEDULES[cfg["schedule"]]
-    check_config("cfg", cfg, ("schedule", *cls._params), ("schedule", *cls._params))
-    return cls(**{k: cfg[k] for k in cls._params})
+    required = [k for k in cls._params if k not in cls._optional]
+    check_config("cfg", cfg, ("schedule", *cls._params), ("schedule", *required))
+    return cls(**{k: cfg[k] for k in cls._params if k in cfg})
 
 
 def evaluate(strength: Any, step: int, name: str = "strength") -> float:

@@ -1,8 +1,18 @@
-"""``tp.sweep``: cross-validated strength selection, all models trained at once."""
+"""``tp.sweep``: cross-validated strength selection, all models trained at once.
+
+The sweep runs in four steps, each a function: :func:`validate` (every argument checked
+once, from :data:`PARAMETER_CONSTRAINTS` and the data), ``_plan`` (folds, the engine, the
+(strength, fold) tasks and their chunks), ``_run_chunks`` (train chunk after chunk, keeping
+finished models keyed by (strength, fold)) and ``_finish`` (the result and its refit).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+import numbers
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,21 +34,37 @@ from .engine import STACKABLE, Engine, Problem, Record, Task
 from .folds import Standardizer, kfold, stratified_kfold
 from .result import StandardizedModel, SweepResult
 
-__all__ = ["SweepInterrupted", "default_strengths", "sweep"]
+__all__ = [
+    "PARAMETER_CONSTRAINTS",
+    "SweepInterrupted",
+    "check_device",
+    "default_strengths",
+    "sweep",
+    "validate",
+]
+
+#: Largest ``seed``: NumPy's generators need a non-negative seed and each fold's torch seed
+#: (``seed * 1_000_003 + fold``) must stay below 2**64.
+MAX_SEED = 2**32 - 1
+_CE, _MSE = "cross_entropy", "mse"
 
 
 def default_strengths() -> list[float]:
     """13 strengths log-spaced from 1e-5 to 10 (two per decade): on standardized data
     with a mean-squared or cross-entropy loss this spans "no visible effect" to "weights
-    shrunk to nothing" for L2, L1 and group lasso, so the curve shows both ends."""
+    shrunk to nothing" for L2, L1 and group lasso, so the curve shows both ends.
+
+    >>> default_strengths()[:3], len(default_strengths())
+    ([1e-05, 3.16e-05, 0.0001], 13)
+    """
     return [float(f"{v:.3g}") for v in np.logspace(-5, 1, 13)]
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Raised when a sweep is interrupted (Ctrl-C). ``state`` holds the completed records
-    and a snapshot of the chunk in progress; pass it back as ``tp.sweep(..., resume=state)``
-    to continue without redoing finished work. ``result`` is a ``SweepResult`` of what
-    finished."""
+    """Raised when a sweep is interrupted (Ctrl-C). ``state`` holds the finished records
+    (keyed by strength and fold) and a snapshot of the chunk in progress; pass it back as
+    ``tp.sweep(..., resume=state)`` to continue without redoing finished work. ``result``
+    is a ``SweepResult`` of what finished."""
 
     def __init__(self, state: dict[str, Any], result: SweepResult) -> None:
         super().__init__("sweep interrupted")
@@ -46,61 +72,327 @@ class SweepInterrupted(KeyboardInterrupt):
         self.result = result
 
 
+# ---------------------------------------------------------------------------- constraints
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    return lambda name, v: check_choice(name, v, choices)
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
+    def check(name: str, v: Any) -> int:
+        v = check_int(name, v, minimum=minimum)
+        if maximum is not None and v > maximum:
+            raise value_error(name, f"an integer in [{minimum}, {maximum}]", v)
+        return v
+
+    return check
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, v: None if v is None else check(name, v)
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise type_error(name, "True or False", v)
+    return bool(v)
+
+
+def _callable(name: str, v: Any) -> Any:
+    if not callable(v):
+        raise type_error(name, "a callable", v)
+    return v
+
+
+def _strengths(name: str, v: Any) -> list[float]:
+    if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray)):
+        raise type_error(name, "a sequence of numbers >= 0 (e.g. [1e-3, 1e-2, 0.1])", v)
+    grid = [check_strength(name, s) for s in v]
+    if not grid:
+        raise value_error(name, "a non-empty list", list(v))
+    return grid
+
+
+def _penalty(name: str, v: Any) -> Penalty:
+    supported = (
+        "one of " + ", ".join(repr(p) for p in STACKABLE) + " (the penalties a sweep stacks)"
+    )
+    try:
+        pen = v if isinstance(v, Penalty) else get(v, 1.0) if isinstance(v, str) else get(v)
+    except TypeError:  # a penalty that needs more than a strength (l2sp's reference)
+        if isinstance(v, (str, Mapping)):
+            raise value_error(name, supported, v) from None
+        raise
+    if pen.name not in STACKABLE:
+        raise value_error(name, supported, pen.name)
+    return pen
+
+
+def _refit_rule(name: str, v: Any) -> str | bool:
+    if v is None or v is False:
+        return False
+    if isinstance(v, str) and v in ("best", "1se"):
+        return v
+    raise value_error(name, "'best', '1se' or False", v)
+
+
+def _resume(name: str, v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise type_error(name, "the state of a SweepInterrupted (a dict) or None", v)
+    missing = [k for k in ("settings", "strengths", "chunk_size", "records") if k not in v]
+    if missing:
+        raise described_error(name, "the state of a SweepInterrupted", f"a dict missing {missing}")
+    return dict(v)
+
+
+def check_device(name: str | Any, device: Any = None) -> torch.device:
+    """``device`` as a ``torch.device`` that this machine can train on (``check_device(dev)``
+    or ``check_device(name, dev)``)."""
+    if device is None:
+        name, device = "device", name
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise value_error(name, "a torch device such as 'cpu' or 'cuda'", device) from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available()}
+    if dev.type not in usable:
+        raise value_error(name, "'cpu' or 'cuda' (a sweep trains on one of these)", device)
+    if not usable[dev.type]:
+        raise value_error(name, "available (this torch build or machine has no CUDA)", device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise value_error(name, f"one of {torch.cuda.device_count()} CUDA devices", device)
+    return dev
+
+
+#: One checker per argument of :func:`sweep`, in the spirit of scikit-learn's
+#: ``_parameter_constraints``: ``check(name, value)`` returns the value to use or raises
+#: ``TypeError`` / ``ValueError`` naming the argument and repeating the value.
+PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
+    "strengths": _optional(_strengths),
+    "penalty": _penalty,
+    "loss": _optional(_choice(_MSE, _CE)),
+    "folds": _int(2),
+    "epochs": _int(1),
+    "batch_size": _optional(_int(1)),
+    "optimizer": _choice("adam", "sgd"),
+    "lr": check_positive,
+    "mode": _optional(_choice("grad", "decoupled", "proximal")),
+    "vectorize": _bool,
+    "seed": _int(0, MAX_SEED),
+    "progress": _bool,
+    "early_stopping": _optional(_int(1)),
+    "standardize": _bool,
+    "refit": _refit_rule,
+    "max_memory_mb": check_positive,
+    "resume": _resume,
+    "forward": _choice("auto", "bmm", "vmap"),
+    "device": check_device,
+    "on_chunk": _optional(_callable),
+}
+
+
+# ---------------------------------------------------------------------------- validate
+@dataclass
+class Validated:
+    """Checked arguments of one sweep: the data as arrays, the loss (inferred when it was
+    None), the strength grid, the penalty object and its mode, and every other option."""
+
+    X: np.ndarray
+    y: np.ndarray
+    loss: str
+    grid: list[float]
+    penalty: Penalty
+    mode: str
+    options: dict[str, Any]
+    n_out: int = 0
+    fingerprint: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def validate(make_model: Any, data: Any, **options: Any) -> Validated:
+    """Check every argument of :func:`sweep` (same keywords and defaults) once, and the
+    data against them; return the values to use. The command line calls this before it
+    creates its output folder, so a bad argument never leaves a folder behind.
+
+    >>> import numpy as np
+    >>> v = validate(lambda: torch.nn.Linear(2, 1), (np.ones((4, 2)), [0.5, 1.5, 2.5, 3.5]),
+    ...              folds=2)
+    >>> v.loss, v.mode, len(v.grid)
+    ('mse', 'grad', 13)
+    >>> validate(lambda: torch.nn.Linear(2, 1), (np.ones((4, 2)), [1.0, 2, 3, 4]), epochs=0)
+    Traceback (most recent call last):
+    ValueError: epochs must be an integer >= 1, got 0
+    """
+    if not callable(make_model) or isinstance(make_model, nn.Module):
+        raise type_error(
+            "make_model", "a callable returning a fresh nn.Module (e.g. lambda: Net())", make_model
+        )
+    unknown = sorted(set(options) - set(PARAMETER_CONSTRAINTS))
+    if unknown:
+        raise TypeError(f"sweep() got unexpected keyword arguments {unknown}")
+    opts = {**_DEFAULTS, **options}
+    opts = {k: PARAMETER_CONSTRAINTS[k](k, v) for k, v in opts.items()}
+    X, y, loss = _check_data(data, opts["loss"])
+    if opts["folds"] > len(X):
+        raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
+    pen = opts["penalty"]
+    mode = opts["mode"] or ("grad" if pen.name == "l2" else "proximal")
+    grid = default_strengths() if opts["strengths"] is None else opts["strengths"]
+    n_out = _check_model(make_model, X, y, loss)
+    return Validated(X, y, loss, grid, pen, mode, opts, n_out, _fingerprint(X, y))
+
+
 def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
     if isinstance(v, torch.Tensor):
-        v = v.detach().cpu().numpy()
+        v = v.detach().cpu().resolve_conj().numpy()
     try:
         a = np.asarray(v)
-    except Exception as e:  # pragma: no cover - exotic inputs
-        raise type_error(name, "an array", v) from e
+    except Exception as e:  # ragged lists and other exotic inputs
+        raise type_error(name, "an array", type(v).__name__) from e
     if labels and a.dtype.kind in "USb":  # class labels may be text
         return a
+    if a.dtype.kind == "c":
+        raise described_error(name, "real (not complex)", f"dtype {a.dtype}")
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise TypeError(f"{name} must be a numeric array, got an array of dtype {a.dtype}")
+        raise described_error(name, "a numeric array", f"an array of dtype {a.dtype}")
     return a
 
 
+def _check_data(data: Any, loss: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(X, y)`` as arrays, and the loss: ``None`` infers it as the command line does
+    (text, boolean or at most 10 distinct integer values: classification)."""
+    from ..data import infer_task
+
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise type_error("data", "a pair (X, y)", type(data).__name__)
+    X, y = _as_array("X", data[0]), _as_array("y", data[1], labels=loss != _MSE)
+    if X.ndim != 2:
+        raise described_error("X", "a 2-D array (rows, features)", f"shape {X.shape}")
+    if y.ndim == 0 or len(y) != len(X):
+        got = f"{len(y)} rows" if y.ndim else f"shape {y.shape}"
+        raise described_error("y", f"of the same length as X ({len(X)} rows)", got)
+    if not np.isfinite(X).all():
+        raise described_error("X", "finite (no NaN or inf)", "non-finite values")
+    if y.dtype.kind in "biuf" and y.size and np.all(y.reshape(len(y), -1) == y.reshape(-1)[0]):
+        raise described_error("y", "non-constant", f"every value {y.reshape(-1)[0].item()!r}")
+    looks_like_classes = y.ndim == 1 and infer_task(y) == "classification"
+    if loss is None:
+        loss = _CE if looks_like_classes else _MSE
+    elif loss == _MSE and looks_like_classes and y.dtype.kind in "biuf":
+        warnings.warn(
+            f"y holds {len(np.unique(y))} distinct integer values: if these are classes, use "
+            "loss='cross_entropy' (loss=None infers it)",
+            UserWarning,
+            stacklevel=4,
+        )
+    if loss == _CE:
+        return X, _check_labels(y), loss
+    if y.dtype.kind not in "biuf":
+        raise described_error("y", "numeric for loss='mse'", f"dtype {y.dtype}")
+    y64 = y.astype(np.float64)
+    if not np.isfinite(y64).all():
+        raise described_error("y", "finite (no NaN or inf)", "non-finite values")
+    if np.all(np.ptp(y64.reshape(len(y), -1), axis=0) == 0):
+        raise described_error("y", "not constant in every column", "constant columns")
+    return X, y64, loss
+
+
+def _check_labels(y: np.ndarray) -> np.ndarray:
+    if y.ndim != 1:
+        raise described_error("y", "1-D class labels for loss='cross_entropy'", f"shape {y.shape}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise described_error("y", "class labels (no NaN or inf)", "non-finite values")
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise described_error(
+            "y", "labels of at least 2 classes for cross_entropy", f"only {classes.tolist()!r}"
+        )
+    return y
+
+
+def _check_model(make_model: Callable[[], Any], X: np.ndarray, y: np.ndarray, loss: str) -> int:
+    """Build one model and run it on two rows: it must be an ``nn.Module`` with trainable
+    parameters taking X's width and giving one output per class (or target column)."""
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"make_model must return an nn.Module, got {model!r}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise described_error("make_model", "a model with trainable parameters", repr(model))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model.eval()(torch.zeros(2, X.shape[1]))
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise described_error(
+            "X", "of a width the model accepts", f"{X.shape[1]} columns ({msg})"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != 2:
+        raise described_error("make_model", "a model whose output is (rows, outputs)",
+                              f"output {getattr(out, 'shape', type(out).__name__)}")  # fmt: skip
+    width = 1 if out.ndim == 1 else out.shape[1]
+    if loss == _CE:
+        k = len(np.unique(y))
+        if width < k:
+            raise described_error("make_model", f"a model with one output per class ({k})",
+                                  f"{width} outputs")  # fmt: skip
+    elif width != (1 if y.ndim == 1 else y.shape[1]):
+        want = 1 if y.ndim == 1 else y.shape[1]
+        raise described_error("make_model", f"a model with {want} outputs (y's columns)",
+                              f"{width} outputs")  # fmt: skip
+    return width
+
+
+def _fingerprint(X: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of the data's values, shapes and dtypes: a resume must see the same data."""
+    h = hashlib.sha256()
+    for a in (X, y):
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- plan
+@dataclass
+class _Plan:
+    engine: Engine
+    tasks: list[Task]
+    chunk_size: int
+    settings: dict[str, Any]
+    meta: dict[str, Any]
+    grid: list[float]
+    folds: int
+
+
 def _prepare(
-    X: np.ndarray,
-    y: np.ndarray,
-    loss: str,
-    folds: int,
-    seed: int,
-    standardize: bool,
+    X: np.ndarray, y: np.ndarray, loss: str, folds: int, seed: int, standardize: bool
 ) -> tuple[Problem, dict[str, Any]]:
+    """Folds (stratified for classification) plus the all-rows refit "fold", each with its
+    own standardization statistics fitted on its training rows only."""
     n = len(X)
-    if loss == "cross_entropy":
+    if loss == _CE:
         classes, y_codes = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"y must have at least 2 classes for cross_entropy, got {classes.tolist()}"
-            )
         splits = stratified_kfold(y_codes, folds, seed)
     else:
-        classes = None
-        splits = kfold(n, folds, seed)
-    splits = [*splits, (np.arange(n), np.array([], dtype=np.int64))]  # the refit "fold"
+        classes, splits = None, kfold(n, folds, seed)
+    splits = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
+    Y2 = None if loss == _CE else y.reshape(n, -1)
     xs, ys, scales, stats = [], [], [], []
-    Y2 = None if loss == "cross_entropy" else (y.reshape(n, -1).astype(np.float64))
     for tr, _ in splits:
         sx = Standardizer(X[tr] if standardize else np.zeros((1, X.shape[1])))
         xs.append(sx.transform(X))
+        sy = None
         if Y2 is not None:
-            sy = Standardizer(Y2[tr]) if standardize else Standardizer(np.zeros((1, Y2.shape[1])))
+            sy = Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])))
             ys.append(sy.transform(Y2))
-            scales.append(sy.std)
-            stats.append((sx, sy))
-        else:
-            scales.append(np.ones(1))
-            stats.append((sx, None))
-    if Y2 is not None:
-        Y = torch.tensor(np.stack(ys), dtype=torch.float32)
-    else:
-        Y = torch.tensor(y_codes, dtype=torch.long)
+        scales.append(np.ones(1) if sy is None else sy.std)
+        stats.append((sx, sy))
+    f32 = torch.float32
     problem = Problem(
-        X=torch.tensor(np.stack(xs), dtype=torch.float32),
-        Y=Y,
-        y_scale=torch.tensor(np.stack(scales), dtype=torch.float32),
+        X=torch.tensor(np.stack(xs), dtype=f32),
+        Y=torch.tensor(y_codes) if Y2 is None else torch.tensor(np.stack(ys), dtype=f32),
+        y_scale=torch.tensor(np.stack(scales), dtype=f32),
         train_idx=[s[0] for s in splits],
         val_idx=[s[1] for s in splits],
         loss=loss,
@@ -112,13 +404,13 @@ def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> in
     """Models per chunk so that parameters, gradients, optimizer state, copies and
     activations of a chunk fit in ``budget_mb``."""
     n_params = sum(p.numel() for p in engine.base.parameters())
-    acts = []
+    acts: list[int] = []
     hooks = [
         m.register_forward_hook(lambda m, i, o: acts.append(o.numel()))
         for m in engine.base.modules()
     ]
     try:
-        with torch.no_grad(), engine._mode(False):
+        with torch.no_grad(), engine.train_mode(False):
             engine.base(engine.problem.X[0, :2])
     except Exception:  # a model that cannot run one row: assume activations ~ parameters
         acts = [n_params]
@@ -129,13 +421,232 @@ def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> in
     return max(1, int(budget_mb * 2**20 // per_model))
 
 
+def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
+    """Folds, the engine, one task per (strength, fold) and the chunk size."""
+    o = v.options
+    problem, meta = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"])
+    dev = o["device"]
+    problem.X, problem.Y, problem.y_scale = (
+        t.to(dev) for t in (problem.X, problem.Y, problem.y_scale)
+    )
+    engine = Engine(make_model, problem, v.penalty, epochs=o["epochs"],
+                    batch_size=o["batch_size"], optimizer=o["optimizer"], lr=o["lr"],
+                    mode=v.mode, seed=o["seed"], early_stopping=o["early_stopping"],
+                    forward=o["forward"], device=dev)  # fmt: skip
+    tasks = [Task(i, k, s) for i, s in enumerate(v.grid) for k in range(o["folds"])]
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": len(v.X),
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "forward": engine.forward_kind,
+    }
+    size = 1
+    if o["vectorize"]:
+        size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, len(v.X))
+    _, world_size = world()
+    if world_size > 1:  # under torchrun: every rank gets a share of the grid
+        size = min(size, -(-len(tasks) // world_size))
+    return _Plan(engine, tasks, size, settings, meta, v.grid, o["folds"])
+
+
+# ---------------------------------------------------------------------------- resume
+def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings that must match for a resume (not the chunking or the forward kind)."""
+    skip = ("chunk_size", "chunks", "forward", "world_size")
+    return {k: v for k, v in settings.items() if k not in skip}
+
+
+def _state(plan: _Plan, done: dict[tuple[int, int], Record], snapshot: Any) -> dict[str, Any]:
+    """What ``resume=`` takes: settings, grid, chunk size, finished records keyed by
+    (strength index, fold), and the snapshot of the chunk in progress (tagged with its
+    tasks, so it can only ever continue that chunk)."""
+    return {
+        "settings": _comparable(plan.settings),
+        "strengths": plan.grid,
+        "chunk_size": plan.chunk_size,
+        "records": [done[k].to_dict() for k in sorted(done)],
+        "snapshot": snapshot,
+    }
+
+
+def _restore(plan: _Plan, resume: dict[str, Any]) -> tuple[dict, Any]:
+    """Records and snapshot of ``resume`` after checking it belongs to this sweep."""
+    if world()[1] > 1:
+        raise ValueError("resume is not supported under torch.distributed; resume in one process")
+    if _comparable(resume["settings"]) != _comparable(plan.settings) or list(
+        resume["strengths"]
+    ) != list(plan.grid):
+        raise ValueError("resume must come from a sweep with the same data and settings")
+    size = resume["chunk_size"]
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise described_error("resume", "a sweep state", f"chunk_size {size!r}")
+    plan.chunk_size = int(size)
+    done: dict[tuple[int, int], Record] = {}
+    try:
+        for r in resume["records"]:
+            rec = Record(**r)
+            if not (0 <= rec.i < len(plan.grid) and 0 <= rec.fold < plan.folds):
+                raise ValueError(f"record for strength index {rec.i}, fold {rec.fold}")
+            done[(rec.i, rec.fold)] = rec  # keyed: a duplicate replaces, never adds
+    except (TypeError, ValueError) as e:
+        raise described_error("resume", "a sweep state", f"bad records ({e})") from None
+    return done, resume.get("snapshot")
+
+
+# ---------------------------------------------------------------------------- run
+def _keys(tasks: list[Task]) -> list[list[int]]:
+    return [[t.i, t.fold] for t in tasks]
+
+
+def _run_chunks(
+    plan: _Plan,
+    done: dict[tuple[int, int], Record],
+    snap: Any,
+    progress: bool,
+    on_chunk: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Train the tasks not in ``done``, chunk after chunk, adding their records to
+    ``done``; a snapshot continues only the chunk it was taken in. On Ctrl-C raise
+    :class:`SweepInterrupted` with the state so far."""
+    rank, world_size = world()
+    todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
+    chunks = [todo[j : j + plan.chunk_size] for j in range(0, len(todo), plan.chunk_size)]
+    mine = chunks[rank::world_size]
+    epochs = plan.engine.epochs
+    skipped = -(-len(plan.tasks) // plan.chunk_size) - len(chunks)
+    bar = _progress(progress and rank == 0, total=(skipped + len(mine)) * epochs,
+                    initial=skipped * epochs)  # fmt: skip
+    current: dict[str, Any] = {"snapshot": None}
+
+    def on_epoch(epoch: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+        current["snapshot"] = {"tasks": current["tasks"], **snapshot()}
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if on_chunk is not None:  # the state before the first model (and after a resume)
+            on_chunk(_state(plan, done, snap))
+        for chunk in mine:
+            current.update(tasks=_keys(chunk), snapshot=None)
+            use = snap if snap is not None and snap.get("tasks") == current["tasks"] else None
+            if use is not None and bar is not None:
+                bar.update(use["epoch"])
+            recs, _ = plan.engine.run(chunk, state=use, on_epoch=on_epoch)
+            snap = current["snapshot"] = None
+            if bar is not None and plan.engine.early_stopping and recs:
+                bar.update(epochs - len(recs[0].history["val"]))
+            done.update(((r.i, r.fold), r) for r in recs)
+            if on_chunk is not None:
+                on_chunk(_state(plan, done, None))
+    except KeyboardInterrupt:
+        raise SweepInterrupted(
+            _state(plan, done, current["snapshot"]), _result(plan, done)
+        ) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _result(plan: _Plan, done: dict[tuple[int, int], Record]) -> SweepResult:
+    settings = {**plan.settings, "chunk_size": plan.chunk_size}
+    settings["chunks"] = -(-len(plan.tasks) // plan.chunk_size)
+    result = SweepResult(plan.grid, plan.folds, [done[k] for k in sorted(done)], settings)
+    if not hasattr(type(result), "loss"):  # SweepResult may grow a property for it
+        result.loss = plan.settings["loss"]
+    return result
+
+
+def _gather(done: dict[tuple[int, int], Record]) -> None:
+    """Under torchrun, every rank ends with every rank's records."""
+    gathered = all_gather_objects([r.to_dict() for r in done.values()])
+    done.update(((d["i"], d["fold"]), Record(**d)) for part in gathered for d in part)
+
+
+def _finish(plan: _Plan, done: dict[tuple[int, int], Record], refit: str | bool) -> SweepResult:
+    """The result; with ``refit``, one model trained on all rows at the chosen strength."""
+    result = _result(plan, done)
+    if world()[1] > 1:
+        result.settings["world_size"] = world()[1]
+    if refit:
+        result.refit = refit
+        try:
+            result.model = _refit(plan, result)
+        except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
+            raise SweepInterrupted(_state(plan, done, None), result) from None
+    return result
+
+
+def _refit(plan: _Plan, result: SweepResult) -> nn.Module:
+    """Train one model on all rows at the chosen strength (for the median best epoch count
+    of its folds when early stopping was on); return it on the CPU, taking raw inputs."""
+    engine = plan.engine
+    s = result.chosen_strength
+    k = result.folds  # the all-rows "fold"
+    i = result.strengths.index(s)
+    epochs = engine.epochs
+    if engine.early_stopping:
+        epochs = int(np.median([r.best_epoch for r in result.records if r.i == i])) + 1
+    _, params = engine.run([Task(i, k, s)], epochs=epochs, early_stopping=False)
+    model = engine.build_model(k)  # on the CPU
+    model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
+    sx, sy = plan.meta["stats"][k]
+    f32 = torch.float32
+    return StandardizedModel(
+        model,
+        torch.tensor(sx.mean, dtype=f32),
+        torch.tensor(sx.std, dtype=f32),
+        None if sy is None else torch.tensor(sy.mean, dtype=f32),
+        None if sy is None else torch.tensor(sy.std, dtype=f32),
+    ).eval()
+
+
+def _progress(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar without it
+        return None
+    return tqdm(total=total, initial=initial, desc="sweep", unit="epoch", leave=False)
+
+
+# ---------------------------------------------------------------------------- sweep
+_DEFAULTS: dict[str, Any] = {
+    "strengths": None,
+    "penalty": "l2",
+    "loss": None,
+    "folds": 5,
+    "epochs": 100,
+    "batch_size": 64,
+    "optimizer": "adam",
+    "lr": 1e-2,
+    "mode": None,
+    "vectorize": True,
+    "seed": 0,
+    "progress": True,
+    "early_stopping": None,
+    "standardize": True,
+    "refit": "best",
+    "max_memory_mb": 2048.0,
+    "resume": None,
+    "forward": "auto",
+    "device": "cpu",
+    "on_chunk": None,
+}
+
+
 def sweep(
     make_model: Callable[[], nn.Module],
     data: tuple[Any, Any],
     *,
     strengths: Sequence[float] | None = None,
     penalty: str | Penalty | dict = "l2",
-    loss: str = "mse",
+    loss: str | None = None,
     folds: int = 5,
     epochs: int = 100,
     batch_size: int | None = 64,
@@ -160,13 +671,17 @@ def sweep(
     Args:
         make_model: returns a fresh ``nn.Module``. Each fold's models start from the same
             initialization (seeded by ``seed`` and the fold) whatever the strength, so
-            strengths are compared on equal terms.
+            strengths are compared on equal terms. Parameters with ``requires_grad=False``
+            stay frozen.
         data: ``(X, y)``: ``X`` of shape ``(n, d)``; ``y`` of shape ``(n,)`` or ``(n, k)``
-            (regression) or integer class labels (``loss="cross_entropy"``).
+            (regression) or class labels (numbers, text or booleans).
         strengths: the grid (default :func:`default_strengths`: 1e-5 .. 10, 13 values).
         penalty: ``"l2"``, ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or such a
             penalty object (its strength is ignored) applied by the default parameter rule.
-        loss: ``"mse"`` or ``"cross_entropy"`` (folds are then stratified).
+        loss: ``"mse"``, ``"cross_entropy"`` (folds are then stratified) or ``None``
+            (default): inferred as the command line does, classification for text,
+            boolean or at most 10 distinct integer labels; recorded as ``result.loss``.
+            ``loss="mse"`` on such labels warns.
         folds: K of K-fold cross-validation (shuffled with ``seed``).
         epochs, batch_size, optimizer, lr: training (``batch_size=None``: full batch;
             ``optimizer`` ``"adam"`` or ``"sgd"`` with momentum 0.9). Mini-batches are where
@@ -176,6 +691,7 @@ def sweep(
             ``"grad"`` for L2.
         vectorize: train all models as one batched computation (``False``: one model at a
             time through the same code; same numbers up to float rounding).
+        seed: an integer in [0, 2**32 - 1] for the folds, initializations and batches.
         early_stopping: patience in epochs; each model keeps its parameters from its best
             validation epoch. ``None`` trains every model for ``epochs``.
         standardize: standardize ``X`` (and regression targets) with statistics of each
@@ -183,13 +699,18 @@ def sweep(
         refit: ``"best"``, ``"1se"`` or ``False``: retrain on all the data at
             ``best_strength`` / ``strength_1se``; ``result.model`` then takes raw ``X``.
         max_memory_mb: models are trained in chunks that fit this budget.
-        resume: the ``state`` of a :class:`SweepInterrupted` to continue from.
-        device: where the models train (``"cuda"`` on a GPU); ``result.model`` comes back
-            on the CPU.
+        resume: the ``state`` of a :class:`SweepInterrupted` to continue from; it is
+            checked against these arguments and the data (a content hash).
+        device: where the models train (``"cpu"`` or ``"cuda"``); ``result.model`` comes
+            back on the CPU.
         forward: ``"bmm"`` (hand-batched ``baddbmm``, for ``nn.Sequential`` of ``nn.Linear``
             and elementwise activations), ``"vmap"`` (``torch.func.vmap`` of
             ``functional_call``, any module) or ``"auto"`` (``bmm`` where it applies).
-        on_chunk: called with the sweep's ``state`` after each finished chunk.
+        on_chunk: called with the sweep's ``state`` before the first chunk and after each
+            finished chunk (the command line saves its checkpoint there).
+
+    Every argument is checked first by :func:`validate`: a bad one raises ``TypeError`` or
+    ``ValueError`` naming it, before any training.
 
     Returns:
         :class:`SweepResult` with ``table``, ``best_strength``, ``strength_1se``, ``model``.
@@ -198,221 +719,17 @@ def sweep(
     >>> X = torch.randn(60, 3); y = X @ torch.tensor([1.0, 0.0, -2.0]) + 0.1 * torch.randn(60)
     >>> r = tp.sweep(lambda: torch.nn.Linear(3, 1), (X, y), strengths=[1e-3, 1e-1, 10.0],
     ...              folds=3, epochs=50, lr=0.1, progress=False)
-    >>> r.best_strength < 10.0
-    True
+    >>> r.best_strength < 10.0, r.loss
+    (True, 'mse')
     """
-    if not callable(make_model) or isinstance(make_model, nn.Module):
-        raise type_error(
-            "make_model", "a callable returning a fresh nn.Module (e.g. lambda: Net())", make_model
-        )
-    loss = check_choice("loss", loss, ("mse", "cross_entropy"))
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise type_error("data", "a pair (X, y)", data)
-    X, y = _as_array("X", data[0]), _as_array("y", data[1], labels=loss == "cross_entropy")
-    if X.ndim != 2:
-        raise described_error("X", "a 2-D array (rows, features)", f"shape {X.shape}")
-    if len(y) != len(X):
-        raise described_error("y", f"of the same length as X ({len(X)} rows)", f"{len(y)} rows")
-    if not np.isfinite(X).all():
-        raise described_error("X", "finite (no NaN or inf)", "non-finite values")
-    if loss == "mse" and not np.isfinite(y.astype(np.float64)).all():
-        raise described_error("y", "finite (no NaN or inf)", "non-finite values")
-    if loss == "mse" and np.all(np.ptp(y.reshape(len(y), -1), axis=0) == 0):
-        raise described_error("y", "not constant", f"every value {y.reshape(-1)[0].item()!r}")
-    folds = check_int("folds", folds, minimum=2)
-    if folds > len(X):
-        raise value_error("folds", f"at most the number of rows ({len(X)})", folds)
-    epochs = check_int("epochs", epochs, minimum=1)
-    if batch_size is not None:
-        batch_size = check_int("batch_size", batch_size, minimum=1)
-    optimizer = check_choice("optimizer", optimizer, ("adam", "sgd"))
-    lr = check_positive("lr", lr)
-    seed = check_int("seed", seed)
-    if early_stopping is not None:
-        early_stopping = check_int("early_stopping", early_stopping, minimum=1)
-    if refit not in ("best", "1se", False, None):
-        raise value_error("refit", "'best', '1se' or False", refit)
-    check_positive("max_memory_mb", max_memory_mb)
-    grid = (
-        default_strengths()
-        if strengths is None
-        else [check_strength("strengths", s) for s in strengths]
-    )
-    if not grid:
-        raise value_error("strengths", "a non-empty list", list(strengths or []))
-    pen = (
-        penalty
-        if isinstance(penalty, Penalty)
-        else get(penalty, 1.0)
-        if isinstance(penalty, str)
-        else get(penalty)
-    )
-    if pen.name not in STACKABLE:
-        raise value_error("penalty", "one of " + ", ".join(repr(p) for p in STACKABLE), pen.name)
-    if mode is None:
-        mode = "grad" if pen.name == "l2" else "proximal"
-    mode = check_choice("mode", mode, ("grad", "decoupled", "proximal"))
-
-    dev = check_device(device)
-    problem, meta = _prepare(X, y, loss, folds, seed, standardize)
-    problem.X, problem.Y, problem.y_scale = (
-        t.to(dev) for t in (problem.X, problem.Y, problem.y_scale)
-    )
-    engine = Engine(
-        make_model,
-        problem,
-        pen,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        mode=mode,
-        seed=seed,
-        early_stopping=early_stopping,
-        forward=forward,
-        device=dev,
-    )
-    tasks = [Task(i, k, s) for i, s in enumerate(grid) for k in range(folds)]
-    settings = {
-        "penalty": pen.get_config() | {"strength": None},
-        "loss": loss,
-        "folds": folds,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "optimizer": optimizer,
-        "lr": lr,
-        "mode": mode,
-        "seed": seed,
-        "early_stopping": early_stopping,
-        "standardize": standardize,
-        "n_rows": len(X),
-        "n_features": int(X.shape[1]),
-        "forward": engine.forward_kind,
-    }
-    size = _chunk_size(engine, max_memory_mb, engine.batch_size, X.shape[0]) if vectorize else 1
-    rank, world_size = world()
-    if world_size > 1:  # under torchrun: every rank gets a share of the grid
-        size = min(size, -(-len(tasks) // world_size))
-    records: list[Record] = []
-    start_chunk, snap = 0, None
-    if resume is not None and world_size > 1:
-        raise ValueError("resume is not supported under torch.distributed; resume in one process")
-    if resume is not None:
-        if (
-            _comparable(resume.get("settings", {})) != _comparable(settings)
-            or resume.get("strengths") != grid
-        ):
-            raise ValueError("resume must come from a sweep with the same data and settings")
-        size = resume["chunk_size"]
-        records = [Record(**r) for r in resume["records"]]
-        start_chunk, snap = resume["chunk"], resume.get("snapshot")
-    chunks = [tasks[j : j + size] for j in range(0, len(tasks), size)]
-    settings["chunk_size"] = size
-    settings["chunks"] = len(chunks)
-
-    mine = [c for c in range(start_chunk, len(chunks)) if c % world_size == rank]
-    bar = _progress(
-        progress and rank == 0,
-        total=(len(mine) + start_chunk) * epochs,
-        initial=start_chunk * epochs,
-    )
-    if bar is not None and snap is not None:
-        bar.update(snap["epoch"])
-    last: dict[str, Any] = {"snapshot": snap}
-
-    def state(chunk: int, snapshot: Any) -> dict[str, Any]:
-        return {
-            "settings": _comparable(settings),
-            "strengths": grid,
-            "chunk_size": size,
-            "chunk": chunk,
-            "snapshot": snapshot,
-            "records": [r.to_dict() for r in records],
-        }
-
-    def on_epoch(epoch: int, snapshot: Callable[[], dict[str, Any]]) -> None:
-        last["snapshot"] = snapshot()
-        if bar is not None:
-            bar.update(1)
-
-    c = start_chunk
-    try:
-        for c in mine:
-            recs, _ = engine.run(chunks[c], state=snap, on_epoch=on_epoch)
-            if bar is not None and engine.early_stopping:
-                bar.update(epochs - len(recs[0].history["val"]) if recs else 0)
-            records.extend(recs)
-            snap = last["snapshot"] = None
-            if on_chunk is not None:
-                on_chunk(state(c + 1, None))
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        partial = SweepResult(grid, folds, sorted(records, key=lambda r: (r.i, r.fold)), settings)
-        raise SweepInterrupted(state(c, last["snapshot"]), partial) from None
-    if bar is not None:
-        bar.close()
-    if world_size > 1:  # gather the table on every rank
-        gathered = all_gather_objects([r.to_dict() for r in records])
-        records = [Record(**d) for part in gathered for d in part]
-        settings["world_size"] = world_size
-
-    records.sort(key=lambda r: (r.i, r.fold))
-    result = SweepResult(grid, folds, records, settings)
-    if refit:
-        result.refit = refit
-        try:
-            result.model = _refit(engine, result, meta)
-        except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
-            raise SweepInterrupted(state(len(chunks), None), result) from None
-    return result
-
-
-def check_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device`` that this machine has."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise value_error("device", "a torch device such as 'cpu' or 'cuda'", device) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise value_error("device", "available (this torch build or machine has no CUDA)", device)
-    return dev
-
-
-def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings that must match for a resume (not the chunking or the forward kind)."""
-    return {k: v for k, v in settings.items() if k not in ("chunk_size", "chunks", "forward")}
-
-
-def _refit(engine: Engine, result: SweepResult, meta: dict[str, Any]) -> nn.Module:
-    """Train one model on all rows at the chosen strength (for the median best epoch count
-    of its folds when early stopping was on); return it on the CPU, taking raw inputs."""
-    s = result.chosen_strength
-    k = result.folds  # the all-rows "fold"
-    i = result.strengths.index(s)
-    epochs = engine.epochs
-    if engine.early_stopping:
-        best = [r.best_epoch for r in result.records if r.i == i]
-        epochs = int(np.median(best)) + 1
-    _, params = engine.run([Task(i, k, s)], epochs=epochs, early_stopping=False)
-    model = engine._module(k)  # on the CPU
-    model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
-    sx, sy = meta["stats"][k]
-    f32 = torch.float32
-    return StandardizedModel(
-        model,
-        torch.tensor(sx.mean, dtype=f32),
-        torch.tensor(sx.std, dtype=f32),
-        None if sy is None else torch.tensor(sy.mean, dtype=f32),
-        None if sy is None else torch.tensor(sy.std, dtype=f32),
-    ).eval()
-
-
-def _progress(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: no bar without it
-        return None
-    return tqdm(total=total, initial=initial, desc="sweep", unit="epoch", leave=False)
+    options = {k: v for k, v in locals().items() if k in _DEFAULTS}
+    v = validate(make_model, data, **options)
+    plan = _plan(make_model, v)
+    done: dict[tuple[int, int], Record] = {}
+    snap = None
+    if v.options["resume"] is not None:
+        done, snap = _restore(plan, v.options["resume"])
+    _run_chunks(plan, done, snap, v.options["progress"], v.options["on_chunk"])
+    if world()[1] > 1:
+        _gather(done)
+    return _finish(plan, done, v.options["refit"])

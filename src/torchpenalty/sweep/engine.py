@@ -153,6 +153,7 @@ class Engine:
         base = self._module(0).to(self.device)
         self.base = base
         self.names = [n for n, _ in base.named_parameters()]
+        self.frozen = {n for n, p in base.named_parameters() if not p.requires_grad}
         self.selected = [n for n, _ in select(base)]
         self.buffers = {n: b for n, b in base.named_buffers()}
         if forward == "auto":
@@ -169,6 +170,8 @@ class Engine:
         if not isinstance(model, nn.Module):
             raise TypeError(f"make_model must return an nn.Module, got {model!r}")
         return model
+
+    build_model = _module  # public name for sweep/core.py: the model of ``fold``, on the CPU
 
     def init(self, fold: int) -> dict[str, Tensor]:
         """Initial parameters and buffers of every model of ``fold`` (the same for every
@@ -188,6 +191,8 @@ class Engine:
             yield
         finally:
             self.base.train(was)
+
+    train_mode = _mode  # public name for sweep/core.py
 
     def forward(self, state: dict[str, Tensor], x: Tensor) -> Tensor:
         """Outputs ``(M, rows, ...)`` of the M stacked models in ``state`` (parameters and
@@ -378,7 +383,9 @@ class Engine:
         folds = torch.tensor([t.fold for t in tasks], device=dev)
         strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
         params = {
-            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
+            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(
+                n not in self.frozen
+            )
             for n in self.names
         }
         buffers = {n: torch.stack([self.init(t.fold)[n] for t in tasks]) for n in self.buffers}

@@ -1,0 +1,382 @@
+"""Run folders: ``report.json``, ``checkpoint.pt``, the table, plots and the refit model,
+written so that a run survives any stop (the command line wires this to ``tp.sweep``).
+
+Fault model: every file is written atomically (a temporary file in the same folder,
+``fsync``, ``os.replace``, then ``fsync`` of the folder), so a reader sees the old file or
+the new one, never a mix, even after power loss. The checkpoint (the sweep's resume
+state) is written before ``report.json`` and both carry the same ``seq`` number: a stop
+between the two leaves a checkpoint one step ahead of the report, and a resume continues
+from the checkpoint. Records are keyed by (strength, fold), so nothing is trained twice
+or counted twice. A lock file keeps two runs out of one folder. Signals that ask a
+process to stop (SIGINT, SIGTERM, SIGHUP) are held back while a save is under way.
+
+>>> import tempfile, os
+>>> d = tempfile.mkdtemp()
+>>> write_atomic(os.path.join(d, "a.txt"), "hello")
+>>> open(os.path.join(d, "a.txt")).read()
+'hello'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = [
+    "CHECKPOINT",
+    "REPORT",
+    "RUN_FILES",
+    "ReportError",
+    "RunLock",
+    "file_sha256",
+    "holds_run",
+    "load_checkpoint",
+    "load_report",
+    "remove_temporaries",
+    "shielded",
+    "stop_signals",
+    "write_atomic",
+    "write_checkpoint",
+    "write_outputs",
+    "write_report",
+]
+
+REPORT, CHECKPOINT, MODEL, TABLE, LOCK = (
+    "report.json",
+    "checkpoint.pt",
+    "model.pt",
+    "sweep.csv",
+    ".lock",
+)
+PLOTS = ("validation.png", "norm.png", "learning.png")
+#: Files a run writes (``--overwrite`` removes these and nothing else).
+RUN_FILES = (REPORT, CHECKPOINT, MODEL, TABLE, *PLOTS)
+
+
+class ReportError(Exception):
+    """A run folder that cannot be written or read: one line for the user."""
+
+
+# ---------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Write ``path`` through a temporary file in the same folder, ``fsync`` it, rename
+    it over ``path`` and ``fsync`` the folder: a stop at any instant leaves the old file
+    or the new one. The file gets the permissions of ``open()`` (0666 less the umask).
+    Any ``OSError`` becomes a :class:`ReportError` naming the file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(folder)
+    except OSError as e:
+        raise ReportError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _fsync_dir(folder: str) -> None:
+    if os.name != "posix":  # pragma: no cover - Windows cannot open folders
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from . import __version__
+
+    return {
+        "torchpenalty": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (the data fingerprint a resume checks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checkpoint(folder: str, state: dict[str, Any], seq: int, header: dict) -> None:
+    """The sweep's resume state, tagged with ``seq`` and carrying the report's ``header``
+    (settings, data, fingerprint), so that it alone is enough to resume: it is written
+    before the report, and a stop between the two must not strand it."""
+    payload = {**state, "seq": seq, "header": header}
+    write_atomic(os.path.join(folder, CHECKPOINT), _torch_bytes(payload))
+
+
+def write_report(folder: str, result: Any, header: dict[str, Any], **extra: Any) -> None:
+    """``sweep.csv`` and ``report.json``: ``header`` (inputs, data, fingerprint), the
+    result's dict, the versions and ``extra`` (``complete``, ``seq``, ``model``...)."""
+    report = {**header, **json.loads(result.to_json()), "versions": versions(), **extra}
+    write_atomic(os.path.join(folder, TABLE), _csv_text(result.table))
+    write_atomic(os.path.join(folder, REPORT), json.dumps(report, indent=2) + "\n")
+
+
+def write_plots(folder: str, result: Any) -> None:
+    """The validation curve, the parameter norms and the learning curves as PNG files."""
+    if not result.records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name in PLOTS:
+        disp = result.plot(kind=name.removesuffix(".png"))
+        buf = io.BytesIO()
+        disp.figure_.tight_layout()
+        disp.figure_.savefig(buf, format="png", dpi=110)
+        plt.close(disp.figure_)
+        write_atomic(os.path.join(folder, name), buf.getvalue())
+
+
+def write_outputs(folder: str, result: Any, header: dict[str, Any], model_info: dict) -> None:
+    """A finished run: the refit model's state dict, the plots and the complete report;
+    then the checkpoint is no longer needed."""
+    write_atomic(os.path.join(folder, MODEL), _torch_bytes(result.model.state_dict()))
+    write_plots(folder, result)
+    write_report(folder, result, header, model=model_info)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(folder, CHECKPOINT))
+
+
+def remove_temporaries(folder: str) -> None:
+    """Remove the temporary files of writes that never finished (a process killed in the
+    middle of :func:`write_atomic`); call it only while holding the folder's lock."""
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+# ---------------------------------------------------------------------------- reading
+def holds_run(folder: str) -> bool:
+    """Whether ``folder`` holds a run (finished or not)."""
+    return any(os.path.lexists(os.path.join(folder, f)) for f in (REPORT, CHECKPOINT))
+
+
+def load_report(folder: str) -> dict[str, Any]:
+    """``report.json`` of a run folder, checked for the keys a resume needs."""
+    path = os.path.join(folder, REPORT)
+    if not os.path.lexists(path):
+        raise ReportError(f"no {REPORT} there (not a torchpenalty run folder)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except IsADirectoryError:
+        raise ReportError(f"{REPORT} is a folder, not a file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{REPORT} cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{REPORT} is not valid JSON ({e}): truncated or corrupt") from None
+    if not isinstance(report, dict) or not isinstance(report.get("inputs"), dict):
+        raise ReportError(f"{REPORT} has no 'inputs' section: not written by torchpenalty")
+    return report
+
+
+_STATE_KEYS = ("settings", "strengths", "chunk_size", "records")
+
+
+def load_checkpoint(folder: str) -> dict[str, Any]:
+    """The resume state in ``checkpoint.pt``, loaded with ``weights_only=True`` (tensors
+    and plain containers only: no code from the file ever runs)."""
+    import pickle
+
+    import torch
+
+    path = os.path.join(folder, CHECKPOINT)
+    if not os.path.lexists(path):
+        raise ReportError(f"no {CHECKPOINT} there")
+    if os.path.isdir(path):
+        raise ReportError(f"{CHECKPOINT} is a folder, not a file")
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:  # torch's message would suggest weights_only=False
+        if "Unsupported global" in str(e):
+            raise ReportError(
+                f"{CHECKPOINT} holds objects other than tensors and plain containers; "
+                "it is not loaded, since loading them could run code"
+            ) from None
+        raise ReportError(
+            f"{CHECKPOINT} is corrupt or truncated (not a sweep checkpoint)"
+        ) from None
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        if "weights_only" in first:
+            first = type(e).__name__
+        raise ReportError(f"{CHECKPOINT} is corrupt or truncated ({first})") from None
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        raise ReportError(f"{CHECKPOINT} is not a sweep checkpoint (missing keys)")
+    header = state.get("header")
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), dict):
+        raise ReportError(f"{CHECKPOINT} has no run settings (written by an older version?)")
+    return state
+
+
+# ---------------------------------------------------------------------------- locking
+class RunLock:
+    """``folder/.lock`` holding this process's id, taken with ``O_EXCL``: a second run on
+    the folder is refused; the lock of a process that no longer runs is taken over (with a
+    message on stderr)."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, LOCK)
+        self.taken = False
+
+    def __enter__(self) -> RunLock:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as e:
+                raise ReportError(f"cannot write {self.path}: {e.strerror or e}") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.taken = True
+            return self
+        raise ReportError(f"cannot take the lock {self.path}")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            with open(self.path) as f:
+                pid = int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0 and pid != os.getpid() and _alive(pid):
+            folder = os.path.dirname(self.path)
+            raise ReportError(f"{folder} is in use by another run (process {pid})")
+        print(f"torchpenalty: taking over the stale lock of process {pid or '?'} "
+              "(no longer running)", file=sys.stderr)  # fmt: skip
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.taken:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.taken = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------- signals
+STOP_SIGNALS = tuple(
+    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+)
+_received: list[int] = []
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP (what schedulers and closed terminals send) raise
+    ``KeyboardInterrupt`` as Ctrl-C does; yields the list of signals received."""
+    _received.clear()
+    if not _main_thread():
+        yield _received
+        return
+    old = {s: signal.signal(s, _raise_interrupt) for s in STOP_SIGNALS}
+    try:
+        yield _received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def shielded(interrupt_after: bool = True) -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back while a save runs; a signal that came meanwhile
+    raises ``KeyboardInterrupt`` once the save is done (with ``interrupt_after``)."""
+    if not _main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+        print("\ntorchpenalty: saving, please wait", file=sys.stderr)
+
+    old = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if pending:
+        _received.extend(pending)
+        if interrupt_after:
+            raise KeyboardInterrupt
