@@ -30,16 +30,29 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from .engine import Record
-from .folds import Standardizer
-from .result import StandardizedModel
+from .folds import Standardizer, kfold
+from .result import StandardizedModel, SweepResult
 
-__all__ = ["fit_linear", "is_linear_model", "linear_of", "ridge_solutions", "sweep_records"]
+if TYPE_CHECKING:
+    from .core import Validated
+
+__all__ = [
+    "chooses_closed_form",
+    "fit_linear",
+    "is_linear_model",
+    "linear_of",
+    "not_applicable",
+    "ridge_solutions",
+    "sweep_closed_form",
+    "sweep_records",
+]
 
 
 def linear_of(model: nn.Module) -> nn.Linear | None:
@@ -176,3 +189,71 @@ def fit_linear(
         torch.tensor(sy.mean, dtype=f32),
         torch.tensor(sy.std, dtype=f32),
     ).eval()
+
+
+# ---------------------------------------------------------------------------- tp.sweep
+def not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
+    """Why ``solver="closed_form"`` cannot serve this sweep, or None when it can: the model
+    must be one trainable ``nn.Linear`` (or an ``nn.Sequential`` of one), the penalty L2
+    and the loss mean-squared."""
+    if v.loss != "mse":
+        return f"loss='mse' (got {v.loss!r})"
+    if v.penalty.name != "l2":
+        return f"penalty='l2' (got {v.penalty.name!r})"
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    if not is_linear_model(model):
+        return "a model that is one trainable nn.Linear (or nn.Sequential of one)"
+    return None
+
+
+def chooses_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> bool:
+    """``solver="auto"``: the closed form when it applies and training would aim at the
+    same solution (L2 as a gradient term, no early stopping, no resume); ``"closed_form"``
+    insists (``ValueError`` saying what is missing); ``"train"`` never."""
+    solver = v.options.get("solver", "auto")
+    if solver == "train":
+        return False
+    why = not_applicable(make_model, v)
+    if solver == "closed_form":
+        if why is not None:
+            raise ValueError(f"solver='closed_form' needs {why}")
+        return True
+    o = v.options
+    return why is None and v.mode == "grad" and o["early_stopping"] is None and not o["resume"]
+
+
+def sweep_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
+    """The sweep's result computed exactly: the same folds, table and selection rules as
+    training, ``best_epoch`` 0, one-point learning curves, and the refit solved exactly."""
+    o = v.options
+    n = len(v.X)
+    splits = kfold(n, o["folds"], o["seed"])
+    records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
+                            fit_intercept=_has_bias(make_model))  # fmt: skip
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": n,
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "solver": "closed_form",
+    }
+    result = SweepResult(v.grid, o["folds"], records, settings)
+    if not hasattr(type(result), "loss"):
+        result.loss = v.loss
+    if o["refit"]:
+        result.refit = o["refit"]
+        with torch.random.fork_rng(devices=[]):
+            result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
+                                      standardize=o["standardize"]).eval()  # fmt: skip
+    return result
+
+
+def _has_bias(make_model: Callable[[], nn.Module]) -> bool:
+    with torch.random.fork_rng(devices=[]):
+        lin = linear_of(make_model())
+    return lin is not None and lin.bias is not None

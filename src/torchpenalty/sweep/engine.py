@@ -334,7 +334,9 @@ class Engine:
         folds = torch.tensor([t.fold for t in tasks], device=dev)
         strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
         params = {
-            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(True)
+            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(
+                n not in self.frozen
+            )
             for n in self.names
         }
         live = {**params, **{n: torch.stack([self.init(t.fold)[n] for t in tasks])

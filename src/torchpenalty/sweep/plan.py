@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from .engine import Engine, Task
 
 __all__ = ["VectorizePlan", "probe"]
@@ -75,10 +77,13 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     >>> plan.chunk_size, plan.stacked_s > 0, plan.single_s > 0
     (3, True, True)
     """
-    t0 = time.perf_counter()
     size = min(chunk_size, len(tasks))
     if size <= 1:
         return VectorizePlan(False, 1, math.nan, math.nan, 0.0, 0)
+    # torch imports its compiler stack when the first optimizer is built (seconds, once
+    # per process, paid by any training): not the probe's cost
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    t0 = time.perf_counter()
     single = engine.time_steps(tasks[:1], steps)
     stacked = engine.time_steps(tasks[:size], steps) / size
     return VectorizePlan(
