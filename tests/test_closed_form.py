@@ -140,3 +140,94 @@ def test_fit_linear_checks_the_shape():
     X, Y = data(n=20, d=4)
     with pytest.raises(ValueError, match=r"nn.Linear\(4, 1\)"):
         fit_linear(lambda: nn.Linear(3, 1), X, Y, 0.1)
+
+
+# ---------------------------------------------------------------------------- via tp.sweep
+import torchpenalty as tp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes(return_X_y=True)
+
+
+def test_sweep_auto_takes_the_closed_form_and_equals_per_fold_ridge(diabetes):
+    X, y = diabetes
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), progress=False)
+    assert r.settings["solver"] == "closed_form" and r.loss == "mse"
+    splits = kfold(len(X), 5, seed=0)
+    for rec in r.records:
+        tr, va = splits[rec.fold]
+        pipe = make_pipeline(StandardScaler(), Ridge(alpha=rec.strength * len(tr) / 2))
+        pred = pipe.fit(X[tr], y[tr]).predict(X[va])
+        assert rel(rec.val_loss, np.mean((pred - y[va]) ** 2)) < 1e-6
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=r.best_strength * len(X) / 2)).fit(X, y)
+    assert isinstance(r.model, nn.Linear)
+    ours = r.model(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()[:, 0]
+    assert rel(ours, ref.predict(X)) < 1e-4
+    assert '"solver": "closed_form"' in r.to_json()
+
+
+def test_sweep_closed_form_equals_gridsearchcv(diabetes):
+    X, y = diabetes[0][:440], diabetes[1][:440]  # 5 folds of 88: one n_train for all
+    grid = [1e-4, 1e-3, 1e-2, 0.1, 1.0]
+    r = tp.sweep(lambda: nn.Sequential(nn.Linear(10, 1)), (X, y), strengths=grid,
+                 progress=False, solver="closed_form", refit=False)  # fmt: skip
+    cv = GridSearchCV(
+        make_pipeline(StandardScaler(), Ridge()),
+        {"ridge__alpha": [s * 352 / 2 for s in grid]},
+        cv=kfold(440, 5, seed=0),
+        scoring="neg_mean_squared_error",
+    ).fit(X, y)
+    means = [row["val_loss_mean"] for row in r.table]
+    assert rel(means, -cv.cv_results_["mean_test_score"]) < 1e-6
+    assert r.best_strength == grid[cv.best_index_]
+
+
+def test_training_converges_to_the_closed_form(diabetes):
+    """An independent check that both solve the same problem: Adam, full batch, long."""
+    X, y = diabetes
+    kw = dict(strengths=[1e-3, 0.1, 1.0], folds=3, progress=False, refit=False)
+    exact = tp.sweep(lambda: nn.Linear(10, 1), (X, y), solver="closed_form", **kw)
+    trained = tp.sweep(lambda: nn.Linear(10, 1), (X, y), solver="train", epochs=1500,
+                       batch_size=None, lr=0.05, **kw)  # fmt: skip
+    assert "solver" not in trained.settings
+    vals = [[r.val_loss for r in res.records] for res in (exact, trained)]
+    np.testing.assert_allclose(vals[1], vals[0], rtol=1e-3)
+    norms = [[r.param_norm for r in res.records] for res in (exact, trained)]
+    np.testing.assert_allclose(norms[1], norms[0], rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("make", "kw", "match"),
+    [
+        (lambda: nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 1)), {},
+         r"solver='closed_form' needs a model that is one trainable nn.Linear"),
+        (lambda: nn.Linear(10, 1), {"penalty": "l1"}, r"needs penalty='l2' \(got 'l1'\)"),
+        (lambda: nn.Linear(10, 2), {"loss": "cross_entropy"},
+         r"needs loss='mse' \(got 'cross_entropy'\)"),
+    ],
+)  # fmt: skip
+def test_sweep_closed_form_refuses_what_it_cannot_solve(diabetes, make, kw, match):
+    X, y = diabetes
+    if kw.get("loss") == "cross_entropy":
+        y = (y > np.median(y)).astype(int)
+    with pytest.raises(ValueError, match=match):
+        tp.sweep(make, (X, y), solver="closed_form", progress=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"early_stopping": 3}, {"mode": "decoupled"}, {"penalty": "l1"}, {"solver": "train"}]
+)
+def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
+    X, y = diabetes
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), strengths=[0.1], folds=2,
+                 epochs=2, progress=False, refit=False, **kw)  # fmt: skip
+    assert "solver" not in r.settings and len(r.records[0].history["val"]) >= 1
+
+
+def test_solver_is_validated():
+    with pytest.raises(ValueError, match=r"solver must be one of 'auto', 'closed_form', 'train'"):
+        tp.sweep(lambda: nn.Linear(2, 1), (np.eye(4, 2), [1.0, 2, 3, 4]), solver="svd")

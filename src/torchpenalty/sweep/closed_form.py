@@ -118,9 +118,9 @@ def sweep_records(
     standardize: bool = True,
     fit_intercept: bool = True,
 ) -> list[Record]:
-    """One :class:`Record` per (strength, fold), exactly: the validation and training
-    mean-squared errors in the data's units, the weight's norm and fraction of exact zeros
-    (in standardized units, as the trained sweep reports them)."""
+    """One :class:`Record` per (strength, fold), in that order, computed exactly: the
+    validation and training mean-squared errors in the data's units, the weight's norm
+    and fraction of exact zeros (in standardized units, as the trained sweep reports)."""
     Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
     k = Y.shape[1]
     records = []
@@ -143,7 +143,7 @@ def sweep_records(
                     history={"train": [tr_loss], "val": [va_loss]},
                 )
             )
-    return records
+    return sorted(records, key=lambda r: (r.i, r.fold))  # the trained sweep's order
 
 
 def fit_linear(
