@@ -134,3 +134,23 @@ def test_time_steps_restores_the_random_state():
     torch.manual_seed(5)
     eng.time_steps([Task(0, 0, 1.0), Task(0, 1, 1.0)], steps=2)
     torch.testing.assert_close(torch.rand(3), a)
+
+
+def test_sweep_auto_vectorize_records_its_plan_and_matches_the_forced_path():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(60, 4, generator=g)
+    y = X @ torch.randn(4, generator=g) + 0.1 * torch.randn(60, generator=g)
+    make = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))  # noqa: E731
+    kw = dict(strengths=[1e-3, 0.1, 1.0], folds=3, epochs=3, progress=False, refit=False)
+    auto = tp.sweep(make, (X, y), **kw)
+    plan = auto.settings["vectorize_plan"]
+    assert plan["choice"] in ("stacked", "one at a time")
+    assert plan["stacked_s"] > 0 and plan["single_s"] > 0
+    assert plan["vectorize"] == (plan["stacked_s"] < plan["single_s"])
+    assert auto.settings["chunk_size"] == (plan["chunk_size"] if plan["vectorize"] else 1)
+    forced = tp.sweep(make, (X, y), vectorize=plan["vectorize"], **kw)
+    assert "vectorize_plan" not in forced.settings
+    np.testing.assert_allclose(
+        [r.val_loss for r in auto.records], [r.val_loss for r in forced.records], rtol=1e-5
+    )
+    assert '"vectorize_plan"' in auto.to_json()

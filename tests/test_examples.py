@@ -49,7 +49,10 @@ def test_torchrun_examples(script, last_lines):
     assert res.returncode == 0 or teardown_abort, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("script", ["benchmarks/step_overhead.py", "benchmarks/sweep_speed.py"])
+@pytest.mark.parametrize(
+    "script",
+    ["benchmarks/step_overhead.py", "benchmarks/sweep_speed.py", "benchmarks/denormal_scaling.py"],
+)
 def test_benchmarks_quick(script):
     out = run(sys.executable, script, "--quick")
     assert "x" in out
