@@ -43,7 +43,15 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 import torchpenalty as tp
+from torchpenalty.sweep import core as _core
 from torchpenalty.sweep import default_strengths
+
+try:
+    from torchpenalty.sweep.plan import VectorizePlan as _Plan
+except ImportError:  # an older torchpenalty: no probe
+    _Plan = None
+
+SWEEP_PARAMS = inspect.signature(_core.sweep).parameters
 
 
 def mlp(d: int, width: int) -> nn.Sequential:
@@ -55,12 +63,8 @@ def mlp(d: int, width: int) -> nn.Sequential:
 # ---------------------------------------------------------------------------- contenders
 def run_tp(X, y, cfg):
     kw = {}
-    if "vectorize" in inspect.signature(tp.sweep).parameters:
+    if "vectorize" in SWEEP_PARAMS and SWEEP_PARAMS["vectorize"].default == "auto":
         kw["vectorize"] = cfg.get("vectorize", "auto")
-        if kw["vectorize"] == "auto" and "auto" not in str(
-            inspect.signature(tp.sweep).parameters["vectorize"].default
-        ):
-            kw["vectorize"] = True
     r = tp.sweep(
         lambda: mlp(X.shape[1], cfg["width"]),
         (X, y),
@@ -74,7 +78,8 @@ def run_tp(X, y, cfg):
         refit="best",
         **kw,
     )
-    return r.best_strength, r.settings.get("vectorize_choice")
+    plan = r.settings.get("vectorize_plan")
+    return r.best_strength, plan and str(_Plan(**{k: v for k, v in plan.items() if k != "choice"}))
 
 
 def _scaled(X, y, tr):
@@ -218,7 +223,7 @@ def run_closed(X, y, cfg):
 
 
 def run_linear_train(X, y, cfg):
-    kw = {"solver": "train"} if "solver" in inspect.signature(tp.sweep).parameters else {}
+    kw = {"solver": "train"} if "solver" in SWEEP_PARAMS else {}
     r = tp.sweep(
         lambda: nn.Linear(X.shape[1], 1),
         (X, y),
@@ -305,7 +310,7 @@ def main(argv=None):
             med, chosen = race(pair, X, y, wcfg, repeats)
             table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
             out[(tag, w)] = med
-        if "solver" in inspect.signature(tp.sweep).parameters:
+        if "solver" in SWEEP_PARAMS:
             lcfg = dict(cfg, epochs=20 if args.quick else 1000)
             pair = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
                     run_linear_train}  # fmt: skip
