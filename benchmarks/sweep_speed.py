@@ -15,7 +15,8 @@ contenders, interleaved (one repetition of each, then the next), median of ``--r
   mini-batch, as in the torch "model ensembling" tutorial, one Adam over the stacked
   parameters (equal to one Adam per model: Adam is elementwise);
 - skorch + GridSearchCV (when skorch is installed): ``NeuralNetRegressor`` in a pipeline
-  after ``StandardScaler``, ``optimizer__weight_decay`` on the grid.
+  after ``StandardScaler``, ``optimizer__weight_decay`` on the grid (timed once unless
+  ``--skorch-repeats`` says otherwise: it is the slowest by far).
 
 Everything is timed with ``torch.set_num_threads(1)`` and with the default thread count.
 Printed: seconds (median) and each contender's time divided by ``tp.sweep``'s (the
@@ -239,12 +240,15 @@ def run_linear_train(X, y, cfg):
 
 
 # ---------------------------------------------------------------------------- timing
-def race(contenders, X, y, cfg, repeats):
-    """Median seconds of each contender, run interleaved; and the best strength each chose."""
+def race(contenders, X, y, cfg, repeats, once=()):
+    """Median seconds of each contender, run interleaved; and the best strength each chose.
+    Contenders named in ``once`` run in the first repetition only (the slowest ones)."""
     times = {name: [] for name in contenders}
     chosen = {}
-    for _ in range(repeats):
+    for rep in range(repeats):
         for name, fn in contenders.items():
+            if rep and name in once:
+                continue
             t0 = time.perf_counter()
             chosen[name] = fn(X, y, cfg)
             times[name].append(time.perf_counter() - t0)
@@ -268,6 +272,9 @@ def main(argv=None):
     ap.add_argument("--wide-epochs", type=int, default=10, help="epochs at widths 256, 1024")
     ap.add_argument("--widths", default="256,1024", help="wide MLPs against the plain loop")
     ap.add_argument("--no-skorch", action="store_true", help="leave skorch out (slow)")
+    ap.add_argument("--skorch-repeats", type=int, default=1, help="skorch runs (1 or repeats)")
+    ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs")
+    ap.add_argument("--no-linear", action="store_true", help="leave out the closed-form table")
     ap.add_argument("--threads", default="1,default", help="thread settings to time")
     args = ap.parse_args(argv)
     X, y = load_diabetes(return_X_y=True)
@@ -301,16 +308,18 @@ def main(argv=None):
     for n in dict.fromkeys(counts):  # in order, without repeats
         torch.set_num_threads(n)
         tag = f"{n} thread{'s' if n > 1 else ''}"
-        med, chosen = race(contenders, X, y, cfg, repeats)
-        table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
-        out[(tag, 32)] = med
+        if not args.only_wide:
+            once = () if args.skorch_repeats > 1 else ("skorch + GridSearchCV",)
+            med, chosen = race(contenders, X, y, cfg, repeats, once)
+            table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
+            out[(tag, 32)] = med
         for w in widths:
             wcfg = dict(cfg, width=w, epochs=args.wide_epochs)
             pair = {"tp.sweep": run_tp, "plain loop": run_loop}
             med, chosen = race(pair, X, y, wcfg, repeats)
             table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
             out[(tag, w)] = med
-        if "solver" in SWEEP_PARAMS:
+        if "solver" in SWEEP_PARAMS and not args.no_linear:
             lcfg = dict(cfg, epochs=20 if args.quick else 1000)
             pair = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
                     run_linear_train}  # fmt: skip
