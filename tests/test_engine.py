@@ -154,3 +154,69 @@ def test_sweep_auto_vectorize_records_its_plan_and_matches_the_forced_path():
         [r.val_loss for r in auto.records], [r.val_loss for r in forced.records], rtol=1e-5
     )
     assert '"vectorize_plan"' in auto.to_json()
+
+
+# ---------------------------------------------------------------------------- any data, any loss
+def image_problem(loss, n=40, k=3):
+    """Digit-like 1x6x6 images (no standardization: one copy per fold is a view)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % k
+    X = torch.randn(n, 1, 6, 6, generator=g) + labels.view(n, 1, 1, 1).float()
+    rows = np.arange(n)
+    half = [rows[rows % 2 == 0], rows[rows % 2 == 1]]
+    return Problem(X.unsqueeze(0).expand(3, *X.shape), labels, torch.ones(3, 1),
+                   [half[0], half[1], rows], [half[1], half[0], rows[:0]], loss)  # fmt: skip
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+def image_engine(loss, **kw):
+    return Engine(cnn, image_problem(loss), tp.L2(1.0), epochs=3, batch_size=8,
+                  optimizer="adam", lr=0.01, mode="grad", seed=0, early_stopping=None, **kw)  # fmt: skip
+
+
+TASKS = [Task(i, k, s) for i, s in enumerate([1e-3, 0.1, 1.0]) for k in range(2)]
+
+
+def test_images_vectorized_equal_one_at_a_time():
+    eng = image_engine("cross_entropy")
+    assert eng.forward_kind == "vmap"
+    together, _ = eng.run(TASKS)
+    alone = [eng.run([t])[0][0] for t in TASKS]
+    np.testing.assert_allclose([r.val_loss for r in together], [r.val_loss for r in alone],
+                               rtol=1e-4)  # fmt: skip
+    assert all(r.val_accuracy is not None for r in together)
+
+
+def test_callable_loss_equals_the_named_one():
+    """``loss=F.cross_entropy`` (a callable returning the mean) gives the same models and
+    validation losses as ``loss="cross_entropy"``, padding rows masked in both."""
+    named, _ = image_engine("cross_entropy").run(TASKS)
+    given, _ = image_engine(nn.functional.cross_entropy).run(TASKS)
+    np.testing.assert_allclose([r.val_loss for r in given], [r.val_loss for r in named],
+                               rtol=1e-5)  # fmt: skip
+    assert all(r.val_accuracy is None for r in given)
+
+
+def test_callable_loss_multi_output_regression():
+    g = torch.Generator().manual_seed(0)
+    n = 30
+    X = torch.randn(n, 4, generator=g)
+    Y = X @ torch.randn(4, 2, generator=g)
+    rows = np.arange(n)
+    folds = [rows[:15], rows[15:], rows]
+    vals = [rows[15:], rows[:15], rows[:0]]
+
+    def problem(loss, y):
+        return Problem(X.unsqueeze(0).expand(3, n, 4), y, torch.ones(3, 2), folds, vals, loss)
+
+    make = lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))  # noqa: E731
+    kw = dict(epochs=3, batch_size=8, optimizer="adam", lr=0.01, mode="grad", seed=0,
+              early_stopping=None)  # fmt: skip
+    named, _ = Engine(make, problem("mse", Y.unsqueeze(0).expand(3, n, 2)), tp.L2(1.0),
+                      **kw).run(TASKS)  # fmt: skip
+    given, _ = Engine(make, problem(nn.functional.mse_loss, Y), tp.L2(1.0), **kw).run(TASKS)
+    np.testing.assert_allclose([r.val_loss for r in given], [r.val_loss for r in named],
+                               rtol=1e-5)  # fmt: skip

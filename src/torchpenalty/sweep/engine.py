@@ -50,12 +50,12 @@ class Problem:
     """Data prepared once: ``X[f]`` is the whole data standardized with fold ``f``'s
     training statistics (fold ``K`` = all rows, for the refit)."""
 
-    X: Tensor  # (K+1, n, d)
-    Y: Tensor  # (K+1, n, out) float for mse, (n,) long for cross_entropy
+    X: Tensor  # (K+1, n, ...): rows of any shape (tabular, images, token ids)
+    Y: Tensor  # (K+1, n, out) float for mse; (n,) long for cross_entropy; (n, ...) else
     y_scale: Tensor  # (K+1, out): multiply standardized errors back to the data's units
     train_idx: list[np.ndarray]  # K+1 entries
     val_idx: list[np.ndarray]  # K+1 entries (the refit's is empty)
-    loss: str
+    loss: str | Callable[[Tensor, Tensor], Tensor]  # or (output, target) -> mean loss
     n_max: int = 0
 
     def __post_init__(self) -> None:
@@ -157,7 +157,8 @@ class Engine:
         self.selected = [n for n, _ in select(base)]
         self.buffers = {n: b for n, b in base.named_buffers()}
         if forward == "auto":
-            forward = "bmm" if _is_stackable_mlp(base) and not self.buffers else "vmap"
+            tabular = problem.X.ndim == 3  # (folds, rows, features)
+            forward = "bmm" if _is_stackable_mlp(base) and not self.buffers and tabular else "vmap"
         if forward == "bmm" and not _is_stackable_mlp(base):
             raise ValueError("forward='bmm' needs an nn.Sequential of Linear and activations")
         self.forward_kind = forward
@@ -196,7 +197,7 @@ class Engine:
 
     def forward(self, state: dict[str, Tensor], x: Tensor) -> Tensor:
         """Outputs ``(M, rows, ...)`` of the M stacked models in ``state`` (parameters and
-        buffers) on their inputs ``x`` of shape ``(M, rows, features)``."""
+        buffers) on their inputs ``x`` of shape ``(M, rows, ...)``."""
         params = {n: state[n] for n in self.names}
         if self.forward_kind == "bmm":
             h = x
@@ -252,6 +253,18 @@ class Engine:
         return idx.to(self.device), mask.to(self.device)
 
     def _row_losses(self, out: Tensor, y: Tensor) -> Tensor:
+        """Loss of every row ``(M, rows)``. A callable loss ``(output, target) -> mean``
+        is applied to each row alone (``torch.func.vmap`` over models and rows), so padded
+        rows can be masked out; it must be written with torch operations vmap supports."""
+        if callable(self.problem.loss):
+            from torch.func import vmap
+
+            fn = self.problem.loss
+
+            def one(o: Tensor, t: Tensor) -> Tensor:
+                return fn(o.unsqueeze(0), t.unsqueeze(0))
+
+            return vmap(vmap(one))(out, y)
         if self.problem.loss == "cross_entropy":
             m, b = out.shape[:2]
             return nn.functional.cross_entropy(
@@ -263,7 +276,7 @@ class Engine:
 
     def _gather(self, folds: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = self.problem.X[folds[:, None], idx]
-        if self.problem.loss == "cross_entropy":
+        if self.problem.loss != "mse":  # targets shared by every fold (not standardized)
             return x, self.problem.Y[idx]
         return x, self.problem.Y[folds[:, None], idx]
 
@@ -280,7 +293,9 @@ class Engine:
             acc = None
         else:
             rows = self._row_losses(out, y)
-            acc = _masked_mean((out.argmax(-1) == y).float(), mask)
+            acc = None
+            if self.problem.loss == "cross_entropy":
+                acc = _masked_mean((out.argmax(-1) == y).float(), mask)
         return _masked_mean(rows, mask), acc
 
     @torch.no_grad()
