@@ -231,3 +231,22 @@ def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
 def test_solver_is_validated():
     with pytest.raises(ValueError, match=r"solver must be one of 'auto', 'closed_form', 'train'"):
         tp.sweep(lambda: nn.Linear(2, 1), (np.eye(4, 2), [1.0, 2, 3, 4]), solver="svd")
+
+
+def test_linear_probe_recipe(diabetes):
+    """The README recipe: features of a frozen backbone, then the exact sweep of a linear
+    head on them; equals Ridge on the same features."""
+    X, y = diabetes
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(10, 64), nn.Tanh()).eval()
+    with torch.no_grad():
+        feats = backbone(torch.tensor(X, dtype=torch.float32)).numpy()
+    r = tp.sweep(lambda: nn.Linear(64, 1), (feats, y), progress=False)
+    assert r.settings["solver"] == "closed_form"
+    probe = nn.Sequential(backbone, r.model)  # raw X in, prediction out
+    s = r.best_strength
+    f64 = feats.astype(np.float64)
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=s * len(X) / 2)).fit(f64, y)
+    ours = probe(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()[:, 0]
+    # float32 features and weights: errors small against the spread of the predictions
+    assert np.max(np.abs(ours - ref.predict(f64))) < 1e-3 * np.std(y)
