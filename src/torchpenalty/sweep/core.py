@@ -459,7 +459,8 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     size = 1
     if o["vectorize"]:
         size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, len(v.X))
-    if o["vectorize"] == "auto" and o["resume"] is None:  # a resume keeps its chunking
+    # a resume keeps its chunking; under torchrun every rank must chunk alike: no probe
+    if o["vectorize"] == "auto" and o["resume"] is None and world()[1] == 1:
         choice = probe(engine, tasks, size)
         size = choice.chunk_size if choice.vectorize else 1
         settings["vectorize_plan"] = choice.to_dict()
