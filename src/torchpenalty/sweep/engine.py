@@ -330,20 +330,28 @@ class Engine:
             return torch.optim.Adam(params, lr=self.lr, **fast)
         return torch.optim.SGD(params, lr=self.lr, momentum=0.9, **fast)
 
-    def _step(self, live, opt, sel, strengths, folds, idx, mk) -> tuple[Tensor, Tensor]:
+    def _step(self, live, opt, sel, strengths, folds, idx, mk) -> Tensor:
         """One optimizer step of the stacked models on the batch rows ``idx`` (M, bs) with
-        mask ``mk``; returns the detached per-row losses and the mask."""
+        mask ``mk`` (None: no padding in this batch); returns the detached summed loss of
+        each model's real rows."""
         x, y = self._gather(folds, idx)
-        with self._mode(True):
+        if self.forward_kind == "bmm":  # Linear and activations: no train/eval difference
             rows = self._row_losses(self.forward(live, x), y)
-        per_model = (rows * mk).sum(1) / mk.sum(1).clamp_min(1)
+        else:
+            with self._mode(True):
+                rows = self._row_losses(self.forward(live, x), y)
+        if mk is None:
+            per_model = rows.mean(1)
+        else:
+            rows = rows * mk
+            per_model = rows.sum(1) / mk.sum(1).clamp_min(1)
         # set_to_none: backward writes the gradients instead of adding them to zeros
         # (the in-place adds were most of a wide model's step)
         opt.zero_grad(set_to_none=True)
         per_model.sum().backward()
         _fill_missing_grads(sel)
         self._penalty_step(opt, sel, strengths)
-        return rows.detach(), mk
+        return rows.detach().sum(1)
 
     def time_steps(self, tasks: list[Task], steps: int = 3) -> float:
         """Median seconds of one training step of ``tasks`` stacked together, over
@@ -370,7 +378,8 @@ class Engine:
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 t0 = time.perf_counter()
-                self._step(live, opt, sel, strengths, folds, idx[:, b], mask[:, b])
+                mk = None if bool(mask[:, b].all()) else mask[:, b]
+                self._step(live, opt, sel, strengths, folds, idx[:, b], mk)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 times.append(time.perf_counter() - t0)
@@ -436,12 +445,12 @@ class Engine:
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
         for epoch in range(start, epochs):
             idx, mask = self.batches(tasks, epoch)
-            seen = torch.zeros(m, device=dev)
+            seen = mask.sum((1, 2))
+            padded = (~mask).any(2).any(0).tolist()  # per batch: any padding row
             total = torch.zeros(m, device=dev)
             for b in range(idx.shape[1]):
-                rows, mk = self._step(live, opt, sel, strengths, folds, idx[:, b], mask[:, b])
-                total += (rows * mk).sum(1)
-                seen += mk.sum(1)
+                mk = mask[:, b] if padded[b] else None
+                total += self._step(live, opt, sel, strengths, folds, idx[:, b], mk)
             train_loss = total / seen.clamp_min(1)
             if self.problem.loss == "mse":
                 train_loss = train_loss * scale2
