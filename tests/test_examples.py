@@ -51,7 +51,12 @@ def test_torchrun_examples(script, last_lines):
 
 @pytest.mark.parametrize(
     "script",
-    ["benchmarks/step_overhead.py", "benchmarks/sweep_speed.py", "benchmarks/denormal_scaling.py"],
+    [
+        "benchmarks/step_overhead.py",
+        "benchmarks/sweep_speed.py",
+        "benchmarks/denormal_scaling.py",
+        "benchmarks/engine_step.py",
+    ],
 )
 def test_benchmarks_quick(script):
     out = run(sys.executable, script, "--quick")
