@@ -168,6 +168,29 @@ def test_bad_npz(tmp_path, capsys):
         (["--strengths=-1,2"], r"--strengths must be a finite number >= 0, got -1.0"),
         (["--dataset", "mnist"], r"dataset must be one of"),
         (["--device", "gpu0"], r"--device must be a torch device"),
+        (
+            ["--device", "meta"],
+            r"--device must be 'cpu' or 'cuda' \(a sweep trains on one of these\), got 'meta'",
+        ),
+        (["--device", "mps"], r"--device must be 'cpu' or 'cuda' .*got 'mps'"),
+        (
+            ["--seed", "99999999999"],
+            r"--seed must be an integer in \[0, 4294967295\], got 99999999999",
+        ),
+        (["--seed", "-1"], r"--seed must be an integer >= 0, got -1"),
+        (["--target", "y"], r"--target applies to a --data file; a bundled --dataset has its own"),
+        (
+            ["--penalty", "l2sp"],
+            r"--penalty must be one of 'l2', 'l1', 'elastic_net', 'group_lasso' \(the penalties a sweep stacks\), got 'l2sp'",
+        ),
+        (
+            ["--penalty", "elastic_net", "--l1-ratio", "2"],
+            r"--l1-ratio must be a number in \[0, 1\], got 2.0",
+        ),
+        (["--epochs", "0"], r"--epochs must be an integer >= 1, got 0"),
+        (["--batch-size", "-3"], r"--batch-size must be an integer >= 1, got -3 \(0: full batch\)"),
+        (["--early-stopping", "0"], r"--early-stopping must be an integer >= 1, got 0"),
+        (["--strengths", "0,0.1,nan"], r"--strengths must be a finite number >= 0, got nan"),
     ],
 )
 def test_bad_options(capsys, tmp_path, args, match):
@@ -179,11 +202,72 @@ def test_bad_options(capsys, tmp_path, args, match):
     assert not (tmp_path / "r").exists()  # nothing written for a run that never started
 
 
-def test_unknown_option_is_an_argparse_error(capsys):
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["sweep", "--colour", "red"], "unrecognized arguments: --colour red"),
+        (["sweep", "--strengths", "-1,2"], "argument --strengths: expected one argument (for a value that starts with '-', write --option=VALUE)"),
+        (["sweep", "--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+        (["fit"], "argument COMMAND: invalid choice: 'fit'"),
+    ],
+)  # fmt: skip
+def test_argparse_errors_are_one_line(capsys, args, match):
     with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", "--colour", "red"])
+        cli.main(args)
     assert e.value.code == 2
-    assert "unrecognized arguments: --colour red" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("torchpenalty")
+    assert match in err, err
+
+
+def test_version(capsys):
+    from torchpenalty import __version__
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"torchpenalty {__version__}\n"
+
+
+def test_out_must_be_a_writable_folder(tmp_path, capsys, monkeypatch):
+    """Checked before anything trains: a file, a path under a file, a folder that cannot
+    be created or written."""
+    trained = []
+    monkeypatch.setattr(Engine, "run", lambda *a, **k: trained.append(1))
+    (tmp_path / "f").write_text("x")
+    code, _, err = run(["sweep", *QUICK, "--out", str(tmp_path / "f")], capsys)
+    assert code == 2 and f"--out {tmp_path / 'f'} is a file, not a folder" in err
+    code, _, err = run(["sweep", *QUICK, "--out", str(tmp_path / "f" / "r")], capsys)
+    assert code == 2 and "cannot create the folder (Not a directory)" in err
+    real_open = os.open
+
+    def denied(path, *a, **k):  # what a read-only folder does (root ignores chmod)
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(os, "open", denied)
+    code, _, err = run(["sweep", *QUICK, "--out", str(tmp_path / "ro")], capsys)
+    assert code == 2 and f"{tmp_path / 'ro'} is not writable (cannot create" in err, err
+    monkeypatch.setattr(os, "makedirs", lambda *a, **k: denied(str(tmp_path / "ro")))
+    code, _, err = run(["sweep", *QUICK, "--out", str(tmp_path / "ro" / "new")], capsys)
+    assert code == 2 and "cannot create the folder (Permission denied)" in err, err
+    assert not trained
+    for e in err.strip().splitlines():
+        assert e.startswith("torchpenalty: error: ")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_files_follow_the_umask(tmp_path, capsys, umask):
+    old = os.umask(umask)
+    try:
+        code, _, err = run(["sweep", *QUICK, "--epochs", "1", "--model", "linear", "--out",
+                            str(tmp_path / "r")], capsys)  # fmt: skip
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for name in os.listdir(tmp_path / "r"):
+        assert (os.stat(tmp_path / "r" / name).st_mode & 0o777) == 0o666 & ~umask, name
 
 
 def test_interrupt_then_resume(tmp_path, capsys, monkeypatch):
@@ -243,6 +327,73 @@ def test_explain_command(tmp_path, capsys, monkeypatch):
     assert code == 2 and "cannot import 'nomodule'" in err
     code, _, err = run(["explain", "mymodels:make", "--include", "enc.*"], capsys)
     assert code == 2 and "include must match at least one parameter" in err
+
+
+EXPLAIN_ERRORS = [
+    (":make", r"explain needs MODULE:FACTORY \(a dotted module name and a function name, e.g. mymodels:make\), got ':make'"),
+    (".m:make", r"explain needs MODULE:FACTORY .*got '.m:make'"),
+    ("mymodels", r"explain needs MODULE:FACTORY .*got 'mymodels'"),
+    ("mymodels:", r"explain needs MODULE:FACTORY .*got 'mymodels:'"),
+    ("mymodels:needs_args", r"mymodels:needs_args\(\) failed: TypeError: needs_args\(\) missing 1 required positional argument: 'width' \(explain calls FACTORY with no arguments\)"),
+    ("mymodels:not_a_model", r"mymodels:not_a_model\(\) must return an nn.Module, got int"),
+    ("mymodels:crashes", r"mymodels:crashes\(\) failed: ZeroDivisionError: division by zero"),
+    ("broken:make", r"cannot import 'broken': it raised RuntimeError: cannot build this"),
+    ("badsyntax:make", r"cannot import 'badsyntax': it raised SyntaxError: "),
+    ("exits:make", r"cannot import 'exits': it raised SystemExit: 3"),
+    ("nomodule:make", r"cannot import 'nomodule': No module named 'nomodule'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("target", "match"), EXPLAIN_ERRORS)
+def test_explain_errors_are_one_line(tmp_path, capsys, monkeypatch, target, match):
+    import re
+
+    (tmp_path / "mymodels.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        def needs_args(width):
+            return nn.Linear(width, 1)
+        def not_a_model():
+            return 3
+        def crashes():
+            return 1 / 0
+    """)
+    )
+    (tmp_path / "broken.py").write_text("raise RuntimeError('cannot build this')\n")
+    (tmp_path / "badsyntax.py").write_text("def make(:\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("mymodels", "broken", "badsyntax", "exits"):
+        sys.modules.pop(name, None)
+    code, _, err = run(["explain", target], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(match, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("how", ["-m", "-c"])
+def test_explain_is_not_shadowed_by_files_in_the_working_directory(tmp_path, how):
+    """A torch.py (or numpy.py) in the working directory must not run: the working
+    directory goes last on sys.path, so installed packages win."""
+    for name in ("torch", "numpy"):
+        (tmp_path / f"{name}.py").write_text(
+            f"open({str(tmp_path / (name + '.ran'))!r}, 'w').close()\nraise SystemExit('shadowed')\n"
+        )
+    (tmp_path / "mymodels.py").write_text(
+        "from torch import nn\ndef make():\n    return nn.Linear(2, 1)\n"
+    )
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    cmd = (
+        ["-m", "torchpenalty"]
+        if how == "-m"
+        else ["-c", "import sys; from torchpenalty.cli import main; sys.exit(main())"]
+    )
+    res = subprocess.run([sys.executable, *cmd, "explain", "mymodels:make"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "1 of 2 parameters regularized" in res.stdout
+    assert not list(tmp_path.glob("*.ran"))
 
 
 def test_write_atomic_leaves_old_file_when_interrupted(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ _EXPORTS = {
     "to_sklearn_lasso": "penalties",
     "to_sklearn_ridge": "penalties",
     "Regularizer": "regularizer",
+    "load_sweep": "report",
     "ExplainRow": "select",
     "explain": "select",
     "select": "select",
@@ -74,6 +75,7 @@ __all__ = [
     "from_sklearn_ridge",
     "functional",
     "get",
+    "load_sweep",
     "param_groups",
     "schedules",
     "select",
@@ -122,5 +124,6 @@ if TYPE_CHECKING:  # pragma: no cover
         to_sklearn_ridge,
     )
     from .regularizer import Regularizer
+    from .report import load_sweep
     from .select import ExplainRow, explain, select
     from .sweep import SweepInterrupted, SweepResult, default_strengths, sweep

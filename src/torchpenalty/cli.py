@@ -64,33 +64,12 @@ def parse_strengths(text: str) -> list[float]:
 
 def build_model_factory(spec: str, n_in: int, n_out: int) -> Callable[[], Any]:
     """``linear`` or ``mlp:W1,W2,...[:activation]`` (activation relu, tanh, gelu, silu)."""
-    from torch import nn
+    from .report import model_from_spec
 
-    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
-    parts = spec.split(":")
-    bad = CLIError(
-        f"--model must be 'linear' or 'mlp:W1,W2[,...][:{'|'.join(acts)}]', got {spec!r}"
-    )
-    if parts == ["linear"]:
-        return lambda: nn.Linear(n_in, n_out)
-    if parts[0] != "mlp" or len(parts) not in (2, 3):
-        raise bad
     try:
-        widths = [int(w) for w in parts[1].split(",")]
-    except ValueError:
-        raise bad from None
-    act = acts.get(parts[2] if len(parts) == 3 else "relu")
-    if act is None or not widths or any(w < 1 for w in widths):
-        raise bad
-
-    def make():
-        layers, d = [], n_in
-        for w in widths:
-            layers += [nn.Linear(d, w), act()]
-            d = w
-        return nn.Sequential(*layers, nn.Linear(d, n_out))
-
-    return make
+        return model_from_spec(spec, n_in, n_out)
+    except ValueError as e:
+        raise CLIError(f"--{e}") from None
 
 
 #: The run's settings as saved in report.json ("inputs") and their defaults. The parser's
@@ -99,7 +78,8 @@ DEFAULTS: dict[str, Any] = {
     "data": None, "dataset": "diabetes", "target": None, "task": None, "model": "mlp:32,32",
     "penalty": "l2", "l1_ratio": 0.5, "strengths": "1e-5:10:13", "mode": None, "folds": 5,
     "epochs": 100, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "early_stopping": None,
-    "select": "best", "seed": 0, "no_vectorize": False, "device": "cpu",
+    "select": "best", "seed": 0, "no_vectorize": False, "device": "cpu", "test": None,
+    "groups": None,
 }  # fmt: skip
 
 
@@ -122,6 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"torchpenalty {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _sweep_parser(sub)
+    pr = sub.add_parser(
+        "predict",
+        help="predict new data with the refit model of a finished sweep",
+        description="Load FOLDER (a finished torchpenalty sweep) and write the refit "
+        "model's predictions for the rows of --data, in the data's units (class labels "
+        "for classification).",
+    )
+    pr.add_argument("folder", metavar="FOLDER")
+    pr.add_argument("--data", metavar="FILE", required=True,
+                    help="a .csv with the training data's feature columns, or a .npz with X")  # fmt: skip
+    pr.add_argument("--out", metavar="FILE", help="write predictions.csv here (default: stdout)")
     e = sub.add_parser(
         "explain",
         help="show which parameters of a model are regularized, and why",
@@ -155,10 +146,15 @@ def _sweep_parser(sub: Any) -> None:
                    help="target column (CSV; default: the last) or array name (NPZ; default: y)")  # fmt: skip
     d.add_argument("--task", choices=["regression", "classification"],
                    help="default: inferred from the target")  # fmt: skip
+    d.add_argument("--test", metavar="FILE", help="held-out data (same columns as --data), "
+                   "scored with the refit model and reported beside the CV figures")  # fmt: skip
+    d.add_argument("--groups", metavar="COLUMN", help="group column (CSV, numeric labels) or "
+                   "array (NPZ): each group's rows stay in one fold (repeated measures)")  # fmt: skip
     m = s.add_argument_group("model and penalty")
     m.add_argument("--model", help="'linear' or 'mlp:W1,W2,...[:relu|tanh|gelu|silu]' "
                    f"(default: {D['model']})")  # fmt: skip
-    m.add_argument("--penalty", help="l2, l1, elastic_net or group_lasso (default: l2)")
+    m.add_argument("--penalty", help="l2, l1, elastic_net, group_lasso or package.module:Class "
+                   "(a tp.Penalty subclass; default: l2)")  # fmt: skip
     m.add_argument("--l1-ratio", type=float, help="elastic net mixing (default: 0.5)")
     m.add_argument("--strengths", help="LO:HI:N log grid or a comma list (default: "
                    f"{D['strengths']})")  # fmt: skip
@@ -195,9 +191,13 @@ def _settings(ns: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str,
     given = {k: getattr(ns, k) for k in DEFAULTS if getattr(ns, k) is not None}
     if "data" in given:
         given["data"] = os.path.abspath(given["data"])  # a resume may run from elsewhere
+    if "test" in given:
+        given["test"] = os.path.abspath(given["test"])
     if saved is None:
-        if "target" in given and "data" not in given:
-            raise CLIError("--target applies to a --data file; a bundled --dataset has its own")
+        for flag in ("target", "groups"):
+            if flag in given and "data" not in given:
+                raise CLIError(f"--{flag} applies to a --data file; a bundled --dataset has "
+                               "its own target and no groups")  # fmt: skip
         return {**DEFAULTS, **given}
     if ns.out is not None and os.path.abspath(ns.out) != os.path.abspath(ns.resume):
         raise CLIError(f"--out {ns.out} conflicts with --resume {ns.resume}: give one folder")
@@ -218,8 +218,8 @@ _FLAGS = {
     "l1_ratio": "--l1-ratio", "folds": "--folds", "epochs": "--epochs",
     "batch_size": "--batch-size", "optimizer": "--optimizer", "lr": "--lr", "mode": "--mode",
     "seed": "--seed", "early_stopping": "--early-stopping", "refit": "--select",
-    "device": "--device", "make_model": "--model", "X": "the data's features",
-    "y": "the target",
+    "device": "--device", "make_model": "--model", "model": "--model",
+    "groups": "--groups", "test": "--test", "X": "the data's features", "y": "the target",
 }  # fmt: skip
 
 
@@ -236,25 +236,61 @@ def _translate(e: Exception) -> CLIError:
 
 
 def _load_data(args: dict[str, Any]) -> Any:
+    """The data set; with ``--groups`` its group column (dropped from the features)."""
     from . import data as data_mod
 
     try:
-        return data_mod.load(
+        ds = data_mod.load(
             args["data"], target=args["target"], task=args["task"], dataset=args["dataset"]
         )
+        ds.groups = None if args["groups"] is None else _groups(ds, args)
+        return ds
     except data_mod.DataError as e:
         raise CLIError(str(e)) from None
 
 
+def _groups(ds: Any, args: dict[str, Any]) -> Any:
+    """The ``--groups`` column of a CSV (numeric labels, removed from the features) or
+    array of an NPZ file."""
+    import numpy as np
+
+    name = args["groups"]
+    if args["data"].lower().endswith(".npz"):
+        with np.load(args["data"], allow_pickle=False) as z:
+            if name not in z.files:
+                raise CLIError(f"--groups {name!r}: no such array in {args['data']} "
+                               f"(it holds {sorted(z.files)})")  # fmt: skip
+            return z[name]
+    if name not in ds.feature_names:
+        raise CLIError(f"--groups {name!r}: no such numeric column besides the target; "
+                       f"columns are {ds.feature_names}")  # fmt: skip
+    j = ds.feature_names.index(name)
+    groups = ds.X[:, j].copy()
+    ds.X = np.delete(ds.X, j, axis=1)
+    ds.feature_names = [f for f in ds.feature_names if f != name]
+    return groups
+
+
+def _test_data(args: dict[str, Any], ds: Any) -> tuple | None:
+    """``--test FILE`` read like ``--data`` (same target, task and feature columns)."""
+    if args["test"] is None:
+        return None
+    test = _load_data({**args, "data": args["test"], "task": ds.task})
+    if test.feature_names != ds.feature_names:
+        raise CLIError(f"--test {args['test']} must have the feature columns of --data "
+                       f"{ds.feature_names}, got {test.feature_names}")  # fmt: skip
+    return test.X, test.y
+
+
 def _penalty(args: dict[str, Any]) -> Any:
-    """``--penalty`` as a penalty object (``--l1-ratio`` goes to penalties that have one).
+    """``--penalty`` as a penalty object: a name or alias, or ``package.module:Class``
+    (through ``penalties.resolve``, helper "arch"'s branch; ``tp.get`` names only until it
+    is merged). ``--l1-ratio`` goes to penalties that have one."""
+    from . import penalties
 
-    TODO(lead): when ``penalties.resolve(spec, strength)`` lands (helper "arch"), use it
-    here so that ``--penalty mypackage.module:Huber`` works."""
-    import torchpenalty as tp
-
+    by_name = getattr(penalties, "resolve", None) or penalties.get
     try:
-        pen = tp.get(args["penalty"], 1.0)
+        pen = by_name(args["penalty"], 1.0)
         cfg = pen.get_config()
         if "l1_ratio" in cfg:
             pen = type(pen).from_config({**cfg, "l1_ratio": args["l1_ratio"]})
@@ -283,6 +319,8 @@ def _sweep_call(args: dict[str, Any], ds: Any, quiet: bool) -> tuple[Any, tuple,
         "early_stopping": args["early_stopping"],
         "refit": args["select"],
         "device": args["device"],
+        "groups": ds.groups,
+        "test": _test_data(args, ds),
     }
     return make, (ds.X, ds.y), options
 
@@ -406,7 +444,8 @@ def _partial(state: dict[str, Any]) -> Any:
     from .sweep.result import SweepResult
 
     records = [Record(**r) for r in state["records"]]
-    return SweepResult(state["strengths"], state["settings"]["folds"], records, state["settings"])
+    settings = state["settings"]
+    return SweepResult(state["strengths"], settings["folds"], records, settings)
 
 
 def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: dict) -> int:
@@ -422,7 +461,9 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
     def save(state: dict[str, Any], result: Any = None) -> None:
         n = next(seq)
         report.write_checkpoint(out, state, n, header)
-        report.write_report(out, result or _partial(state), header, complete=False, seq=n)
+        result = result or _partial(state)
+        result.data_name = header["data"]["source"]
+        report.write_report(out, result, header, complete=False, seq=n)
 
     def on_chunk(state: dict[str, Any]) -> None:
         with report.shielded():  # a signal during the save acts once it is written
@@ -439,8 +480,11 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
                 print(f"\ninterrupted: {done} of {total} models finished and saved in {out}; "
                       f"continue with: torchpenalty sweep --resume {out}", file=sys.stderr)  # fmt: skip
                 return 128 + received[0] if received else EXIT_INTERRUPTED
+            result.data_name = header["data"]["source"]
+            extra = {"test": getattr(result, "test", None)}
             with report.shielded(interrupt_after=False):
-                report.write_outputs(out, result, header, _model_info(args, data, result))
+                report.write_outputs(out, result, {**header, **extra},
+                                     _model_info(args, data, result))  # fmt: skip
     except report.ReportError as e:
         raise CLIError(f"{e}; what was saved before stays resumable") from None
     except ValueError as e:  # a resume state that does not fit these settings
@@ -449,12 +493,14 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
     return 0
 
 
-def _model_info(args: dict[str, Any], data: tuple, result: Any) -> dict[str, Any]:
+def _model_info(args: dict[str, Any], data: tuple, result: Any) -> dict[str, Any] | None:
     import numpy as np
 
     X, y = data
     classification = result.settings["loss"] == "cross_entropy"
     classes = np.unique(y).tolist() if classification else None
+    if result.model is None:
+        return None
     return {
         "model": args["model"],
         "n_features": int(X.shape[1]),
@@ -466,32 +512,97 @@ def _model_info(args: dict[str, Any], data: tuple, result: Any) -> dict[str, Any
     }
 
 
-def _print_table(result: Any, stream: Any) -> None:
-    rows = result.table
-    if not rows:
-        return
-    acc = "val_accuracy_mean" in rows[0]
-    head = f"{'strength':>10} {'val loss':>12} {'± SE':>10} {'train loss':>12} {'||w||':>9} {'zeros':>6}"
-    print(head + (f" {'val acc':>8}" if acc else ""), file=stream)
-    best, one = result.best_strength, result.strength_1se
-    for r in rows:
-        mark = " <- best" if r["strength"] == best else ""
-        mark += " <- 1se" if r["strength"] == one else ""
-        line = (
-            f"{r['strength']:>10.3g} {r['val_loss_mean']:>12.5g} {r['val_loss_se']:>10.3g} "
-            f"{r['train_loss_mean']:>12.5g} {r['param_norm_mean']:>9.3g} {r['zero_fraction_mean']:>6.1%}"
-        )
-        if acc:
-            line += f" {r['val_accuracy_mean']:>8.3f}"
-        print(line + mark, file=stream)
-
-
 def _print_summary(result: Any, select: str, out: str) -> None:
+    """The table with the chosen strengths marked, the warnings, the held-out score."""
     print()
-    _print_table(result, sys.stdout)
-    print(f"\nbest strength: {result.best_strength:.4g}   1-SE strength: "
-          f"{result.strength_1se:.4g}   refit at: {result.chosen_strength:.4g} ({select})")  # fmt: skip
+    print(result)
+
+    def fmt(v: float | None) -> str:
+        return "none (every strength diverged)" if v is None else f"{v:.4g}"
+
+    print(f"\nbest strength: {fmt(result.best_strength)}   1-SE strength: "
+          f"{fmt(result.strength_1se)}   refit at: {fmt(result.chosen_strength)} ({select})")  # fmt: skip
+    test = getattr(result, "test", None)
+    if test:
+        acc = f", accuracy {test['accuracy']:.4g}" if "accuracy" in test else ""
+        print(f"held-out test ({test['rows']} rows): loss {test['loss']:.5g}{acc}")
     print(f"report: {os.path.join(out, 'report.json')}")
+
+
+# ---------------------------------------------------------------------------- predict
+def _features(path: str, names: list[str]) -> Any:
+    """The columns ``names`` of a CSV (other columns, such as the target, are ignored)
+    or the array X of an NPZ file, as float64."""
+    import csv as csv_mod
+
+    import numpy as np
+
+    from . import data as data_mod
+
+    if path.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "X" not in z.files:
+                raise CLIError(f"--data {path}: no array 'X' (it holds {sorted(z.files)})")
+            X = z["X"]
+        if X.ndim != 2 or X.shape[1] != len(names) or X.dtype.kind not in "biuf":
+            raise CLIError(f"--data {path}: X must be numeric of shape (rows, {len(names)}), "
+                           f"got {X.dtype} {X.shape}")  # fmt: skip
+        return X.astype(np.float64)
+    try:
+        with open(path, "rb") as f:
+            text = data_mod.decode_csv(f.read(), path)
+    except data_mod.DataError as e:
+        raise CLIError(str(e)) from None
+    rows = list(csv_mod.reader(text.splitlines()))
+    if not rows:
+        raise CLIError(f"--data {path}: the CSV file is empty")
+    header = [h.strip() for h in rows[0]]
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise CLIError(f"--data {path}: missing feature columns {missing}")
+    cols = [header.index(n) for n in names]
+    X = np.empty((len(rows) - 1, len(names)))
+    for i, rec in enumerate(rows[1:]):
+        for j, c in enumerate(cols):
+            try:
+                X[i, j] = float(rec[c])
+            except (ValueError, IndexError):
+                cell = rec[c] if c < len(rec) else ""
+                raise CLIError(
+                    f"row {i + 2}, column {names[j]!r}: {cell!r} is not a number"
+                ) from None
+    if not np.isfinite(X).all():
+        r, c = np.argwhere(~np.isfinite(X))[0]
+        raise CLIError(f"row {r + 2}, column {names[c]!r}: not a finite number")
+    return X
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        result = report.load_sweep(ns.folder)
+        saved = report.load_report(ns.folder)
+    except report.ReportError as e:
+        raise CLIError(f"{ns.folder}: {e}") from None
+    if result.model is None:
+        raise CLIError(f"{ns.folder}: the run has no refit model (every strength diverged)")
+    X = _features(ns.data, saved["data"]["features"])
+    pred = result.predict(X)
+    wide = pred.ndim == 2
+    names = [f"prediction_{j}" for j in range(pred.shape[1])] if wide else ["prediction"]
+    lines = [",".join(names)]
+    lines += [",".join(map(str, row)) for row in pred.reshape(len(pred), -1).tolist()]
+    text = "\n".join(lines) + "\n"
+    if ns.out:
+        try:
+            report.write_atomic(ns.out, text)
+        except report.ReportError as e:
+            raise CLIError(str(e)) from None
+        print(f"{len(pred)} predictions -> {ns.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 # ---------------------------------------------------------------------------- explain
@@ -564,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         with _cwd_last():
-            return {"sweep": cmd_sweep, "explain": cmd_explain}[ns.command](ns)
+            commands = {"sweep": cmd_sweep, "predict": cmd_predict, "explain": cmd_explain}
+            return commands[ns.command](ns)
     except CLIError as e:
         print(f"torchpenalty: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -43,6 +44,8 @@ __all__ = [
     "holds_run",
     "load_checkpoint",
     "load_report",
+    "load_sweep",
+    "model_from_spec",
     "remove_temporaries",
     "shielded",
     "stop_signals",
@@ -178,16 +181,16 @@ def write_plots(folder: str, result: Any) -> None:
     for name in PLOTS:
         disp = result.plot(kind=name.removesuffix(".png"))
         buf = io.BytesIO()
-        disp.figure_.tight_layout()
-        disp.figure_.savefig(buf, format="png", dpi=110)
+        disp.figure_.savefig(buf, format="png", dpi=110)  # constrained layout keeps legends
         plt.close(disp.figure_)
         write_atomic(os.path.join(folder, name), buf.getvalue())
 
 
 def write_outputs(folder: str, result: Any, header: dict[str, Any], model_info: dict) -> None:
-    """A finished run: the refit model's state dict, the plots and the complete report;
-    then the checkpoint is no longer needed."""
-    write_atomic(os.path.join(folder, MODEL), _torch_bytes(result.model.state_dict()))
+    """A finished run: the refit model's state dict (none when every strength diverged),
+    the plots and the complete report; then the checkpoint is no longer needed."""
+    if result.model is not None:
+        write_atomic(os.path.join(folder, MODEL), _torch_bytes(result.model.state_dict()))
     write_plots(folder, result)
     write_report(folder, result, header, model=model_info)
     with contextlib.suppress(FileNotFoundError):
@@ -269,6 +272,110 @@ def load_checkpoint(folder: str) -> dict[str, Any]:
     return state
 
 
+# ---------------------------------------------------------------------------- loading
+def model_from_spec(spec: str, n_in: int, n_out: int) -> Any:
+    """A factory for the command line's models: ``linear`` or ``mlp:W1,W2,...[:act]``
+    (activation relu, tanh, gelu or silu; default relu).
+
+    >>> model_from_spec("mlp:8,4:tanh", 3, 1)()
+    Sequential(
+      (0): Linear(in_features=3, out_features=8, bias=True)
+      (1): Tanh()
+      (2): Linear(in_features=8, out_features=4, bias=True)
+      (3): Tanh()
+      (4): Linear(in_features=4, out_features=1, bias=True)
+    )
+    """
+    from torch import nn
+
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+    parts = spec.split(":") if isinstance(spec, str) else []
+    bad = ValueError(
+        f"model must be 'linear' or 'mlp:W1,W2[,...][:{'|'.join(acts)}]', got {spec!r}"
+    )
+    if parts == ["linear"]:
+        return lambda: nn.Linear(n_in, n_out)
+    if not parts or parts[0] != "mlp" or len(parts) not in (2, 3):
+        raise bad
+    try:
+        widths = [int(w) for w in parts[1].split(",")]
+    except ValueError:
+        raise bad from None
+    act = acts.get(parts[2] if len(parts) == 3 else "relu")
+    if act is None or not widths or any(w < 1 for w in widths):
+        raise bad
+
+    def make() -> nn.Module:
+        layers, d = [], n_in
+        for w in widths:
+            layers += [nn.Linear(d, w), act()]
+            d = w
+        return nn.Sequential(*layers, nn.Linear(d, n_out))
+
+    return make
+
+
+_FLOAT_FIELDS = ("val_loss", "train_loss", "param_norm", "zero_fraction", "val_accuracy")
+
+
+def load_sweep(folder: str) -> Any:
+    """Rebuild the :class:`~torchpenalty.sweep.SweepResult` of a finished run folder (as
+    ``torchpenalty sweep`` writes it) with its refit model: from ``report.json`` and
+    ``model.pt`` only, loaded with ``weights_only=True`` (no pickle, no code from the
+    folder runs). ``result.predict(X)`` then works as after ``tp.sweep``.
+
+    Raises :class:`ReportError` with one line when the folder is not a finished run.
+    """
+    from .sweep.engine import Record
+    from .sweep.result import SweepResult
+
+    report = load_report(folder)
+    if not report.get("complete"):
+        raise ReportError(f"{folder} holds an unfinished run: finish it with --resume first")
+    try:
+        records = []
+        for r in report["records"]:
+            r = {**r, **{k: math.nan for k in _FLOAT_FIELDS if r.get(k, 0) is None}}
+            if "val_accuracy" in r and report.get("classes") is None:
+                r["val_accuracy"] = None
+            records.append(Record(**r))
+        result = SweepResult(report["strengths"], report["folds"], records,
+                             report["settings"], refit=report.get("refit"),
+                             classes=report.get("classes"), data_name=report.get("data_name"),
+                             model_name=report.get("model_name"),
+                             curves=report.get("learning_curves"))  # fmt: skip
+    except (KeyError, TypeError) as e:
+        raise ReportError(f"{REPORT} is missing or has a bad entry ({e})") from None
+    if report.get("model"):
+        result.model = _load_model(folder, report["model"], report["settings"]["loss"])
+    if report.get("test"):
+        result.test = report["test"]
+    return result
+
+
+def _load_model(folder: str, info: dict[str, Any], loss: str) -> Any:
+    import torch
+
+    from .sweep.result import StandardizedModel
+
+    path = os.path.join(folder, MODEL)
+    if not os.path.isfile(path):
+        raise ReportError(f"no {MODEL} in {folder}")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        make = model_from_spec(info["model"], info["n_features"], info["n_outputs"])
+        regression = loss != "cross_entropy"
+        model = StandardizedModel(make(), state["x_mean"], state["x_std"],
+                                  state["y_mean"] if regression else None,
+                                  state["y_std"] if regression else None)  # fmt: skip
+        model.load_state_dict(state)
+    except ReportError:
+        raise
+    except Exception as e:  # never suggest weights_only=False: the message is ours
+        raise ReportError(f"{MODEL} in {folder} cannot be loaded ({type(e).__name__})") from None
+    return model.eval()
+
+
 # ---------------------------------------------------------------------------- locking
 class RunLock:
     """``folder/.lock`` holding this process's id, taken with ``O_EXCL``: a second run on
@@ -287,7 +394,10 @@ class RunLock:
                 self._take_over_if_stale()
                 continue
             except OSError as e:
-                raise ReportError(f"cannot write {self.path}: {e.strerror or e}") from None
+                folder = os.path.dirname(self.path)
+                raise ReportError(
+                    f"{folder} is not writable (cannot create {self.path}: {e.strerror or e})"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             self.taken = True
@@ -302,7 +412,10 @@ class RunLock:
             pid = 0
         if pid > 0 and pid != os.getpid() and _alive(pid):
             folder = os.path.dirname(self.path)
-            raise ReportError(f"{folder} is in use by another run (process {pid})")
+            raise ReportError(
+                f"{folder} is in use by another run (process {pid}; if that process is not "
+                f"a torchpenalty run, remove {self.path})"
+            )
         print(f"torchpenalty: taking over the stale lock of process {pid or '?'} "
               "(no longer running)", file=sys.stderr)  # fmt: skip
         with contextlib.suppress(FileNotFoundError):

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from .engine import Record
-from .folds import Standardizer, kfold
-from .result import StandardizedModel, SweepResult
+from .folds import Standardizer, group_kfold, kfold
+from .result import StandardizedModel, SweepResult, describe_model
 
 if TYPE_CHECKING:
     from .core import Validated
@@ -228,7 +228,12 @@ def sweep_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> Swee
     training, ``best_epoch`` 0, one-point learning curves, and the refit solved exactly."""
     o = v.options
     n = len(v.X)
-    splits = kfold(n, o["folds"], o["seed"])
+    groups = getattr(v, "groups", None)
+    splits = (
+        kfold(n, o["folds"], o["seed"])
+        if groups is None
+        else group_kfold(groups, o["folds"], o["seed"])
+    )
     records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
                             fit_intercept=_has_bias(make_model))  # fmt: skip
     settings = {
@@ -242,10 +247,14 @@ def sweep_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> Swee
         "data_sha256": v.fingerprint,
         "solver": "closed_form",
     }
-    result = SweepResult(v.grid, o["folds"], records, settings)
+    if groups is not None:
+        settings["groups"] = len(np.unique(groups))
+    with torch.random.fork_rng(devices=[]):
+        name = describe_model(make_model())
+    result = SweepResult(v.grid, o["folds"], records, settings, model_name=name)
     if not hasattr(type(result), "loss"):
         result.loss = v.loss
-    if o["refit"]:
+    if o["refit"] and result.chosen_strength is not None:
         result.refit = o["refit"]
         with torch.random.fork_rng(devices=[]):
             result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,

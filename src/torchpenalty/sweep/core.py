@@ -12,13 +12,14 @@ import hashlib
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import penalties
 from .._validation import (
     check_choice,
     check_int,
@@ -32,15 +33,16 @@ from ..distributed import all_gather_objects, world
 from ..penalties import Penalty, get
 from . import closed_form
 from .engine import STACKABLE, Engine, Problem, Record, Task
-from .folds import Standardizer, kfold, stratified_kfold
+from .folds import Standardizer, group_kfold, kfold, stratified_kfold
 from .plan import probe
-from .result import StandardizedModel, SweepResult
+from .result import StandardizedModel, SweepResult, describe_model
 
 __all__ = [
     "PARAMETER_CONSTRAINTS",
     "SweepInterrupted",
     "check_device",
     "default_strengths",
+    "held_out_scores",
     "sweep",
     "validate",
 ]
@@ -126,8 +128,9 @@ def _penalty(name: str, v: Any) -> Penalty:
     supported = (
         "one of " + ", ".join(repr(p) for p in STACKABLE) + " (the penalties a sweep stacks)"
     )
+    by_name = getattr(penalties, "resolve", None) or get  # resolve: names and "module:Class"
     try:
-        pen = v if isinstance(v, Penalty) else get(v, 1.0) if isinstance(v, str) else get(v)
+        pen = v if isinstance(v, Penalty) else by_name(v, 1.0) if isinstance(v, str) else get(v)
     except TypeError:  # a penalty that needs more than a strength (l2sp's reference)
         if isinstance(v, (str, Mapping)):
             raise value_error(name, supported, v) from None
@@ -143,6 +146,12 @@ def _refit_rule(name: str, v: Any) -> str | bool:
     if isinstance(v, str) and v in ("best", "1se"):
         return v
     raise value_error(name, "'best', '1se' or False", v)
+
+
+def _pair(name: str, v: Any) -> tuple[Any, Any]:
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise type_error(name, "a pair (X_test, y_test)", type(v).__name__)
+    return tuple(v)
 
 
 def _resume(name: str, v: Any) -> dict[str, Any] | None:
@@ -200,6 +209,8 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "forward": _choice("auto", "bmm", "vmap"),
     "device": check_device,
     "on_chunk": _optional(_callable),
+    "groups": _optional(lambda name, v: _as_array(name, v, labels=True)),
+    "test": _optional(_pair),
 }
 
 
@@ -218,7 +229,8 @@ class Validated:
     options: dict[str, Any]
     n_out: int = 0
     fingerprint: str = ""
-    notes: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None
+    test: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def validate(make_model: Any, data: Any, **options: Any) -> Validated:
@@ -248,10 +260,52 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
     if opts["folds"] > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
     pen = opts["penalty"]
-    mode = opts["mode"] or ("grad" if pen.name == "l2" else "proximal")
+    mode = opts["mode"] or getattr(pen, "sweep_mode", None)
+    mode = mode or ("grad" if pen.name == "l2" else "proximal")
     grid = default_strengths() if opts["strengths"] is None else opts["strengths"]
     n_out = _check_model(make_model, X, y, loss)
-    return Validated(X, y, loss, grid, pen, mode, opts, n_out, _fingerprint(X, y))
+    groups = _check_groups(opts["groups"], len(X), opts["folds"])
+    test = None if opts["test"] is None else _check_test(opts["test"], X, y, loss)
+    arrays = (X, y) if groups is None else (X, y, groups)
+    return Validated(X, y, loss, grid, pen, mode, opts, n_out, _fingerprint(*arrays), groups, test)
+
+
+def _check_groups(groups: np.ndarray | None, n: int, folds: int) -> np.ndarray | None:
+    """One group label per row, at least ``folds`` distinct groups."""
+    if groups is None:
+        return None
+    if groups.ndim != 1 or len(groups) != n:
+        raise described_error("groups", f"one label per row of X ({n})", f"shape {groups.shape}")
+    if groups.dtype.kind == "f" and not np.isfinite(groups).all():
+        raise described_error("groups", "labels without NaN or inf", "non-finite values")
+    k = len(np.unique(groups))
+    if folds > k:
+        raise value_error("folds", f"at most the number of groups ({k})", folds)
+    return groups
+
+
+def _check_test(test: tuple[Any, Any], X: np.ndarray, y: np.ndarray, loss: str) -> tuple:
+    """A held-out ``(X_test, y_test)`` like the data: same width, labels it has seen."""
+    Xt = _as_array("test X", test[0])
+    yt = _as_array("test y", test[1], labels=loss == _CE)
+    if Xt.ndim != 2 or Xt.shape[1] != X.shape[1] or len(Xt) == 0:
+        raise described_error("test", f"(X_test, y_test) with X_test of shape (rows, {X.shape[1]})",
+                              f"X_test of shape {Xt.shape}")  # fmt: skip
+    if len(yt) != len(Xt) or yt.shape[1:] != y.shape[1:]:
+        raise described_error(
+            "test", f"y_test of shape ({len(Xt)}, ...) like y", f"shape {yt.shape}"
+        )
+    if not np.isfinite(Xt).all():
+        raise described_error("test", "finite X_test (no NaN or inf)", "non-finite values")
+    if loss == _CE:
+        unseen = np.setdiff1d(yt, np.unique(y))
+        if len(unseen):
+            raise described_error("test", "labels that appear in y", f"{unseen[:5].tolist()!r}")
+        return Xt, yt
+    yt = yt.astype(np.float64)
+    if not np.isfinite(yt).all():
+        raise described_error("test", "finite y_test (no NaN or inf)", "non-finite values")
+    return Xt, yt
 
 
 def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
@@ -355,10 +409,10 @@ def _check_model(make_model: Callable[[], Any], X: np.ndarray, y: np.ndarray, lo
     return width
 
 
-def _fingerprint(X: np.ndarray, y: np.ndarray) -> str:
+def _fingerprint(*arrays: np.ndarray) -> str:
     """sha256 of the data's values, shapes and dtypes: a resume must see the same data."""
     h = hashlib.sha256()
-    for a in (X, y):
+    for a in arrays:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
@@ -377,25 +431,34 @@ class _Plan:
 
 
 def _prepare(
-    X: np.ndarray, y: np.ndarray, loss: str, folds: int, seed: int, standardize: bool
+    X: np.ndarray,
+    y: np.ndarray,
+    loss: str,
+    folds: int,
+    seed: int,
+    standardize: bool,
+    groups: np.ndarray | None = None,
 ) -> tuple[Problem, dict[str, Any]]:
-    """Folds (stratified for classification) plus the all-rows refit "fold", each with its
-    own standardization statistics fitted on its training rows only."""
+    """Folds (grouped with ``groups``, else stratified for classification) plus the
+    all-rows refit "fold", each with its own standardization statistics fitted on its
+    training rows only."""
     n = len(X)
-    if loss == _CE:
-        classes, y_codes = np.unique(y, return_inverse=True)
+    classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
+    if groups is not None:
+        splits = group_kfold(groups, folds, seed)
+    elif loss == _CE:
         splits = stratified_kfold(y_codes, folds, seed)
     else:
-        classes, splits = None, kfold(n, folds, seed)
+        splits = kfold(n, folds, seed)
     splits = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
     Y2 = None if loss == _CE else y.reshape(n, -1)
     xs, ys, scales, stats = [], [], [], []
     for tr, _ in splits:
-        sx = Standardizer(X[tr] if standardize else np.zeros((1, X.shape[1])))
+        sx = Standardizer(X[tr] if standardize else np.zeros((1, X.shape[1])), name="X")
         xs.append(sx.transform(X))
         sy = None
         if Y2 is not None:
-            sy = Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])))
+            sy = Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])), name="y")
             ys.append(sy.transform(Y2))
         scales.append(np.ones(1) if sy is None else sy.std)
         stats.append((sx, sy))
@@ -435,7 +498,7 @@ def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> in
 def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     """Folds, the engine, one task per (strength, fold) and the chunk size."""
     o = v.options
-    problem, meta = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"])
+    problem, meta = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
     dev = o["device"]
     problem.X, problem.Y, problem.y_scale = (
         t.to(dev) for t in (problem.X, problem.Y, problem.y_scale)
@@ -456,6 +519,8 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
         "data_sha256": v.fingerprint,
         "forward": engine.forward_kind,
     }
+    if v.groups is not None:
+        settings["groups"] = len(np.unique(v.groups))
     size = 1
     if o["vectorize"]:
         size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, len(v.X))
@@ -571,9 +636,15 @@ def _run_chunks(
 def _result(plan: _Plan, done: dict[tuple[int, int], Record]) -> SweepResult:
     settings = {**plan.settings, "chunk_size": plan.chunk_size}
     settings["chunks"] = -(-len(plan.tasks) // plan.chunk_size)
-    result = SweepResult(plan.grid, plan.folds, [done[k] for k in sorted(done)], settings)
-    if not hasattr(type(result), "loss"):  # SweepResult may grow a property for it
-        result.loss = plan.settings["loss"]
+    classes = plan.meta["classes"]
+    result = SweepResult(
+        plan.grid,
+        plan.folds,
+        [done[k] for k in sorted(done)],
+        settings,
+        classes=None if classes is None else classes.tolist(),
+        model_name=describe_model(plan.engine.base),
+    )
     return result
 
 
@@ -590,11 +661,32 @@ def _finish(plan: _Plan, done: dict[tuple[int, int], Record], refit: str | bool)
         result.settings["world_size"] = world()[1]
     if refit:
         result.refit = refit
+        if result.chosen_strength is None:  # every strength diverged: nothing to refit
+            return result
         try:
             result.model = _refit(plan, result)
         except KeyboardInterrupt:  # every fold is done: a resume only redoes the refit
             raise SweepInterrupted(_state(plan, done, None), result) from None
     return result
+
+
+def held_out_scores(result: SweepResult, X_test: Any, y_test: Any) -> dict[str, float]:
+    """The refit model scored on held-out data, in the units of the CV table: ``loss``
+    (mean squared error in the target's units, or mean cross-entropy) and, for
+    classification, ``accuracy``; ``rows`` is the number of test rows."""
+    if result.model is None:
+        raise ValueError("test needs a refit model: refit was False or every strength diverged")
+    Xt = torch.as_tensor(np.asarray(X_test, dtype=np.float64), dtype=torch.float32)
+    with torch.no_grad():
+        out = result.model(Xt)
+    if result.settings["loss"] == _CE:
+        codes = torch.as_tensor(np.searchsorted(np.asarray(result.classes), y_test))
+        loss = nn.functional.cross_entropy(out, codes).item()
+        acc = (out.argmax(-1) == codes).double().mean().item()
+        return {"rows": len(Xt), "loss": loss, "accuracy": acc}
+    yt = torch.as_tensor(np.asarray(y_test, dtype=np.float64)).reshape(len(Xt), -1)
+    err = (out.double().reshape(len(Xt), -1) - yt).pow(2).mean().item()
+    return {"rows": len(Xt), "loss": err}
 
 
 def _refit(plan: _Plan, result: SweepResult) -> nn.Module:
@@ -654,6 +746,8 @@ _DEFAULTS: dict[str, Any] = {
     "forward": "auto",
     "device": "cpu",
     "on_chunk": None,
+    "groups": None,
+    "test": None,
 }
 
 
@@ -682,6 +776,8 @@ def sweep(
     forward: str = "auto",
     device: str | torch.device = "cpu",
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    groups: Any = None,
+    test: tuple[Any, Any] | None = None,
 ) -> SweepResult:
     """Cross-validate the penalty strength: train one model per (strength, fold), all at
     once, and pick the strength.
@@ -735,6 +831,11 @@ def sweep(
             ``functional_call``, any module) or ``"auto"`` (``bmm`` where it applies).
         on_chunk: called with the sweep's ``state`` before the first chunk and after each
             finished chunk (the command line saves its checkpoint there).
+        groups: one group label per row (repeated measures): every group's rows stay in
+            one fold (:func:`~torchpenalty.sweep.folds.group_kfold`).
+        test: a held-out ``(X_test, y_test)`` scored with the refit model after the sweep:
+            ``result.test`` is ``{"rows", "loss"[, "accuracy"]}`` in the units of the CV
+            table (see :func:`held_out_scores`).
 
     Every argument is checked first by :func:`validate`: a bad one raises ``TypeError`` or
     ``ValueError`` naming it, before any training.
@@ -752,13 +853,19 @@ def sweep(
     options = {k: v for k, v in locals().items() if k in _DEFAULTS}
     v = validate(make_model, data, **options)
     if closed_form.chooses_closed_form(make_model, v):
-        return closed_form.sweep_closed_form(make_model, v)
-    plan = _plan(make_model, v)
-    done: dict[tuple[int, int], Record] = {}
-    snap = None
-    if v.options["resume"] is not None:
-        done, snap = _restore(plan, v.options["resume"])
-    _run_chunks(plan, done, snap, v.options["progress"], v.options["on_chunk"])
-    if world()[1] > 1:
-        _gather(done)
-    return _finish(plan, done, v.options["refit"])
+        result = closed_form.sweep_closed_form(make_model, v)
+    else:
+        plan = _plan(make_model, v)
+        done: dict[tuple[int, int], Record] = {}
+        snap = None
+        if v.options["resume"] is not None:
+            done, snap = _restore(plan, v.options["resume"])
+        _run_chunks(plan, done, snap, v.options["progress"], v.options["on_chunk"])
+        if world()[1] > 1:
+            _gather(done)
+        result = _finish(plan, done, v.options["refit"])
+    if v.test is not None:
+        if result.model is None:
+            raise ValueError("test needs a refit model: refit was False or every strength diverged")
+        result.test = held_out_scores(result, *v.test)
+    return result

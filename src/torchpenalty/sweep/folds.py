@@ -10,9 +10,11 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["Standardizer", "kfold", "stratified_kfold"]
+__all__ = ["Standardizer", "group_kfold", "kfold", "stratified_kfold"]
 
 
 def kfold(n: int, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -48,13 +50,67 @@ def stratified_kfold(y: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndar
     return [(np.flatnonzero(assign != i), np.flatnonzero(assign == i)) for i in range(k)]
 
 
-class Standardizer:
-    """Column means and standard deviations of the training rows (std 0 -> 1)."""
+def group_kfold(groups: Any, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K-fold split that keeps each group whole (repeated measures: all rows of one
+    subject in the same fold), balancing the rows per fold like scikit-learn's
+    ``GroupKFold``: groups are taken largest first and each goes to the fold with the
+    fewest rows so far. ``seed`` shuffles the groups first, which only breaks ties between
+    groups of the same size. ``groups`` holds one label (number or text) per row.
 
-    def __init__(self, x: np.ndarray) -> None:
+    >>> g = np.array(["a", "a", "a", "b", "b", "c", "d"])
+    >>> folds = group_kfold(g, 2)
+    >>> [len(val) for _, val in folds], [sorted(set(g[val].tolist())) for _, val in folds]
+    ([4, 3], [['a', 'd'], ['b', 'c']])
+    """
+    g = np.asarray(groups)
+    if g.ndim != 1:
+        raise ValueError(f"groups must be 1-D (one label per row), got shape {g.shape}")
+    if g.dtype.kind in "fc" and not np.isfinite(g).all():
+        raise ValueError("groups must not contain NaN or infinite labels")
+    if g.dtype.kind not in "biufUS":
+        raise TypeError(f"groups must hold numbers or text labels, got dtype {g.dtype}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {k!r}")
+    labels, codes = np.unique(g, return_inverse=True)
+    if k > len(labels):
+        raise ValueError(f"folds must be at most the number of groups ({len(labels)}), got {k}")
+    sizes = np.bincount(codes)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    load = np.zeros(k, dtype=np.int64)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for gi in order:
+        f = int(np.argmin(load))
+        fold_of[gi] = f
+        load[f] += sizes[gi]
+    assign = fold_of[codes]
+    return [(np.flatnonzero(assign != i), np.flatnonzero(assign == i)) for i in range(k)]
+
+
+class Standardizer:
+    """Column means and standard deviations of the training rows (std 0 -> 1). A column
+    whose variance overflows float64 (values around 1e154 and up) raises ``ValueError``
+    naming it (``"{name} column {j}"``) instead of being silently standardized to zeros.
+
+    >>> Standardizer(np.array([[1.0, 2e160], [2.0, -2e160]]), name="X")
+    Traceback (most recent call last):
+    ...
+    ValueError: X column 1: values as large as 2e+160 overflow its variance in float64; rescale it
+    """
+
+    def __init__(self, x: np.ndarray, name: str | None = None) -> None:
         x = np.asarray(x, dtype=np.float64)
-        self.mean = x.mean(axis=0)
-        std = x.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.mean = x.mean(axis=0)
+            std = x.std(axis=0)
+        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(std)))
+        if len(bad):
+            big = float(np.abs(x.reshape(len(x), -1)[:, bad[0]]).max())
+            raise ValueError(
+                f"{name + ' ' if name else ''}column {bad[0]}: values as large as {big:.3g} "
+                "overflow its variance "
+                "in float64; rescale it"
+            )
         self.std = np.where(std > 0, std, 1.0)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
