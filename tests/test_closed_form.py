@@ -14,6 +14,7 @@ from torchpenalty.sweep.closed_form import (
     sweep_records,
 )
 from torchpenalty.sweep.folds import kfold
+from torchpenalty.sweep.result import StandardizedModel
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.linear_model import Ridge  # noqa: E402
@@ -108,13 +109,13 @@ def test_unstandardized_records_equal_plain_ridge():
 def test_fit_linear_takes_raw_inputs(k):
     X, Y = data(n=50, d=4, k=k)
     model = fit_linear(lambda: nn.Linear(4, k), X, Y, 0.3)
-    assert isinstance(model, nn.Linear)
+    assert isinstance(model, StandardizedModel) and isinstance(model.model, nn.Linear)
     ref = make_pipeline(StandardScaler(), Ridge(alpha=0.3 * 50 * k / 2)).fit(X, Y)
     ours = model(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()
     assert rel(ours, ref.predict(X).reshape(50, k)) < 1e-4  # float32 weights
 
 
-def test_fit_linear_without_bias_wraps_standardization():
+def test_fit_linear_without_bias():
     X, Y = data(n=50, d=4)
     model = fit_linear(lambda: nn.Sequential(nn.Linear(4, 1, bias=False)), X, Y, 0.3)
     ref = make_pipeline(StandardScaler(), Ridge(alpha=0.3 * 50 / 2)).fit(X, Y)
@@ -164,7 +165,8 @@ def test_sweep_auto_takes_the_closed_form_and_equals_per_fold_ridge(diabetes):
         pred = pipe.fit(X[tr], y[tr]).predict(X[va])
         assert rel(rec.val_loss, np.mean((pred - y[va]) ** 2)) < 1e-6
     ref = make_pipeline(StandardScaler(), Ridge(alpha=r.best_strength * len(X) / 2)).fit(X, y)
-    assert isinstance(r.model, nn.Linear)
+    assert isinstance(r.model, StandardizedModel) and isinstance(r.model.model, nn.Linear)
+    np.testing.assert_allclose(r.predict(X), ref.predict(X), rtol=1e-4)
     ours = r.model(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()[:, 0]
     assert rel(ours, ref.predict(X)) < 1e-4
     assert '"solver": "closed_form"' in r.to_json()

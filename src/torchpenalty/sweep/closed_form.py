@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .engine import Record
-from .folds import Standardizer, group_kfold, kfold
+from .folds import Standardizer
 from .result import StandardizedModel, SweepResult, describe_model
 
 if TYPE_CHECKING:
@@ -153,11 +153,10 @@ def fit_linear(
     strength: float,
     *,
     standardize: bool = True,
-) -> nn.Module:
-    """``make_model()``'s linear layer solved exactly on all rows at ``strength``, taking
-    raw ``X``: with a bias, the standardization is folded into the layer's weight and bias
-    (the model ``make_model`` returns, with those values); without one, the layer is
-    wrapped in a :class:`StandardizedModel`."""
+) -> StandardizedModel:
+    """``make_model()``'s linear layer solved exactly on all rows at ``strength``, wrapped
+    like the trained sweep's refit: a :class:`StandardizedModel` taking raw ``X`` (NumPy
+    or tensors) around the model ``make_model`` returns, its weights in standardized units."""
     model = make_model()
     lin = linear_of(model)
     if lin is None:
@@ -168,19 +167,13 @@ def fit_linear(
         raise ValueError(
             f"make_model must return nn.Linear({X.shape[1]}, {k}) for this data, got {lin!r}"
         )
-    rows = np.arange(n)
-    sx, sy, Z, T = _scaled(X, Y, rows, standardize)
+    sx, sy, Z, T = _scaled(X, Y, np.arange(n), standardize)
     has_bias = lin.bias is not None
     W, b = ridge_solutions(Z, T, [strength * n * k / 2], fit_intercept=has_bias)
-    W, b = W[0], b[0]
     with torch.no_grad():
-        if has_bias:  # y = sy.std * ((x - sx.mean) / sx.std @ W + b) + sy.mean
-            W_raw = W / sx.std[:, None] * sy.std
-            b_raw = sy.std * (b - (sx.mean / sx.std) @ W) + sy.mean
-            lin.weight.copy_(torch.as_tensor(W_raw.T))
-            lin.bias.copy_(torch.as_tensor(b_raw))
-            return model
-        lin.weight.copy_(torch.as_tensor(W.T))
+        lin.weight.copy_(torch.as_tensor(W[0].T))
+        if has_bias:
+            lin.bias.copy_(torch.as_tensor(b[0]))
     f32 = torch.float32
     return StandardizedModel(
         model,
@@ -223,17 +216,17 @@ def chooses_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> bo
     return why is None and v.mode == "grad" and o["early_stopping"] is None and not o["resume"]
 
 
-def sweep_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
-    """The sweep's result computed exactly: the same folds, table and selection rules as
-    training, ``best_epoch`` 0, one-point learning curves, and the refit solved exactly."""
+def sweep_closed_form(
+    make_model: Callable[[], nn.Module],
+    v: Validated,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> SweepResult:
+    """The sweep's result computed exactly on the training path's ``splits`` (train, val):
+    the same table and selection rules, ``best_epoch`` 0, one-point learning curves, and
+    the refit solved exactly."""
     o = v.options
     n = len(v.X)
     groups = getattr(v, "groups", None)
-    splits = (
-        kfold(n, o["folds"], o["seed"])
-        if groups is None
-        else group_kfold(groups, o["folds"], o["seed"])
-    )
     records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
                             fit_intercept=_has_bias(make_model))  # fmt: skip
     settings = {

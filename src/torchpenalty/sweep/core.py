@@ -852,8 +852,11 @@ def sweep(
     """
     options = {k: v for k, v in locals().items() if k in _DEFAULTS}
     v = validate(make_model, data, **options)
-    if closed_form.chooses_closed_form(make_model, v):
-        result = closed_form.sweep_closed_form(make_model, v)
+    if closed_form.chooses_closed_form(make_model, v):  # the training path's folds, exactly
+        o = v.options
+        problem, _ = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
+        splits = list(zip(problem.train_idx, problem.val_idx, strict=True))[:-1]
+        result = closed_form.sweep_closed_form(make_model, v, splits)
     else:
         plan = _plan(make_model, v)
         done: dict[tuple[int, int], Record] = {}
