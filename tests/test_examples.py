@@ -56,6 +56,8 @@ def test_torchrun_examples(script, last_lines):
         ("benchmarks/step_overhead.py", "x"),
         ("benchmarks/sweep_speed.py", "x"),
         ("benchmarks/decay_rules.py", "/ decoupled"),
+        ("benchmarks/denormal_scaling.py", "x"),
+        ("benchmarks/engine_step.py", "x"),
     ],
 )
 def test_benchmarks_quick(script, marker):
