@@ -1,87 +1,332 @@
-"""Vectorized vs sequential sweep: 13 strengths x 5 folds on scikit-learn's diabetes data
-with a 10 -> 32 -> 32 -> 1 MLP, timed in the same run, for two training set-ups
-(mini-batches of 64, and full batch). Prints the speed-up of each vectorized forward
-path (``bmm``: hand-batched ``baddbmm``; ``vmap``: ``torch.func.vmap(functional_call)``)
-over training the 65 models one at a time through the same code, and where the time of
-the vectorized run goes (torch.profiler, by operator).
+"""How fast is ``tp.sweep`` against what a user would write instead?
 
-Run: ``python benchmarks/sweep_speed.py`` (``--quick`` for a smoke run, ``--device cuda``).
+One run, the same setting for everyone: scikit-learn's diabetes data (442 rows, 10
+features), an MLP 10 -> W -> W -> 1 (W = 32, then 256 and 1024), 13 strengths x 5 folds,
+Adam (lr 1e-2), mini-batches of 64, 100 epochs, L2 on the weights (not the biases), the
+best strength by mean validation MSE, and the refit on all rows at that strength. Timed
+contenders, interleaved (one repetition of each, then the next), median of ``--repeats``:
+
+- ``tp.sweep``: the library (``vectorize="auto"`` where the installed version has it);
+- plain loop: a loop over strengths and folds, one model at a time, written as a user
+  would (StandardScaler, ``torch.randperm`` mini-batches, ``Adam(weight_decay=s)`` on the
+  weights) -- not our own ``vectorize=False`` path;
+- torch.func recipe: per fold, the strengths' models stacked with
+  ``torch.func.stack_module_state`` and run with ``vmap(functional_call)`` on a shared
+  mini-batch, as in the torch "model ensembling" tutorial, one Adam over the stacked
+  parameters (equal to one Adam per model: Adam is elementwise);
+- skorch + GridSearchCV (when skorch is installed): ``NeuralNetRegressor`` in a pipeline
+  after ``StandardScaler``, ``optimizer__weight_decay`` on the grid (timed once unless
+  ``--skorch-repeats`` says otherwise: it is the slowest by far).
+
+Everything is timed with ``torch.set_num_threads(1)`` and with the default thread count.
+Printed: seconds (median) and each contender's time divided by ``tp.sweep``'s (the
+slow-down of the alternative; > 1 means ``tp.sweep`` is faster). Widths 256 and 1024 are
+compared with the plain loop only, for ``--wide-epochs`` epochs (default 10: the per-epoch
+cost is what scales). The last table times the closed form (``solver="closed_form"``, a
+linear model with L2 and MSE) against training the same linear model.
+
+Run: ``python benchmarks/sweep_speed.py`` (``--quick`` for a smoke run of a few seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
+import statistics
 import time
 
+import numpy as np
 import torch
 from sklearn.datasets import load_diabetes
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 import torchpenalty as tp
+from torchpenalty.sweep import core as _core
+from torchpenalty.sweep import default_strengths
+
+try:
+    from torchpenalty.sweep.plan import VectorizePlan as _Plan
+except ImportError:  # an older torchpenalty: no probe
+    _Plan = None
+
+SWEEP_PARAMS = inspect.signature(_core.sweep).parameters
 
 
-def mlp():
+def mlp(d: int, width: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+        nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
     )
 
 
-DEVICE = "cpu"
+# ---------------------------------------------------------------------------- contenders
+def run_tp(X, y, cfg):
+    kw = {}
+    if "vectorize" in SWEEP_PARAMS and SWEEP_PARAMS["vectorize"].default == "auto":
+        kw["vectorize"] = cfg.get("vectorize", "auto")
+    r = tp.sweep(
+        lambda: mlp(X.shape[1], cfg["width"]),
+        (X, y),
+        strengths=cfg["strengths"],
+        folds=cfg["folds"],
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch"],
+        lr=cfg["lr"],
+        seed=0,
+        progress=False,
+        refit="best",
+        **kw,
+    )
+    plan = r.settings.get("vectorize_plan")
+    return r.best_strength, plan and str(_Plan(**{k: v for k, v in plan.items() if k != "choice"}))
 
 
-def timed(**kw):
-    t0 = time.perf_counter()
-    r = tp.sweep(mlp, kw.pop("data"), progress=False, refit=False, device=DEVICE, **kw)
-    return time.perf_counter() - t0, r
+def _scaled(X, y, tr):
+    sx, sy = StandardScaler().fit(X[tr]), StandardScaler().fit(y[tr, None])
+    return (
+        torch.tensor(sx.transform(X), dtype=torch.float32),
+        torch.tensor(sy.transform(y[:, None]), dtype=torch.float32),
+        float(sy.scale_[0]),
+    )
+
+
+def _train_one(model, Xt, Yt, s, cfg):
+    """The loop a user writes: Adam with weight decay on the weights, shuffled batches."""
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    opt = torch.optim.Adam(
+        [{"params": decay, "weight_decay": s}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg["lr"],
+    )
+    n = len(Xt)
+    for _ in range(cfg["epochs"]):
+        perm = torch.randperm(n)
+        for b in range(0, n, cfg["batch"]):
+            i = perm[b : b + cfg["batch"]]
+            loss = nn.functional.mse_loss(model(Xt[i]), Yt[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+def run_loop(X, y, cfg):
+    torch.manual_seed(0)
+    splits = list(KFold(cfg["folds"], shuffle=True, random_state=0).split(X))
+    scores = []
+    for s in cfg["strengths"]:
+        fold_mse = []
+        for tr, va in splits:
+            Xs, Ys, scale = _scaled(X, y, tr)
+            model = _train_one(mlp(X.shape[1], cfg["width"]), Xs[tr], Ys[tr], s, cfg)
+            with torch.no_grad():
+                fold_mse.append(float(((model(Xs[va]) - Ys[va]) * scale).pow(2).mean()))
+        scores.append(np.mean(fold_mse))
+    best = cfg["strengths"][int(np.argmin(scores))]
+    Xs, Ys, _ = _scaled(X, y, np.arange(len(X)))
+    _train_one(mlp(X.shape[1], cfg["width"]), Xs, Ys, best, cfg)  # refit
+    return best, None
+
+
+def run_func(X, y, cfg):
+    """The torch.func model-ensembling recipe: per fold, the strengths' models stacked with
+    ``stack_module_state``, ``vmap(functional_call)`` on a shared mini-batch, autograd
+    through the vmapped forward, one Adam over the stacked parameters."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    splits = list(KFold(cfg["folds"], shuffle=True, random_state=0).split(X))
+    s = torch.tensor(cfg["strengths"], dtype=torch.float32)
+    scores = torch.zeros(len(s))
+    for tr, va in splits:
+        Xs, Ys, scale = _scaled(X, y, tr)
+        models = [mlp(X.shape[1], cfg["width"]) for _ in range(len(s))]
+        params, buffers = stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta")
+
+        def fmodel(p, b, x, base=base):
+            return functional_call(base, (p, b), (x,))
+
+        ensemble = vmap(fmodel, in_dims=(0, 0, None))
+        weights = [w for n, w in params.items() if n.endswith("weight")]
+        opt = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
+        Xtr, Ytr = Xs[tr], Ys[tr]
+        n = len(Xtr)
+        for _ in range(cfg["epochs"]):
+            perm = torch.randperm(n)
+            for b in range(0, n, cfg["batch"]):
+                i = perm[b : b + cfg["batch"]]
+                out = ensemble(params, buffers, Xtr[i])  # (models, batch, 1)
+                data = (out - Ytr[i]).pow(2).mean((1, 2))
+                l2 = sum(w.pow(2).sum((1, 2)) for w in weights)
+                opt.zero_grad()
+                (data + s / 2 * l2).sum().backward()
+                opt.step()
+        with torch.no_grad():
+            out = ensemble(params, buffers, Xs[va])
+            scores += ((out - Ys[va]) * scale).pow(2).mean((1, 2)) / len(splits)
+    best = cfg["strengths"][int(scores.argmin())]
+    Xs, Ys, _ = _scaled(X, y, np.arange(len(X)))
+    _train_one(mlp(X.shape[1], cfg["width"]), Xs, Ys, best, cfg)  # refit
+    return best, None
+
+
+def run_skorch(X, y, cfg):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from skorch import NeuralNetRegressor
+
+    net = NeuralNetRegressor(
+        _SkorchMLP,
+        module__d=X.shape[1],
+        module__width=cfg["width"],
+        optimizer=torch.optim.Adam,
+        lr=cfg["lr"],
+        max_epochs=cfg["epochs"],
+        batch_size=cfg["batch"],
+        train_split=None,
+        verbose=0,
+    )
+    pipe = make_pipeline(StandardScaler(), net)
+    grid = GridSearchCV(
+        pipe,
+        {"neuralnetregressor__optimizer__weight_decay": list(cfg["strengths"])},
+        cv=KFold(cfg["folds"], shuffle=True, random_state=0),
+        scoring="neg_mean_squared_error",
+        refit=True,
+    )
+    ys = (y - y.mean()) / y.std()
+    grid.fit(X.astype(np.float32), ys.astype(np.float32)[:, None])
+    return grid.best_params_["neuralnetregressor__optimizer__weight_decay"], None
+
+
+class _SkorchMLP(nn.Module):
+    def __init__(self, d: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.net = mlp(d, width)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def run_closed(X, y, cfg):
+    r = tp.sweep(
+        lambda: nn.Linear(X.shape[1], 1),
+        (X, y),
+        strengths=cfg["strengths"],
+        folds=cfg["folds"],
+        progress=False,
+        solver="closed_form",
+    )
+    return r.best_strength, None
+
+
+def run_linear_train(X, y, cfg):
+    kw = {"solver": "train"} if "solver" in SWEEP_PARAMS else {}
+    r = tp.sweep(
+        lambda: nn.Linear(X.shape[1], 1),
+        (X, y),
+        strengths=cfg["strengths"],
+        folds=cfg["folds"],
+        epochs=cfg["epochs"],
+        batch_size=None,
+        lr=0.1,
+        progress=False,
+        **kw,
+    )
+    return r.best_strength, None
+
+
+# ---------------------------------------------------------------------------- timing
+def race(contenders, X, y, cfg, repeats, once=()):
+    """Median seconds of each contender, run interleaved; and the best strength each chose.
+    Contenders named in ``once`` run in the first repetition only (the slowest ones)."""
+    times = {name: [] for name in contenders}
+    chosen = {}
+    for rep in range(repeats):
+        for name, fn in contenders.items():
+            if rep and name in once:
+                continue
+            t0 = time.perf_counter()
+            chosen[name] = fn(X, y, cfg)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, chosen
+
+
+def table(title, med, chosen, ref="tp.sweep"):
+    print(f"\n{title}")
+    for name, t in med.items():
+        best, choice = chosen[name]
+        extra = f"  ({choice})" if choice else ""
+        ratio = t / med[ref]
+        print(f"  {name:34s} {t:8.3f} s   {ratio:7.2f}x tp.sweep's time   best {best:g}{extra}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 strengths, few epochs")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: tiny grid, 2 epochs")
+    ap.add_argument("--repeats", type=int, default=3, help="timings per contender (median)")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--wide-epochs", type=int, default=10, help="epochs at widths 256, 1024")
+    ap.add_argument("--widths", default="256,1024", help="wide MLPs against the plain loop")
+    ap.add_argument("--no-skorch", action="store_true", help="leave skorch out (slow)")
+    ap.add_argument("--skorch-repeats", type=int, default=1, help="skorch runs (1 or repeats)")
+    ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs")
+    ap.add_argument("--no-linear", action="store_true", help="leave out the closed-form table")
+    ap.add_argument("--threads", default="1,default", help="thread settings to time")
     args = ap.parse_args(argv)
-    global DEVICE
-    DEVICE = args.device
     X, y = load_diabetes(return_X_y=True)
-    strengths = [1e-4, 1e-2, 1.0] if args.quick else None
-    setups = [("batch 64, 50 epochs", 64, 50), ("full batch, 200 epochs", None, 200)]
+    cfg = dict(width=32, strengths=default_strengths(), folds=5, epochs=args.epochs,
+               batch=64, lr=1e-2)  # fmt: skip
+    widths = [int(w) for w in args.widths.split(",") if w]
+    repeats = args.repeats
     if args.quick:
-        setups = [("batch 64, 3 epochs", 64, 3)]
-    print(f"torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads()} threads; "
-          f"{13 if strengths is None else len(strengths)} strengths x 5 folds, diabetes (442 rows), MLP 10-32-32-1")  # fmt: skip
-    timed(data=(X, y), strengths=[1e-3], folds=2, epochs=2, batch_size=64)  # warm-up
-    timed(data=(X, y), strengths=[1e-3], folds=2, epochs=2, batch_size=64, forward="vmap")
-    out = {}
-    for name, bs, epochs in setups:
-        kw = dict(data=(X, y), strengths=strengths, batch_size=bs, epochs=epochs)
-        t_bmm, r_bmm = timed(forward="bmm", **kw)
-        t_vmap, _ = timed(forward="vmap", **kw)
-        t_seq, r_seq = timed(vectorize=False, **kw)
-        same = r_bmm.best_strength == r_seq.best_strength
-        print(f"\n{name}")
-        n_models = len(r_seq.records)
-        print(f"  sequential ({n_models} models one at a time): {t_seq:7.2f} s")
-        print(
-            f"  vectorized, bmm forward:              {t_bmm:7.2f} s   speed-up {t_seq / t_bmm:5.1f}x"
-        )
-        print(
-            f"  vectorized, vmap forward:             {t_vmap:7.2f} s   speed-up {t_seq / t_vmap:5.1f}x"
-        )
-        print(f"  same best strength: {same} ({r_bmm.best_strength:g})")
-        out[name] = {"sequential": t_seq, "bmm": t_bmm, "vmap": t_vmap}
+        cfg.update(strengths=[1e-3, 1e-1, 10.0], folds=3, epochs=2)
+        widths, repeats, args.wide_epochs = [256], 1, 1
+    contenders = {
+        "tp.sweep": run_tp,
+        "plain loop": run_loop,
+        "torch.func recipe (vmap)": run_func,
+    }
+    try:
+        import skorch  # noqa: F401
 
-    name, bs, epochs = setups[0]
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if DEVICE.startswith("cuda"):
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        timed(data=(X, y), strengths=strengths, batch_size=bs, epochs=epochs, forward="bmm")
-    total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    print(f"\nwhere the vectorized ({name}, bmm) time goes, by operator (self CPU time):")
-    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]:
-        print(
-            f"  {e.key:40s} {e.self_cpu_time_total / 1e3:8.1f} ms  {100 * e.self_cpu_time_total / total:5.1f}%"
-        )
+        if not args.no_skorch:
+            contenders["skorch + GridSearchCV"] = run_skorch
+    except ImportError:
+        print("note: skorch is not installed; its row is skipped (pip install skorch)")
+    default_threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}; {len(cfg['strengths'])} strengths x {cfg['folds']} "
+          f"folds, diabetes ({len(X)} rows), Adam lr {cfg['lr']}, batch {cfg['batch']}, "
+          f"refit included; median of {repeats}")  # fmt: skip
+    run_tp(X, y, dict(cfg, strengths=cfg["strengths"][:2], epochs=1))  # warm-up
+    run_func(X, y, dict(cfg, strengths=cfg["strengths"][:2], epochs=1))
+    out = {}
+    counts = [default_threads if th == "default" else int(th) for th in args.threads.split(",")]
+    for n in dict.fromkeys(counts):  # in order, without repeats
+        torch.set_num_threads(n)
+        tag = f"{n} thread{'s' if n > 1 else ''}"
+        if not args.only_wide:
+            once = () if args.skorch_repeats > 1 else ("skorch + GridSearchCV",)
+            med, chosen = race(contenders, X, y, cfg, repeats, once)
+            table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
+            out[(tag, 32)] = med
+        for w in widths:
+            wcfg = dict(cfg, width=w, epochs=args.wide_epochs)
+            pair = {"tp.sweep": run_tp, "plain loop": run_loop}
+            med, chosen = race(pair, X, y, wcfg, repeats)
+            table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
+            out[(tag, w)] = med
+        if "solver" in SWEEP_PARAMS and not args.no_linear:
+            lcfg = dict(cfg, epochs=20 if args.quick else 1000)
+            pair = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
+                    run_linear_train}  # fmt: skip
+            med, chosen = race(pair, X, y, lcfg, repeats)
+            table(f"[{tag}] linear model, L2, MSE: closed form vs training", med, chosen)
+            out[(tag, "linear")] = med
+    torch.set_num_threads(default_threads)
     return out
 
 

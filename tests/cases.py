@@ -156,6 +156,27 @@ PENALTIES = [
         lambda ws, s, refs: np_orth_grad(ws, s),
         None,
     ),
+    PenaltyInfo(
+        "berhu",
+        lambda s, refs: tp.BerHu(s, delta=0.5),
+        lambda ws, s, refs: (
+            s
+            * sum(
+                np.sum(np.where(np.abs(w) <= 0.5, np.abs(w), (np.abs(w) ** 2 + 0.25) / 1.0))
+                for w in ws
+            )
+        ),
+        lambda ws, s, refs: [s * np.where(np.abs(w) <= 0.5, _sgn(w), w / 0.5) for w in ws],
+        lambda ws, t, refs: [
+            np.where(
+                np.abs(w) <= t,
+                0 * w,
+                np.where(np.abs(w) <= 0.5 + t, w - t * _sgn(w), w * 0.5 / (0.5 + t)),
+            )
+            for w in ws
+        ],
+        config_extra={"delta": 0.5},
+    ),
 ]
 PENALTY_IDS = [p.name for p in PENALTIES]
 

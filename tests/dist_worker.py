@@ -142,8 +142,9 @@ def special_cases(rank):
         - 2 * X[:, 1]
         + 0.1 * torch.randn(40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     )
+    # solver="train": a linear model would be solved exactly; this checks the split grid
     r = tp.sweep(lambda: nn.Linear(6, 1), (X, y), strengths=[1e-3, 1e-1, 1.0], folds=3, epochs=5,
-                 batch_size=8, progress=False)  # fmt: skip
+                 batch_size=8, progress=False, solver="train")  # fmt: skip
     out["sweep_table"] = r.table
     out["sweep_chunks"] = r.settings["chunks"]
     return out

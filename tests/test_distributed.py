@@ -70,7 +70,7 @@ def test_sweep_splits_the_grid_and_gathers_the_table(ranks):
         + 0.1 * torch.randn(40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     )
     single = tp.sweep(lambda: torch.nn.Linear(6, 1), (X, y), strengths=[1e-3, 1e-1, 1.0], folds=3,
-                      epochs=5, batch_size=8, progress=False)  # fmt: skip
+                      epochs=5, batch_size=8, progress=False, solver="train")  # fmt: skip
     for r in ranks:
         s = r["special"]
         assert s["sweep_chunks"] >= 2  # the grid really was split

@@ -50,10 +50,19 @@ def test_torchrun_examples(script, last_lines):
     assert res.returncode == 0 or teardown_abort, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("script", ["benchmarks/step_overhead.py", "benchmarks/sweep_speed.py"])
-def test_benchmarks_quick(script):
+@pytest.mark.parametrize(
+    ("script", "marker"),
+    [
+        ("benchmarks/step_overhead.py", "x"),
+        ("benchmarks/sweep_speed.py", "x"),
+        ("benchmarks/decay_rules.py", "/ decoupled"),
+        ("benchmarks/denormal_scaling.py", "x"),
+        ("benchmarks/engine_step.py", "x"),
+    ],
+)
+def test_benchmarks_quick(script, marker):
     out = run(sys.executable, script, "--quick")
-    assert "x" in out
+    assert marker in out  # the ratio column against the same run's baseline
 
 
 def _test_functions() -> list[tuple[str, str]]:

@@ -274,7 +274,7 @@ def test_resume_checks_flags_data_and_works_from_another_folder(tmp_path, capsys
     rows = "".join(f"{a:.5f},{b:.5f},{c:.5f},{a - 2 * c:.5f}\n" for a, b, c in X)
     data.write_text("a,b,c,y\n" + rows)
     monkeypatch.chdir(tmp_path)
-    args = [*ARGS, "--data", "d.csv", "--model", "linear"]
+    args = [*ARGS, "--data", "d.csv", "--model", "mlp:4"]  # trained (linear is exact now)
     out = _interrupted_run(tmp_path, capsys, monkeypatch, args)
     saved = json.loads((out / "report.json").read_text())
     assert saved["inputs"]["data"] == str(data)  # stored absolute

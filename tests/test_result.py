@@ -200,7 +200,7 @@ def test_all_strengths_diverging_is_reported_not_crashed():
     X, y = _linear_data()
     r = tp.sweep(
         lambda: nn.Linear(3, 1), (X, y), strengths=[1e-3, 1e-1, 1.0], folds=3, epochs=20,
-        optimizer="sgd", lr=50.0, **QUIET,
+        optimizer="sgd", lr=50.0, solver="train", **QUIET,
     )  # fmt: skip
     assert r.refit == "best" and r.model is None  # nothing to refit
     assert all(row["diverged"] for row in r.table)
@@ -215,7 +215,7 @@ def test_a_strength_that_diverges_alone_is_marked_not_chosen():
     grid = [1e-3, 1e-2, 1e-1, 1000.0]  # lr * 1000 = 50: the L2 gradient step explodes
     r = tp.sweep(
         lambda: nn.Linear(3, 1), (X, y), strengths=grid, folds=3, epochs=20,
-        optimizer="sgd", lr=0.05, **QUIET,
+        optimizer="sgd", lr=0.05, solver="train", **QUIET,
     )  # fmt: skip
     t = r.table
     assert t[-1]["diverged"] and not any(row["diverged"] for row in t[:-1])

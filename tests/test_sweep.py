@@ -47,7 +47,7 @@ def test_vectorized_equals_sequential(diabetes):
     vec = tp.sweep(mlp, diabetes, strengths=GRID, **FAST)
     seq = tp.sweep(mlp, diabetes, strengths=GRID, vectorize=False, **FAST)
     vmap = tp.sweep(mlp, diabetes, strengths=GRID, forward="vmap", **FAST)
-    chunked = tp.sweep(mlp, diabetes, strengths=GRID, max_memory_mb=0.4, **FAST)
+    chunked = tp.sweep(mlp, diabetes, strengths=GRID, max_memory_mb=0.4, vectorize=True, **FAST)
     assert vec.settings["forward"] == "bmm" and vmap.settings["forward"] == "vmap"
     assert seq.settings["chunk_size"] == 1 and 1 < chunked.settings["chunks"] < 12
     for other in (seq, vmap, chunked):
@@ -160,7 +160,7 @@ def _interrupt_at(monkeypatch, calls):
 
 @pytest.mark.parametrize("budget", [2048.0, 0.4])  # one chunk, or many chunks
 def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypatch, budget):
-    kw = dict(strengths=GRID, max_memory_mb=budget, **FAST)
+    kw = dict(strengths=GRID, max_memory_mb=budget, vectorize=True, **FAST)
     full = tp.sweep(mlp, diabetes, **kw)
     _interrupt_at(monkeypatch, 37)  # mid-epoch, mid-chunk
     with pytest.raises(SweepInterrupted) as info:
@@ -204,7 +204,7 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypat
         ({"seed": -1}, ValueError, r"seed must be an integer >= 0, got -1"),
         ({"seed": 2**40}, ValueError, r"seed must be an integer in \[0, 4294967295\], got 1099511627776"),
         ({"seed": 1.5}, TypeError, r"seed must be an integer, got 1.5"),
-        ({"vectorize": "yes"}, TypeError, r"vectorize must be True or False, got 'yes'"),
+        ({"vectorize": "yes"}, TypeError, r"vectorize must be True, False or 'auto', got 'yes'"),
         ({"early_stopping": 0}, ValueError, r"early_stopping must be an integer >= 1, got 0"),
         ({"max_memory_mb": 0}, ValueError, r"max_memory_mb must be a finite number > 0, got 0"),
         ({"on_chunk": 3}, TypeError, r"on_chunk must be a callable, got 3"),

@@ -53,6 +53,7 @@ __all__ = [
     "L1",
     "L2",
     "L2SP",
+    "BerHu",
     "Constraint",
     "ElasticNet",
     "GroupLasso",
@@ -721,6 +722,51 @@ class Orthogonal(Penalty):
 
     def _grad_(self, grads, params, s, names):
         F.orthogonal_grad_(grads, params, s)
+
+
+class BerHu(Penalty):
+    """Reverse Huber ("BerHu", Owen 2007) penalty: ``strength * sum(berhu(w))`` with,
+    elementwise, ``berhu(x) = |x|`` for ``|x| <= delta`` and ``(|x|**2 + delta**2) /
+    (2 * delta)`` otherwise: the lasso near zero (exact zeros), ridge in the tails (large
+    weights shrink in proportion, correlated ones are kept together, as with elastic net).
+    Gradient ``strength * sign(w)`` for ``|w| <= delta``, else ``strength * w / delta``
+    (``0`` at ``w = 0``); proximal step
+    (threshold ``t``): ``0`` where ``|w| <= t``, ``w - t * sign(w)`` where
+    ``|w| <= delta + t``, else ``w * delta / (delta + t)``. Complex weights use ``|w|``.
+
+    >>> import torch
+    >>> w = torch.tensor([0.5, -3.0])
+    >>> BerHu(2.0, delta=1.0)([w])   # 2 * (0.5 + (3**2 + 1) / 2)
+    tensor(11.)
+    >>> g = [torch.zeros(2)]; BerHu(2.0).grad_(g, [w]); g   # 2 * [sign(0.5), -3 / 1]
+    [tensor([ 2., -6.])]
+    >>> BerHu(1.0, delta=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: delta must be a finite number > 0, got 0
+    """
+
+    name = "berhu"
+    aliases = ("reverse_huber",)
+    sweep_mode = "proximal"
+
+    def __init__(self, strength: StrengthLike, *, delta: float = 1.0) -> None:
+        super().__init__(strength)
+        self.delta = check_positive("delta", delta)
+
+    def term(self, w: Tensor) -> Tensor:
+        a, d = w.abs(), self.delta
+        return torch.where(a <= d, a, (a * a + d * d) / (2 * d)).sum()
+
+    def term_grad(self, w: Tensor) -> Tensor:  # w / min(|w|, delta), 0 at w = 0
+        a = w.abs()
+        return w / a.clamp(max=self.delta).clamp_min(torch.finfo(a.dtype).tiny)
+
+    def term_prox(self, w: Tensor, t: float | Tensor) -> Tensor:
+        x = w.float() if w.dtype in _LOW else w
+        a, d = x.abs(), self.delta
+        shrink = (1 - t / a.clamp_min(torch.finfo(a.dtype).tiny)).clamp_min(0)
+        return x * torch.where(a <= d + t, shrink, d / (d + t))
 
 
 def names(*, sweepable: bool = False) -> list[str]:

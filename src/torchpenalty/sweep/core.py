@@ -30,8 +30,10 @@ from .._validation import (
 )
 from ..distributed import all_gather_objects, world
 from ..penalties import Penalty, get, resolve
+from . import closed_form
 from .engine import STACKABLE, Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold
+from .plan import probe
 from .result import StandardizedModel, SweepResult, describe_model
 
 __all__ = [
@@ -95,6 +97,14 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 def _bool(name: str, v: Any) -> bool:
     if not isinstance(v, (bool, np.bool_)):
         raise type_error(name, "True or False", v)
+    return bool(v)
+
+
+def _vectorize(name: str, v: Any) -> bool | str:
+    if isinstance(v, str) and v == "auto":
+        return v
+    if not isinstance(v, (bool, np.bool_)):
+        raise type_error(name, "True, False or 'auto'", v)
     return bool(v)
 
 
@@ -185,7 +195,8 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "optimizer": _choice("adam", "sgd"),
     "lr": check_positive,
     "mode": _optional(_choice("grad", "decoupled", "proximal")),
-    "vectorize": _bool,
+    "vectorize": _vectorize,
+    "solver": _choice("auto", "closed_form", "train"),
     "seed": _int(0, MAX_SEED),
     "progress": _bool,
     "early_stopping": _optional(_int(1)),
@@ -510,6 +521,11 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     size = 1
     if o["vectorize"]:
         size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, len(v.X))
+    # a resume keeps its chunking; under torchrun every rank must chunk alike: no probe
+    if o["vectorize"] == "auto" and o["resume"] is None and world()[1] == 1:
+        choice = probe(engine, tasks, size)
+        size = choice.chunk_size if choice.vectorize else 1
+        settings["vectorize_plan"] = choice.to_dict()
     _, world_size = world()
     if world_size > 1:  # under torchrun: every rank gets a share of the grid
         size = min(size, -(-len(tasks) // world_size))
@@ -519,7 +535,7 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
 # ---------------------------------------------------------------------------- resume
 def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Settings that must match for a resume (not the chunking or the forward kind)."""
-    skip = ("chunk_size", "chunks", "forward", "world_size")
+    skip = ("chunk_size", "chunks", "forward", "world_size", "vectorize_plan")
     return {k: v for k, v in settings.items() if k not in skip}
 
 
@@ -715,7 +731,8 @@ _DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "lr": 1e-2,
     "mode": None,
-    "vectorize": True,
+    "vectorize": "auto",
+    "solver": "auto",
     "seed": 0,
     "progress": True,
     "early_stopping": None,
@@ -744,7 +761,8 @@ def sweep(
     optimizer: str = "adam",
     lr: float = 1e-2,
     mode: str | None = None,
-    vectorize: bool = True,
+    vectorize: bool | str = "auto",
+    solver: str = "auto",
     seed: int = 0,
     progress: bool = True,
     early_stopping: int | None = None,
@@ -782,8 +800,17 @@ def sweep(
         mode: how the penalty is applied: ``"grad"``, ``"decoupled"`` or ``"proximal"``;
             default ``"proximal"`` for L1, elastic net and group lasso (exact zeros) and
             ``"grad"`` for L2.
-        vectorize: train all models as one batched computation (``False``: one model at a
-            time through the same code; same numbers up to float rounding).
+        vectorize: ``True``: train the models stacked, as one batched computation;
+            ``False``: one model at a time through the same code (same numbers up to float
+            rounding); ``"auto"`` (default): time a few steps of both and keep the faster
+            (:func:`torchpenalty.sweep.plan.probe`; the choice and both timings are in
+            ``result.settings["vectorize_plan"]``).
+        solver: ``"auto"`` (default): exact where it can be -- a model that is one
+            ``nn.Linear`` with ``penalty="l2"``, ``loss="mse"`` (``mode="grad"``, no early
+            stopping) is solved in closed form per fold
+            (:mod:`torchpenalty.sweep.closed_form`, equal to scikit-learn's ``Ridge`` with
+            ``alpha = s * n_train / 2``), anything else is trained; ``"closed_form"``
+            insists (``ValueError`` if it does not apply); ``"train"`` always trains.
         seed: an integer in [0, 2**32 - 1] for the folds, initializations and batches.
         early_stopping: patience in epochs; each model keeps its parameters from its best
             validation epoch. ``None`` trains every model for ``epochs``.
@@ -822,15 +849,21 @@ def sweep(
     """
     options = {k: v for k, v in locals().items() if k in _DEFAULTS}
     v = validate(make_model, data, **options)
-    plan = _plan(make_model, v)
-    done: dict[tuple[int, int], Record] = {}
-    snap = None
-    if v.options["resume"] is not None:
-        done, snap = _restore(plan, v.options["resume"])
-    _run_chunks(plan, done, snap, v.options["progress"], v.options["on_chunk"])
-    if world()[1] > 1:
-        _gather(done)
-    result = _finish(plan, done, v.options["refit"])
+    if closed_form.chooses_closed_form(make_model, v):  # the training path's folds, exactly
+        o = v.options
+        problem, _ = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
+        splits = list(zip(problem.train_idx, problem.val_idx, strict=True))[:-1]
+        result = closed_form.sweep_closed_form(make_model, v, splits)
+    else:
+        plan = _plan(make_model, v)
+        done: dict[tuple[int, int], Record] = {}
+        snap = None
+        if v.options["resume"] is not None:
+            done, snap = _restore(plan, v.options["resume"])
+        _run_chunks(plan, done, snap, v.options["progress"], v.options["on_chunk"])
+        if world()[1] > 1:
+            _gather(done)
+        result = _finish(plan, done, v.options["refit"])
     if v.test is not None:
         if result.model is None:
             raise ValueError("test needs a refit model: refit was False or every strength diverged")

@@ -1,0 +1,261 @@
+"""Exact sweeps for a linear model with L2 and a mean-squared loss (ridge regression).
+
+For ``nn.Linear(d, k)`` trained on standardized inputs ``Z`` (``n`` rows) and targets
+``T`` with the loss ``mean((Z W^T + b - T)**2)`` (mean over rows and outputs) plus
+``L2(s)`` on the weight, ``s/2 * sum(W**2)`` (the bias is not penalized), the minimizer is
+
+    W^T = (Zc^T Zc + lam I)^-1 Zc^T Tc,   lam = s * n * k / 2,   b = mean(T) - mean(Z) W^T
+
+with ``Zc``, ``Tc`` centered on the training rows. One SVD ``Zc = U S V^T`` per fold gives
+every strength: ``W^T = V diag(S / (S**2 + lam)) U^T Tc``. This equals scikit-learn
+``Ridge(alpha=s * n_train / 2)`` (one output) on the same standardized data, so a sweep of
+``tp.sweep(lambda: nn.Linear(d, k), (X, y), penalty="l2")`` equals
+``GridSearchCV(make_pipeline(StandardScaler(), Ridge(alpha=s * n_train / 2)))``.
+
+A linear probe (a linear head on frozen features) is the same problem: compute the
+features once (``feats = backbone(X)`` under ``torch.no_grad()``) and sweep
+``nn.Linear(feats.shape[1], k)`` on ``(feats, y)``.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> Z = rng.normal(size=(40, 3)); T = Z @ [[1.0], [0.0], [-2.0]] + 0.5
+>>> W, b = ridge_solutions(Z, T, [0.0, 10.0])
+>>> np.allclose(W[0], [[1.0], [0.0], [-2.0]]) and np.allclose(b[0], 0.5)
+True
+>>> lam = 10.0; Zc = Z - Z.mean(0); Tc = T - T.mean(0)
+>>> np.allclose(W[1], np.linalg.solve(Zc.T @ Zc + lam * np.eye(3), Zc.T @ Tc))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from .engine import Record
+from .folds import Standardizer
+from .result import StandardizedModel, SweepResult, describe_model
+
+if TYPE_CHECKING:
+    from .core import Validated
+
+__all__ = [
+    "chooses_closed_form",
+    "fit_linear",
+    "is_linear_model",
+    "linear_of",
+    "not_applicable",
+    "ridge_solutions",
+    "sweep_closed_form",
+    "sweep_records",
+]
+
+
+def linear_of(model: nn.Module) -> nn.Linear | None:
+    """The ``nn.Linear`` of ``model`` if it is one (or an ``nn.Sequential`` of one), else None."""
+    if isinstance(model, nn.Linear):
+        return model
+    if isinstance(model, nn.Sequential) and len(model) == 1 and isinstance(model[0], nn.Linear):
+        return model[0]
+    return None
+
+
+def is_linear_model(model: nn.Module) -> bool:
+    """Whether the closed form applies to ``model``: one trainable float ``nn.Linear``."""
+    lin = linear_of(model)
+    return lin is not None and all(
+        p.requires_grad and p.is_floating_point() for p in lin.parameters()
+    )
+
+
+def ridge_solutions(
+    Z: np.ndarray, T: np.ndarray, lams: Sequence[float], *, fit_intercept: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge solutions for every ``lam`` in ``lams`` from one SVD (float64).
+
+    Minimizes ``||Z W + 1 b - T||**2 + lam * ||W||**2`` (``b`` unpenalized, fixed at 0 when
+    ``fit_intercept=False``). Returns ``W`` of shape ``(len(lams), d, k)`` and ``b`` of shape
+    ``(len(lams), k)``. ``lam = 0`` gives the minimum-norm least-squares solution.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64).reshape(len(Z), -1)
+    zm = Z.mean(0) if fit_intercept else np.zeros(Z.shape[1])
+    tm = T.mean(0) if fit_intercept else np.zeros(T.shape[1])
+    U, S, Vt = np.linalg.svd(Z - zm, full_matrices=False)
+    UtT = U.T @ (T - tm)  # (r, k)
+    lam = np.asarray(lams, dtype=np.float64)[:, None]
+    tol = S.max(initial=0.0) * max(Z.shape) * np.finfo(np.float64).eps
+    keep = tol < S
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shrink = np.where(keep, S / (S**2 + lam), 0.0)  # (L, r)
+    W = np.einsum("rd,lr,rk->ldk", Vt, shrink, UtT)
+    b = tm - np.einsum("d,ldk->lk", zm, W)
+    return W, b
+
+
+def _scaled(X: np.ndarray, Y: np.ndarray, rows: np.ndarray, standardize: bool):
+    d, k = X.shape[1], Y.shape[1]
+    sx = Standardizer(X[rows] if standardize else np.zeros((1, d)))
+    sy = Standardizer(Y[rows] if standardize else np.zeros((1, k)))
+    return sx, sy, sx.transform(X), sy.transform(Y)
+
+
+def _mse(pred: np.ndarray, target: np.ndarray, scale: np.ndarray) -> float:
+    """Mean squared error in the data's units (NaN for no rows)."""
+    return float(np.mean(((pred - target) * scale) ** 2)) if len(target) else float("nan")
+
+
+def sweep_records(
+    X: np.ndarray,
+    Y: np.ndarray,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    strengths: Sequence[float],
+    *,
+    standardize: bool = True,
+    fit_intercept: bool = True,
+) -> list[Record]:
+    """One :class:`Record` per (strength, fold), in that order, computed exactly: the
+    validation and training mean-squared errors in the data's units, the weight's norm
+    and fraction of exact zeros (in standardized units, as the trained sweep reports)."""
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    k = Y.shape[1]
+    records = []
+    for f, (tr, va) in enumerate(splits):
+        _, sy, Z, T = _scaled(X, Y, tr, standardize)
+        lams = [s * len(tr) * k / 2 for s in strengths]
+        W, b = ridge_solutions(Z[tr], T[tr], lams, fit_intercept=fit_intercept)
+        for i, s in enumerate(strengths):
+            tr_loss, va_loss = (_mse(Z[r] @ W[i] + b[i], T[r], sy.std) for r in (tr, va))
+            records.append(
+                Record(
+                    i=i,
+                    fold=f,
+                    strength=float(s),
+                    val_loss=va_loss,
+                    train_loss=tr_loss,
+                    param_norm=float(np.sqrt(np.sum(W[i] ** 2))),
+                    zero_fraction=float(np.mean(W[i] == 0)),
+                    best_epoch=0,
+                    history={"train": [tr_loss], "val": [va_loss]},
+                )
+            )
+    return sorted(records, key=lambda r: (r.i, r.fold))  # the trained sweep's order
+
+
+def fit_linear(
+    make_model: Callable[[], nn.Module],
+    X: np.ndarray,
+    Y: np.ndarray,
+    strength: float,
+    *,
+    standardize: bool = True,
+) -> StandardizedModel:
+    """``make_model()``'s linear layer solved exactly on all rows at ``strength``, wrapped
+    like the trained sweep's refit: a :class:`StandardizedModel` taking raw ``X`` (NumPy
+    or tensors) around the model ``make_model`` returns, its weights in standardized units."""
+    model = make_model()
+    lin = linear_of(model)
+    if lin is None:
+        raise TypeError(f"make_model must return an nn.Linear for the closed form, got {model!r}")
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    n, k = Y.shape
+    if (lin.in_features, lin.out_features) != (X.shape[1], k):
+        raise ValueError(
+            f"make_model must return nn.Linear({X.shape[1]}, {k}) for this data, got {lin!r}"
+        )
+    sx, sy, Z, T = _scaled(X, Y, np.arange(n), standardize)
+    has_bias = lin.bias is not None
+    W, b = ridge_solutions(Z, T, [strength * n * k / 2], fit_intercept=has_bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(W[0].T))
+        if has_bias:
+            lin.bias.copy_(torch.as_tensor(b[0]))
+    f32 = torch.float32
+    return StandardizedModel(
+        model,
+        torch.tensor(sx.mean, dtype=f32),
+        torch.tensor(sx.std, dtype=f32),
+        torch.tensor(sy.mean, dtype=f32),
+        torch.tensor(sy.std, dtype=f32),
+    ).eval()
+
+
+# ---------------------------------------------------------------------------- tp.sweep
+def not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
+    """Why ``solver="closed_form"`` cannot serve this sweep, or None when it can: the model
+    must be one trainable ``nn.Linear`` (or an ``nn.Sequential`` of one), the penalty L2
+    and the loss mean-squared."""
+    if v.loss != "mse":
+        return f"loss='mse' (got {v.loss!r})"
+    if v.penalty.name != "l2":
+        return f"penalty='l2' (got {v.penalty.name!r})"
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    if not is_linear_model(model):
+        return "a model that is one trainable nn.Linear (or nn.Sequential of one)"
+    return None
+
+
+def chooses_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> bool:
+    """``solver="auto"``: the closed form when it applies and training would aim at the
+    same solution (L2 as a gradient term, no early stopping, no resume); ``"closed_form"``
+    insists (``ValueError`` saying what is missing); ``"train"`` never."""
+    solver = v.options.get("solver", "auto")
+    if solver == "train":
+        return False
+    why = not_applicable(make_model, v)
+    if solver == "closed_form":
+        if why is not None:
+            raise ValueError(f"solver='closed_form' needs {why}")
+        return True
+    o = v.options
+    return why is None and v.mode == "grad" and o["early_stopping"] is None and not o["resume"]
+
+
+def sweep_closed_form(
+    make_model: Callable[[], nn.Module],
+    v: Validated,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> SweepResult:
+    """The sweep's result computed exactly on the training path's ``splits`` (train, val):
+    the same table and selection rules, ``best_epoch`` 0, one-point learning curves, and
+    the refit solved exactly."""
+    o = v.options
+    n = len(v.X)
+    groups = getattr(v, "groups", None)
+    records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
+                            fit_intercept=_has_bias(make_model))  # fmt: skip
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": n,
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "solver": "closed_form",
+    }
+    if groups is not None:
+        settings["groups"] = len(np.unique(groups))
+    with torch.random.fork_rng(devices=[]):
+        name = describe_model(make_model())
+    result = SweepResult(v.grid, o["folds"], records, settings, model_name=name)
+    if not hasattr(type(result), "loss"):
+        result.loss = v.loss
+    if o["refit"] and result.chosen_strength is not None:
+        result.refit = o["refit"]
+        with torch.random.fork_rng(devices=[]):
+            result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
+                                      standardize=o["standardize"]).eval()  # fmt: skip
+    return result
+
+
+def _has_bias(make_model: Callable[[], nn.Module]) -> bool:
+    with torch.random.fork_rng(devices=[]):
+        lin = linear_of(make_model())
+    return lin is not None and lin.bias is not None

@@ -1,0 +1,96 @@
+"""Choosing how a sweep trains its models: stacked (vectorized) or one at a time.
+
+Stacking M models turns M small matrix products into one batched product and M optimizer
+steps into one: a large gain for small models and mini-batches, where a step is bound by
+per-call overhead, and none (or a loss) for wide models, whose products already keep the
+CPU busy while the stacked copies of activations cost memory traffic. Neither is faster
+everywhere, so ``tp.sweep(vectorize="auto")`` times a few steps of both on the sweep's own
+model and data (:func:`probe`) and keeps the faster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .engine import Engine, Task
+
+__all__ = ["VectorizePlan", "probe"]
+
+
+@dataclass(frozen=True)
+class VectorizePlan:
+    """The probe's decision and what it measured.
+
+    ``stacked_s`` and ``single_s`` are seconds per model per training step (median of the
+    timed steps): stacked in a chunk of ``chunk_size`` models, and one model at a time.
+    ``vectorize`` is ``stacked_s < single_s``; ``probe_s`` is what probing cost."""
+
+    vectorize: bool
+    chunk_size: int
+    stacked_s: float
+    single_s: float
+    probe_s: float
+    steps: int
+
+    @property
+    def choice(self) -> str:
+        return "stacked" if self.vectorize else "one at a time"
+
+    @property
+    def speedup(self) -> float:
+        """How much faster the chosen path is than the other (>= 1; NaN if not timed)."""
+        if not (self.stacked_s > 0 and self.single_s > 0):
+            return math.nan
+        return max(self.stacked_s, self.single_s) / min(self.stacked_s, self.single_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "choice": self.choice}
+
+    def __str__(self) -> str:
+        return (
+            f"{self.choice}: {self.stacked_s * 1e3:.3g} ms per model-step stacked "
+            f"({self.chunk_size} models), {self.single_s * 1e3:.3g} ms one at a time"
+        )
+
+
+def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3) -> VectorizePlan:
+    """Time ``steps`` training steps (after a warm-up step) of the first ``chunk_size``
+    of ``tasks`` stacked, and of one model alone; keep the faster per model-step.
+
+    The probe trains copies and restores the random state: the sweep's numbers do not
+    depend on it. With one task or a chunk of one model there is nothing to compare and
+    the plan is one at a time (timings NaN).
+
+    >>> import torch
+    >>> from torchpenalty.sweep.engine import Engine, Problem, Task
+    >>> import numpy as np, torchpenalty as tp
+    >>> X = torch.randn(1, 40, 3); Y = torch.randn(1, 40, 1)
+    >>> pb = Problem(X, Y, torch.ones(1, 1), [np.arange(40)], [np.arange(0)], "mse")
+    >>> eng = Engine(lambda: torch.nn.Linear(3, 1), pb, tp.L2(1.0), epochs=1, batch_size=8,
+    ...              optimizer="adam", lr=0.01, mode="grad", seed=0, early_stopping=None)
+    >>> plan = probe(eng, [Task(i, 0, s) for i, s in enumerate([0.1, 1.0, 10.0])], 3)
+    >>> plan.chunk_size, plan.stacked_s > 0, plan.single_s > 0
+    (3, True, True)
+    """
+    size = min(chunk_size, len(tasks))
+    if size <= 1:
+        return VectorizePlan(False, 1, math.nan, math.nan, 0.0, 0)
+    # torch imports its compiler stack when the first optimizer is built (seconds, once
+    # per process, paid by any training): not the probe's cost
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    t0 = time.perf_counter()
+    single = engine.time_steps(tasks[:1], steps)
+    stacked = engine.time_steps(tasks[:size], steps) / size
+    return VectorizePlan(
+        vectorize=stacked < single,
+        chunk_size=size,
+        stacked_s=stacked,
+        single_s=single,
+        probe_s=time.perf_counter() - t0,
+        steps=steps,
+    )

@@ -1,0 +1,254 @@
+"""The closed-form ridge sweep against scikit-learn (Ridge, StandardScaler, GridSearchCV)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from torchpenalty.sweep.closed_form import (
+    fit_linear,
+    is_linear_model,
+    ridge_solutions,
+    sweep_records,
+)
+from torchpenalty.sweep.folds import kfold
+from torchpenalty.sweep.result import StandardizedModel
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.linear_model import Ridge  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+STRENGTHS = [0.0, 1e-4, 1e-2, 0.1, 1.0, 10.0]
+
+
+def data(n=60, d=5, k=1, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 20, size=d) + rng.normal(size=d) * 5
+    W = rng.normal(size=(d, k))
+    Y = X @ W + 3.0 + rng.normal(size=(n, k)) * 4.0
+    return X, Y
+
+
+def rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+@pytest.mark.parametrize(
+    ("fit_intercept", "k", "n", "d"),
+    [(True, 1, 50, 4), (False, 1, 50, 4), (True, 3, 50, 4), (True, 2, 10, 30)],  # d > n too
+)
+def test_ridge_solutions_equal_sklearn_ridge(fit_intercept, k, n, d):
+    X, Y = data(n=n, d=d, k=k)
+    lams = [1e-3, 0.5, 7.0, 300.0]
+    W, b = ridge_solutions(X, Y, lams, fit_intercept=fit_intercept)
+    for j, lam in enumerate(lams):
+        ref = Ridge(alpha=lam, fit_intercept=fit_intercept, solver="svd").fit(X, Y)
+        assert rel(W[j], ref.coef_.reshape(k, d).T) < 1e-8
+        assert np.allclose(b[j], np.atleast_1d(ref.intercept_), rtol=1e-8, atol=1e-9)
+
+
+def test_zero_strength_is_least_squares():
+    X, Y = data(n=30, d=3)
+    W, b = ridge_solutions(X, Y, [0.0])
+    A = np.c_[X, np.ones(len(X))]
+    sol = np.linalg.lstsq(A, Y, rcond=None)[0]
+    assert rel(W[0], sol[:3]) < 1e-9 and rel(b[0], sol[3]) < 1e-9
+
+
+@pytest.mark.parametrize("n", [60, 63])  # folds of equal and of unequal training sizes
+def test_records_equal_per_fold_pipeline(n):
+    """Every (strength, fold) validation MSE equals StandardScaler + Ridge(alpha=s*n_train/2)
+    fitted on that fold's training rows, to 1e-6 relative."""
+    X, Y = data(n=n, d=6)
+    splits = kfold(n, 5, seed=3)
+    recs = sweep_records(X, Y, splits, STRENGTHS)
+    assert len(recs) == len(STRENGTHS) * 5
+    for r in recs:
+        tr, va = splits[r.fold]
+        pipe = make_pipeline(StandardScaler(), Ridge(alpha=r.strength * len(tr) / 2))
+        pipe.fit(X[tr], Y[tr])
+        assert rel(r.val_loss, np.mean((pipe.predict(X[va]).reshape(-1, 1) - Y[va]) ** 2)) < 1e-6
+        assert rel(r.train_loss, np.mean((pipe.predict(X[tr]).reshape(-1, 1) - Y[tr]) ** 2)) < 1e-6
+
+
+def test_records_equal_gridsearchcv():
+    """Mean validation MSE per strength and the best strength equal GridSearchCV on the
+    same folds (n divisible by the folds: one alpha per strength for every fold)."""
+    n, folds = 60, 5
+    X, Y = data(n=n, d=6, seed=1)
+    y = Y[:, 0]
+    splits = kfold(n, folds, seed=0)
+    n_train = n - n // folds
+    recs = sweep_records(X, y, splits, STRENGTHS[1:])
+    grid = GridSearchCV(
+        make_pipeline(StandardScaler(), Ridge()),
+        {"ridge__alpha": [s * n_train / 2 for s in STRENGTHS[1:]]},
+        cv=splits,
+        scoring="neg_mean_squared_error",
+    ).fit(X, y)
+    ours = [np.mean([r.val_loss for r in recs if r.i == i]) for i in range(len(STRENGTHS) - 1)]
+    assert rel(ours, -grid.cv_results_["mean_test_score"]) < 1e-6
+    assert int(np.argmin(ours)) == int(grid.best_index_)
+
+
+def test_unstandardized_records_equal_plain_ridge():
+    X, Y = data(n=40, d=3)
+    splits = kfold(40, 4, seed=0)
+    for r in sweep_records(X, Y, splits, [0.5], standardize=False):
+        tr, va = splits[r.fold]
+        ref = Ridge(alpha=0.5 * len(tr) / 2).fit(X[tr], Y[tr])
+        assert rel(r.val_loss, np.mean((ref.predict(X[va]).reshape(-1, 1) - Y[va]) ** 2)) < 1e-6
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_fit_linear_takes_raw_inputs(k):
+    X, Y = data(n=50, d=4, k=k)
+    model = fit_linear(lambda: nn.Linear(4, k), X, Y, 0.3)
+    assert isinstance(model, StandardizedModel) and isinstance(model.model, nn.Linear)
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=0.3 * 50 * k / 2)).fit(X, Y)
+    ours = model(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()
+    assert rel(ours, ref.predict(X).reshape(50, k)) < 1e-4  # float32 weights
+
+
+def test_fit_linear_without_bias():
+    X, Y = data(n=50, d=4)
+    model = fit_linear(lambda: nn.Sequential(nn.Linear(4, 1, bias=False)), X, Y, 0.3)
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=0.3 * 50 / 2)).fit(X, Y)
+    ours = model(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()
+    assert rel(ours, ref.predict(X).reshape(-1, 1)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("make", "ok"),
+    [
+        (lambda: nn.Linear(3, 1), True),
+        (lambda: nn.Sequential(nn.Linear(3, 2)), True),
+        (lambda: nn.Sequential(nn.Linear(3, 2), nn.ReLU()), False),
+        (lambda: nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)), False),
+        (lambda: nn.Linear(3, 1).requires_grad_(False), False),
+    ],
+)
+def test_is_linear_model(make, ok):
+    assert is_linear_model(make()) is ok
+
+
+def test_fit_linear_checks_the_shape():
+    X, Y = data(n=20, d=4)
+    with pytest.raises(ValueError, match=r"nn.Linear\(4, 1\)"):
+        fit_linear(lambda: nn.Linear(3, 1), X, Y, 0.1)
+
+
+# ---------------------------------------------------------------------------- via tp.sweep
+import torchpenalty as tp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes(return_X_y=True)
+
+
+def test_sweep_auto_takes_the_closed_form_and_equals_per_fold_ridge(diabetes):
+    X, y = diabetes
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), progress=False)
+    assert r.settings["solver"] == "closed_form" and r.loss == "mse"
+    splits = kfold(len(X), 5, seed=0)
+    for rec in r.records:
+        tr, va = splits[rec.fold]
+        pipe = make_pipeline(StandardScaler(), Ridge(alpha=rec.strength * len(tr) / 2))
+        pred = pipe.fit(X[tr], y[tr]).predict(X[va])
+        assert rel(rec.val_loss, np.mean((pred - y[va]) ** 2)) < 1e-6
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=r.best_strength * len(X) / 2)).fit(X, y)
+    assert isinstance(r.model, StandardizedModel) and isinstance(r.model.model, nn.Linear)
+    np.testing.assert_allclose(r.predict(X), ref.predict(X), rtol=1e-4)
+    ours = r.model(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()[:, 0]
+    assert rel(ours, ref.predict(X)) < 1e-4
+    assert '"solver": "closed_form"' in r.to_json()
+
+
+def test_sweep_closed_form_equals_gridsearchcv(diabetes):
+    X, y = diabetes[0][:440], diabetes[1][:440]  # 5 folds of 88: one n_train for all
+    grid = [1e-4, 1e-3, 1e-2, 0.1, 1.0]
+    r = tp.sweep(lambda: nn.Sequential(nn.Linear(10, 1)), (X, y), strengths=grid,
+                 progress=False, solver="closed_form", refit=False)  # fmt: skip
+    cv = GridSearchCV(
+        make_pipeline(StandardScaler(), Ridge()),
+        {"ridge__alpha": [s * 352 / 2 for s in grid]},
+        cv=kfold(440, 5, seed=0),
+        scoring="neg_mean_squared_error",
+    ).fit(X, y)
+    means = [row["val_loss_mean"] for row in r.table]
+    assert rel(means, -cv.cv_results_["mean_test_score"]) < 1e-6
+    assert r.best_strength == grid[cv.best_index_]
+
+
+def test_training_converges_to_the_closed_form(diabetes):
+    """An independent check that both solve the same problem: Adam, full batch, long."""
+    X, y = diabetes
+    kw = dict(strengths=[1e-3, 0.1, 1.0], folds=3, progress=False, refit=False)
+    exact = tp.sweep(lambda: nn.Linear(10, 1), (X, y), solver="closed_form", **kw)
+    trained = tp.sweep(lambda: nn.Linear(10, 1), (X, y), solver="train", epochs=1500,
+                       batch_size=None, lr=0.05, **kw)  # fmt: skip
+    assert "solver" not in trained.settings
+    vals = [[r.val_loss for r in res.records] for res in (exact, trained)]
+    np.testing.assert_allclose(vals[1], vals[0], rtol=1e-3)
+    norms = [[r.param_norm for r in res.records] for res in (exact, trained)]
+    np.testing.assert_allclose(norms[1], norms[0], rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("make", "kw", "match"),
+    [
+        (lambda: nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 1)), {},
+         r"solver='closed_form' needs a model that is one trainable nn.Linear"),
+        (lambda: nn.Linear(10, 1), {"penalty": "l1"}, r"needs penalty='l2' \(got 'l1'\)"),
+        (lambda: nn.Linear(10, 2), {"loss": "cross_entropy"},
+         r"needs loss='mse' \(got 'cross_entropy'\)"),
+    ],
+)  # fmt: skip
+def test_sweep_closed_form_refuses_what_it_cannot_solve(diabetes, make, kw, match):
+    X, y = diabetes
+    if kw.get("loss") == "cross_entropy":
+        y = (y > np.median(y)).astype(int)
+    with pytest.raises(ValueError, match=match):
+        tp.sweep(make, (X, y), solver="closed_form", progress=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"early_stopping": 3}, {"mode": "decoupled"}, {"penalty": "l1"}, {"solver": "train"}]
+)
+def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
+    X, y = diabetes
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), strengths=[0.1], folds=2,
+                 epochs=2, progress=False, refit=False, **kw)  # fmt: skip
+    assert "solver" not in r.settings and len(r.records[0].history["val"]) >= 1
+
+
+def test_solver_is_validated():
+    with pytest.raises(ValueError, match=r"solver must be one of 'auto', 'closed_form', 'train'"):
+        tp.sweep(lambda: nn.Linear(2, 1), (np.eye(4, 2), [1.0, 2, 3, 4]), solver="svd")
+
+
+def test_linear_probe_recipe(diabetes):
+    """The README recipe: features of a frozen backbone, then the exact sweep of a linear
+    head on them; equals Ridge on the same features."""
+    X, y = diabetes
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(10, 64), nn.Tanh()).eval()
+    with torch.no_grad():
+        feats = backbone(torch.tensor(X, dtype=torch.float32)).numpy()
+    r = tp.sweep(lambda: nn.Linear(64, 1), (feats, y), progress=False)
+    assert r.settings["solver"] == "closed_form"
+    probe = nn.Sequential(backbone, r.model)  # raw X in, prediction out
+    s = r.best_strength
+    f64 = feats.astype(np.float64)
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=s * len(X) / 2)).fit(f64, y)
+    ours = probe(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()[:, 0]
+    # float32 features and weights: errors small against the spread of the predictions
+    assert np.max(np.abs(ours - ref.predict(f64))) < 1e-3 * np.std(y)

@@ -1,0 +1,222 @@
+"""The sweep engine's fast paths: the stacked Linear's hand-written backward, subnormal
+flushing, and the vectorize probe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torchpenalty as tp
+from torchpenalty.sweep.engine import (
+    Engine,
+    Problem,
+    Task,
+    _StackedLinear,
+    denormals_flushed,
+    flush_denormal,
+)
+from torchpenalty.sweep.plan import VectorizePlan, probe
+
+
+def engine(make=None, n=48, d=3, batch=8, epochs=2):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, d, generator=g)
+    Y = (X @ torch.randn(d, 1, generator=g)).unsqueeze(0).expand(3, n, 1).contiguous()
+    rows = np.arange(n)
+    pb = Problem(
+        X.unsqueeze(0).expand(3, n, d).contiguous(),
+        Y,
+        torch.ones(3, 1),
+        [rows[: n // 2], rows[n // 2 :], rows],
+        [rows[n // 2 :], rows[: n // 2], rows[:0]],
+        "mse",
+    )
+    make = make or (lambda: nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, 1)))
+    return Engine(make, pb, tp.L2(1.0), epochs=epochs, batch_size=batch, optimizer="adam",
+                  lr=0.01, mode="grad", seed=0, early_stopping=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stacked_linear_gradients_equal_autograd_of_baddbmm(bias):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 2, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.autograd.gradcheck(_StackedLinear.apply, (x, w, b))
+    out = _StackedLinear.apply(x, w, b)
+    ref = torch.bmm(x, w.transpose(1, 2)) + (b.unsqueeze(1) if bias else 0)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, w, *([b] if bias else [])], g)
+    want = torch.autograd.grad(ref, [x, w, *([b] if bias else [])], g)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e)
+    (gw,) = torch.autograd.grad(_StackedLinear.apply(x.detach(), w, b), [w], g)
+    assert gw.is_contiguous()  # stored as is by autograd, no layout copy
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_flush_denormal_is_on_inside_and_restored(before):
+    torch.set_flush_denormal(before)
+    try:
+        assert denormals_flushed() is before
+        with flush_denormal("cpu"):
+            assert denormals_flushed()
+            assert float(torch.tensor([1e-38]) * 0.5) == 0.0
+        assert denormals_flushed() is before
+        with pytest.raises(RuntimeError), flush_denormal("cpu"):
+            raise RuntimeError("boom")
+        assert denormals_flushed() is before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_training_runs_with_subnormals_flushed():
+    eng = engine()
+    seen = []
+    eng.run([Task(0, 0, 0.1)], on_epoch=lambda e, snap: seen.append(denormals_flushed()))
+    assert seen == [True, True]
+    assert not denormals_flushed()
+
+
+def test_sweep_restores_the_denormal_mode():
+    X, y = torch.randn(40, 3), torch.randn(40)
+    make = lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))  # noqa: E731
+    tp.sweep(make, (X, y), strengths=[0.1], folds=2, epochs=1, progress=False, refit=False)
+    assert not denormals_flushed()
+
+
+def test_unused_regularized_parameter_gets_a_zero_gradient():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 1), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    eng = engine(make=Net)
+    recs, final = eng.run([Task(0, 0, 1.0), Task(1, 1, 1.0)])
+    assert all(math.isfinite(r.val_loss) for r in recs)
+    assert torch.isfinite(final["unused.weight"]).all()
+
+
+def test_probe_times_both_paths_and_leaves_training_unchanged():
+    eng = engine()
+    tasks = [Task(i, k, s) for i, s in enumerate([0.01, 0.1, 1.0]) for k in range(2)]
+    first, _ = eng.run(tasks)
+    plan = probe(eng, tasks, chunk_size=4, steps=2)
+    again, _ = eng.run(tasks)
+    assert [r.val_loss for r in first] == [r.val_loss for r in again]
+    assert isinstance(plan, VectorizePlan)
+    assert plan.chunk_size == 4 and plan.steps == 2
+    assert plan.stacked_s > 0 and plan.single_s > 0 and plan.probe_s > 0
+    assert plan.vectorize == (plan.stacked_s < plan.single_s)
+    assert plan.speedup >= 1.0
+    d = plan.to_dict()
+    assert d["choice"] in ("stacked", "one at a time") and set(d) >= {"stacked_s", "single_s"}
+
+
+def test_probe_with_nothing_to_stack_is_one_at_a_time():
+    plan = probe(engine(), [Task(0, 0, 1.0)], chunk_size=8)
+    assert not plan.vectorize and math.isnan(plan.stacked_s) and plan.probe_s == 0.0
+    assert math.isnan(plan.speedup)
+
+
+def test_time_steps_restores_the_random_state():
+    eng = engine(make=lambda: nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 1)))
+    torch.manual_seed(5)
+    a = torch.rand(3)
+    torch.manual_seed(5)
+    eng.time_steps([Task(0, 0, 1.0), Task(0, 1, 1.0)], steps=2)
+    torch.testing.assert_close(torch.rand(3), a)
+
+
+def test_sweep_auto_vectorize_records_its_plan_and_matches_the_forced_path():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(60, 4, generator=g)
+    y = X @ torch.randn(4, generator=g) + 0.1 * torch.randn(60, generator=g)
+    make = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))  # noqa: E731
+    kw = dict(strengths=[1e-3, 0.1, 1.0], folds=3, epochs=3, progress=False, refit=False)
+    auto = tp.sweep(make, (X, y), **kw)
+    plan = auto.settings["vectorize_plan"]
+    assert plan["choice"] in ("stacked", "one at a time")
+    assert plan["stacked_s"] > 0 and plan["single_s"] > 0
+    assert plan["vectorize"] == (plan["stacked_s"] < plan["single_s"])
+    assert auto.settings["chunk_size"] == (plan["chunk_size"] if plan["vectorize"] else 1)
+    forced = tp.sweep(make, (X, y), vectorize=plan["vectorize"], **kw)
+    assert "vectorize_plan" not in forced.settings
+    np.testing.assert_allclose(
+        [r.val_loss for r in auto.records], [r.val_loss for r in forced.records], rtol=1e-5
+    )
+    assert '"vectorize_plan"' in auto.to_json()
+
+
+# ---------------------------------------------------------------------------- any data, any loss
+def image_problem(loss, n=40, k=3):
+    """Digit-like 1x6x6 images (no standardization: one copy per fold is a view)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % k
+    X = torch.randn(n, 1, 6, 6, generator=g) + labels.view(n, 1, 1, 1).float()
+    rows = np.arange(n)
+    half = [rows[rows % 2 == 0], rows[rows % 2 == 1]]
+    return Problem(X.unsqueeze(0).expand(3, *X.shape), labels, torch.ones(3, 1),
+                   [half[0], half[1], rows], [half[1], half[0], rows[:0]], loss)  # fmt: skip
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+def image_engine(loss, **kw):
+    return Engine(cnn, image_problem(loss), tp.L2(1.0), epochs=3, batch_size=8,
+                  optimizer="adam", lr=0.01, mode="grad", seed=0, early_stopping=None, **kw)  # fmt: skip
+
+
+TASKS = [Task(i, k, s) for i, s in enumerate([1e-3, 0.1, 1.0]) for k in range(2)]
+
+
+def test_images_vectorized_equal_one_at_a_time():
+    eng = image_engine("cross_entropy")
+    assert eng.forward_kind == "vmap"
+    together, _ = eng.run(TASKS)
+    alone = [eng.run([t])[0][0] for t in TASKS]
+    np.testing.assert_allclose([r.val_loss for r in together], [r.val_loss for r in alone],
+                               rtol=1e-4)  # fmt: skip
+    assert all(r.val_accuracy is not None for r in together)
+
+
+def test_callable_loss_equals_the_named_one():
+    """``loss=F.cross_entropy`` (a callable returning the mean) gives the same models and
+    validation losses as ``loss="cross_entropy"``, padding rows masked in both."""
+    named, _ = image_engine("cross_entropy").run(TASKS)
+    given, _ = image_engine(nn.functional.cross_entropy).run(TASKS)
+    np.testing.assert_allclose([r.val_loss for r in given], [r.val_loss for r in named],
+                               rtol=1e-5)  # fmt: skip
+    assert all(r.val_accuracy is None for r in given)
+
+
+def test_callable_loss_multi_output_regression():
+    g = torch.Generator().manual_seed(0)
+    n = 30
+    X = torch.randn(n, 4, generator=g)
+    Y = X @ torch.randn(4, 2, generator=g)
+    rows = np.arange(n)
+    folds = [rows[:15], rows[15:], rows]
+    vals = [rows[15:], rows[:15], rows[:0]]
+
+    def problem(loss, y):
+        return Problem(X.unsqueeze(0).expand(3, n, 4), y, torch.ones(3, 2), folds, vals, loss)
+
+    make = lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))  # noqa: E731
+    kw = dict(epochs=3, batch_size=8, optimizer="adam", lr=0.01, mode="grad", seed=0,
+              early_stopping=None)  # fmt: skip
+    named, _ = Engine(make, problem("mse", Y.unsqueeze(0).expand(3, n, 2)), tp.L2(1.0),
+                      **kw).run(TASKS)  # fmt: skip
+    given, _ = Engine(make, problem(nn.functional.mse_loss, Y), tp.L2(1.0), **kw).run(TASKS)
+    np.testing.assert_allclose([r.val_loss for r in given], [r.val_loss for r in named],
+                               rtol=1e-5)  # fmt: skip
