@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..penalties import L2
 from .engine import Record
 from .folds import Standardizer
 from .result import StandardizedModel, SweepResult, describe_model
@@ -191,7 +192,7 @@ def not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | N
     and the loss mean-squared."""
     if v.loss != "mse":
         return f"loss='mse' (got {v.loss!r})"
-    if v.penalty.name != "l2":
+    if type(v.penalty) is not L2:  # exactly L2: a subclass may change the term
         return f"penalty='l2' (got {v.penalty.name!r})"
     with torch.random.fork_rng(devices=[]):
         model = make_model()
