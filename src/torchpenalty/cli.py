@@ -173,7 +173,8 @@ def _sweep_parser(sub: Any) -> None:
                    help="strength to refit on all the data (default: best)")  # fmt: skip
     t.add_argument("--seed", type=int, help="0 .. 2**32-1 (default: 0)")
     t.add_argument("--no-vectorize", action="store_true", default=None,
-                   help="train one model at a time (same numbers, slower)")  # fmt: skip
+                   help="train one model at a time (default: the faster of stacked and "
+                   "one at a time, timed on a few steps)")  # fmt: skip
     t.add_argument("--device", help="where to train: cpu (default), cuda, cuda:1, ...")
     o = s.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="report folder (default: runs/<timestamp>/)")
@@ -291,7 +292,7 @@ def _sweep_call(args: dict[str, Any], ds: Any, quiet: bool) -> tuple[Any, tuple,
         "loss": "cross_entropy" if classification else "mse",
         **{k: args[k] for k in ("folds", "epochs", "optimizer", "lr", "mode", "seed")},
         "batch_size": None if args["batch_size"] == 0 else args["batch_size"],
-        "vectorize": not args["no_vectorize"],
+        "vectorize": False if args["no_vectorize"] else "auto",
         "progress": not quiet,
         "early_stopping": args["early_stopping"],
         "refit": args["select"],
