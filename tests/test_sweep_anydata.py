@@ -122,20 +122,32 @@ def test_integer_tabular_features_are_still_standardized_floats():
     assert as_int.settings["n_features"] == 3 and "x_shape" not in as_int.settings
 
 
-@pytest.mark.parametrize("standardize", [False])
-def test_callable_loss_equals_the_named_one_multi_output(standardize):
+def test_callable_loss_equals_the_named_one_multi_output():
     """``F.mse_loss`` (the mean over outputs of one row) == ``"mse"`` when nothing is
     standardized: same folds (plain K-fold), same models, same table."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 4))
     Y = X @ rng.normal(size=(4, 2)) + 0.1 * rng.normal(size=(60, 2))
     mlp = lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))  # noqa: E731
-    kw = dict(strengths=[1e-3, 0.1], standardize=standardize, **FAST)
+    kw = dict(strengths=[1e-3, 0.1], standardize=False, **FAST)
     named = tp.sweep(mlp, (X, Y), loss="mse", **kw)
     given = tp.sweep(mlp, (X, Y), loss=nn.functional.mse_loss, **kw)
     np.testing.assert_allclose(losses(given), losses(named), rtol=1e-5)
     assert given.loss == "torch.nn.functional.mse_loss" and given.task == "regression"
     np.testing.assert_allclose(given.predict(X), named.predict(X), rtol=1e-4, atol=1e-5)
+
+
+def test_callable_loss_standardizes_tabular_features_only():
+    """Tabular X is standardized for a callable loss too (the refit takes raw X); its
+    targets are not (the user's loss sees y as given)."""
+    rng = np.random.default_rng(0)
+    X = 5 + 3 * rng.normal(size=(60, 4))
+    y = X @ rng.normal(size=4)
+    r = tp.sweep(lambda: nn.Linear(4, 1), (X, y[:, None]), strengths=[1e-3],
+                 loss=nn.functional.l1_loss, **FAST)  # fmt: skip
+    assert isinstance(r.model, StandardizedModel) and r.model.y_mean is None
+    np.testing.assert_allclose(r.model.x_mean.numpy(), X.mean(0), rtol=1e-6)
+    assert r.predict(X).shape == (60,) and r.loss == "torch.nn.functional.l1_loss"
 
 
 def test_callable_cross_entropy_equals_the_named_one_on_the_same_folds():
