@@ -207,7 +207,7 @@ def _half(out, target):
     ("make", "data", "kwargs", "error", "match"),
     [
         (cnn, Pairs(*images()), {"max_memory_mb": 0.001}, ValueError,
-         r"data must be a Dataset that fits max_memory_mb=0.001 \(streaming a Dataset by batch is not supported yet.*\), got 60 items of 152 bytes, about 0.0 MB"),
+         r"data must be a Dataset that fits max_memory_mb=0.001 \(streaming a Dataset by batch is not supported yet.*\), got 60 items of 152 bytes, about 0.0087 MB"),
         (cnn, Stream(), {}, TypeError, r"data must be a map-style Dataset"),
         (cnn, Ragged(), {}, ValueError, r"data must be a Dataset whose items all have one shape"),
         (cnn, images(), {"loss": 3}, TypeError,

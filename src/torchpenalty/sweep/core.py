@@ -381,7 +381,7 @@ def _materialize(ds: Any, budget_mb: float) -> tuple[torch.Tensor, torch.Tensor]
             "data",
             f"a Dataset that fits max_memory_mb={budget_mb:g} (streaming a Dataset by batch is "
             "not supported yet: raise max_memory_mb or pass (X, y) tensors)",
-            f"{n} items of {per_item} bytes, about {need_mb:.1f} MB",
+            f"{n} items of {per_item} bytes, about {need_mb:.3g} MB",
         )
     pairs = [first, *(item(i) for i in range(1, n))]
     try:
@@ -599,7 +599,16 @@ def _prepare(
     return problem, {"classes": classes, "stats": stats}
 
 
-def _prepare_passthrough(X, y, loss, splits, standardize, x_dtype, classes, y_codes):
+def _prepare_passthrough(
+    X: np.ndarray,
+    y: np.ndarray,
+    loss: str | Callable[..., Any],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    standardize: bool,
+    x_dtype: torch.dtype,
+    classes: np.ndarray | None,
+    y_codes: np.ndarray | None,
+) -> tuple[Problem, dict[str, Any]]:
     """``_prepare`` for inputs that are not standardized: X as ``x_dtype``, one copy for
     all folds; "mse" targets standardized per fold (as for tabular data), cross-entropy
     targets as class codes, a callable loss's targets as given."""
