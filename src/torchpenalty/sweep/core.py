@@ -114,6 +114,31 @@ def _callable(name: str, v: Any) -> Any:
     return v
 
 
+def _loss(name: str, v: Any) -> str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if isinstance(v, str):
+        return check_choice(name, v, (_MSE, _CE))
+    if not callable(v):
+        raise type_error(
+            name, "'mse', 'cross_entropy' or a callable (output, target) -> mean loss", v
+        )
+    return v
+
+
+def loss_name(loss: str | Callable[..., Any]) -> str:
+    """How a sweep records its loss: the name, or a callable's ``module.qualname`` (its
+    ``repr`` when it has none, e.g. an ``nn.Module`` loss), never equal to a built-in name.
+
+    >>> loss_name("mse"), loss_name(torch.nn.functional.huber_loss)
+    ('mse', 'torch.nn.functional.huber_loss')
+    >>> loss_name(torch.nn.L1Loss())
+    'L1Loss()'
+    """
+    if isinstance(loss, str):
+        return loss
+    qual, mod = getattr(loss, "__qualname__", None), getattr(loss, "__module__", None)
+    return f"{mod}.{qual}" if qual and mod else repr(loss)
+
+
 def _strengths(name: str, v: Any) -> list[float]:
     if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray)):
         raise type_error(name, "a sequence of numbers >= 0 (e.g. [1e-3, 1e-2, 0.1])", v)
@@ -188,7 +213,7 @@ def check_device(name: str | Any, device: Any = None) -> torch.device:
 PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "strengths": _optional(_strengths),
     "penalty": _penalty,
-    "loss": _optional(_choice(_MSE, _CE)),
+    "loss": _optional(_loss),
     "folds": _int(2),
     "epochs": _int(1),
     "batch_size": _optional(_int(1)),
@@ -220,7 +245,7 @@ class Validated:
 
     X: np.ndarray
     y: np.ndarray
-    loss: str
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     grid: list[float]
     penalty: Penalty
     mode: str
@@ -229,6 +254,12 @@ class Validated:
     fingerprint: str = ""
     groups: np.ndarray | None = None
     test: tuple[np.ndarray, np.ndarray] | None = None
+    x_dtype: torch.dtype = torch.float32
+
+    @property
+    def tabular(self) -> bool:
+        """2-D features the model takes as floats: the inputs ``standardize`` scales."""
+        return self.X.ndim == 2 and self.x_dtype == torch.float32
 
 
 def validate(make_model: Any, data: Any, **options: Any) -> Validated:
@@ -254,17 +285,18 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
         raise TypeError(f"sweep() got unexpected keyword arguments {unknown}")
     opts = {**_DEFAULTS, **options}
     opts = {k: PARAMETER_CONSTRAINTS[k](k, v) for k, v in opts.items()}
-    X, y, loss = _check_data(data, opts["loss"])
+    X, y, loss = _check_data(data, opts["loss"], opts["max_memory_mb"])
     if opts["folds"] > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
     pen = opts["penalty"]
     mode = opts["mode"] or pen.sweep_mode
     grid = default_strengths() if opts["strengths"] is None else opts["strengths"]
-    n_out = _check_model(make_model, X, y, loss)
+    n_out, x_dtype = _check_model(make_model, X, y, loss)
     groups = _check_groups(opts["groups"], len(X), opts["folds"])
     test = None if opts["test"] is None else _check_test(opts["test"], X, y, loss)
     arrays = (X, y) if groups is None else (X, y, groups)
-    return Validated(X, y, loss, grid, pen, mode, opts, n_out, _fingerprint(*arrays), groups, test)
+    fingerprint = _fingerprint(*arrays)
+    return Validated(X, y, loss, grid, pen, mode, opts, n_out, fingerprint, groups, test, x_dtype)
 
 
 def _check_groups(groups: np.ndarray | None, n: int, folds: int) -> np.ndarray | None:
@@ -285,8 +317,9 @@ def _check_test(test: tuple[Any, Any], X: np.ndarray, y: np.ndarray, loss: str) 
     """A held-out ``(X_test, y_test)`` like the data: same width, labels it has seen."""
     Xt = _as_array("test X", test[0])
     yt = _as_array("test y", test[1], labels=loss == _CE)
-    if Xt.ndim != 2 or Xt.shape[1] != X.shape[1] or len(Xt) == 0:
-        raise described_error("test", f"(X_test, y_test) with X_test of shape (rows, {X.shape[1]})",
+    if Xt.ndim != X.ndim or Xt.shape[1:] != X.shape[1:] or len(Xt) == 0:
+        want = ", ".join(str(d) for d in X.shape[1:])
+        raise described_error("test", f"(X_test, y_test) with X_test of shape (rows, {want})",
                               f"X_test of shape {Xt.shape}")  # fmt: skip
     if len(yt) != len(Xt) or yt.shape[1:] != y.shape[1:]:
         raise described_error(
@@ -294,6 +327,8 @@ def _check_test(test: tuple[Any, Any], X: np.ndarray, y: np.ndarray, loss: str) 
         )
     if not np.isfinite(Xt).all():
         raise described_error("test", "finite X_test (no NaN or inf)", "non-finite values")
+    if callable(loss):
+        return Xt, yt
     if loss == _CE:
         unseen = np.setdiff1d(yt, np.unique(y))
         if len(unseen):
@@ -321,16 +356,58 @@ def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
     return a
 
 
-def _check_data(data: Any, loss: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(X, y)`` as arrays, and the loss: ``None`` infers it as the command line does
-    (text, boolean or at most 10 distinct integer values: classification)."""
+def _materialize(ds: Any, budget_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A map-style ``Dataset`` of ``(x, y)`` pairs as two stacked tensors ``(X, y)``, when
+    they fit ``max_memory_mb``. The estimate is ``len(ds)`` times the bytes of the first
+    item's ``x`` and ``y`` as tensors (what the stacked copy holds); a larger Dataset
+    raises ``ValueError``: streaming one by batch is not supported yet."""
+    if isinstance(ds, torch.utils.data.IterableDataset) or not hasattr(ds, "__len__"):
+        raise type_error("data", "a map-style Dataset (with __len__ and __getitem__)", ds)
+    n = len(ds)
+    if n == 0:
+        raise described_error("data", "a non-empty Dataset", "0 items")
+
+    def item(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = ds[i]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise described_error("data", "a Dataset of (x, y) pairs", f"item {i}: {pair!r:.80}")
+        return torch.as_tensor(np.asarray(pair[0])), torch.as_tensor(np.asarray(pair[1]))
+
+    first = item(0)
+    per_item = sum(t.element_size() * t.numel() for t in first)
+    need_mb = n * per_item / 2**20
+    if need_mb > budget_mb:
+        raise described_error(
+            "data",
+            f"a Dataset that fits max_memory_mb={budget_mb:g} (streaming a Dataset by batch is "
+            "not supported yet: raise max_memory_mb or pass (X, y) tensors)",
+            f"{n} items of {per_item} bytes, about {need_mb:.3g} MB",
+        )
+    pairs = [first, *(item(i) for i in range(1, n))]
+    try:
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    except RuntimeError as e:
+        got = str(e).splitlines()[0]
+        raise described_error("data", "a Dataset whose items all have one shape", got) from None
+
+
+def _check_data(
+    data: Any, loss: str | Callable[..., Any] | None, budget_mb: float = 2048.0
+) -> tuple[np.ndarray, np.ndarray, str | Callable[..., Any]]:
+    """``(X, y)`` as arrays (a map-style ``Dataset`` is materialized first), and the loss:
+    ``None`` infers it as the command line does (text, boolean or at most 10 distinct
+    integer values: classification). ``X`` has rows of any shape ``(n, ...)``."""
     from ..data import infer_task
 
+    if isinstance(data, torch.utils.data.Dataset):
+        data = _materialize(data, budget_mb)
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise type_error("data", "a pair (X, y)", type(data).__name__)
-    X, y = _as_array("X", data[0]), _as_array("y", data[1], labels=loss != _MSE)
-    if X.ndim != 2:
-        raise described_error("X", "a 2-D array (rows, features)", f"shape {X.shape}")
+        raise type_error("data", "a pair (X, y) or a Dataset of (x, y) pairs", type(data).__name__)
+    X = _as_array("X", data[0])
+    y = _as_array("y", data[1], labels=loss is None or loss == _CE)
+    if X.ndim < 2:
+        raise described_error("X", "a 2-D array (rows, features) or rows of any shape (rows, ...)",
+                              f"shape {X.shape}")  # fmt: skip
     if y.ndim == 0 or len(y) != len(X):
         got = f"{len(y)} rows" if y.ndim else f"shape {y.shape}"
         raise described_error("y", f"of the same length as X ({len(X)} rows)", got)
@@ -338,6 +415,10 @@ def _check_data(data: Any, loss: str | None) -> tuple[np.ndarray, np.ndarray, st
         raise described_error("X", "finite (no NaN or inf)", "non-finite values")
     if y.dtype.kind in "biuf" and y.size and np.all(y.reshape(len(y), -1) == y.reshape(-1)[0]):
         raise described_error("y", "non-constant", f"every value {y.reshape(-1)[0].item()!r}")
+    if callable(loss):  # the user's loss sees y as given (not standardized)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise described_error("y", "finite (no NaN or inf)", "non-finite values")
+        return X, y, loss
     looks_like_classes = y.ndim == 1 and infer_task(y) == "classification"
     if loss is None:
         loss = _CE if looks_like_classes else _MSE
@@ -373,28 +454,56 @@ def _check_labels(y: np.ndarray) -> np.ndarray:
     return y
 
 
-def _check_model(make_model: Callable[[], Any], X: np.ndarray, y: np.ndarray, loss: str) -> int:
+def _tensor(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``a`` as the tensor a model or a loss sees: floats and booleans as float32, integers
+    as int64 (token ids, class labels), or ``dtype``."""
+    t = torch.as_tensor(np.ascontiguousarray(a))
+    if dtype is None:
+        dtype = torch.int64 if a.dtype.kind in "iu" else torch.float32
+    return t.to(dtype)
+
+
+def _run_model(model: nn.Module, X: np.ndarray) -> tuple[Any, torch.dtype]:
+    """The model's output on two rows of X, and the input dtype it takes: float32 for float
+    and boolean X; for integer X float32 when the model accepts it (tabular counts), else
+    int64 (token ids for ``nn.Embedding``/``nn.EmbeddingBag``)."""
+    dtypes = [torch.float32] + ([torch.int64] if X.dtype.kind in "iu" else [])
+    errors = []
+    for dtype in dtypes:
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                return model.eval()(_tensor(X[:2], dtype)), dtype
+        except Exception as e:
+            errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if X.ndim == 2:
+        raise described_error("X", "of a width the model accepts",
+                              f"{X.shape[1]} columns ({errors[-1]})")  # fmt: skip
+    raise described_error("X", "of a row shape the model accepts",
+                          f"rows of shape {X.shape[1:]} ({errors[-1]})")  # fmt: skip
+
+
+def _check_model(
+    make_model: Callable[[], Any], X: np.ndarray, y: np.ndarray, loss: Any
+) -> tuple[int, torch.dtype]:
     """Build one model and run it on two rows: it must be an ``nn.Module`` with trainable
-    parameters taking X's width and giving one output per class (or target column)."""
+    parameters taking X's rows and giving one output per class (or target column); a
+    callable loss must turn that output and two rows of y into one number. Returns the
+    output width and the input dtype."""
     with torch.random.fork_rng(devices=[]):
         model = make_model()
     if not isinstance(model, nn.Module):
         raise TypeError(f"make_model must return an nn.Module, got {model!r}")
     if not any(p.requires_grad for p in model.parameters()):
         raise described_error("make_model", "a model with trainable parameters", repr(model))
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = model.eval()(torch.zeros(2, X.shape[1]))
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise described_error(
-            "X", "of a width the model accepts", f"{X.shape[1]} columns ({msg})"
-        ) from None
-    if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != 2:
+    out, x_dtype = _run_model(model, X)
+    shaped = isinstance(out, torch.Tensor) and out.ndim >= 1 and out.shape[0] == 2
+    if not shaped or (not callable(loss) and out.ndim > 2):
         raise described_error("make_model", "a model whose output is (rows, outputs)",
                               f"output {getattr(out, 'shape', type(out).__name__)}")  # fmt: skip
     width = 1 if out.ndim == 1 else out.shape[1]
-    if loss == _CE:
+    if callable(loss):
+        _check_loss(loss, out, _tensor(y[:2]))
+    elif loss == _CE:
         k = len(np.unique(y))
         if width < k:
             raise described_error("make_model", f"a model with one output per class ({k})",
@@ -403,7 +512,21 @@ def _check_model(make_model: Callable[[], Any], X: np.ndarray, y: np.ndarray, lo
         want = 1 if y.ndim == 1 else y.shape[1]
         raise described_error("make_model", f"a model with {want} outputs (y's columns)",
                               f"{width} outputs")  # fmt: skip
-    return width
+    return width, x_dtype
+
+
+def _check_loss(loss: Callable[..., Any], out: torch.Tensor, target: torch.Tensor) -> None:
+    """A callable loss must take (output, target) of two rows and return one number."""
+    want = "a callable (output, target) -> mean loss (a tensor with one element)"
+    try:
+        value = loss(out, target)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise described_error("loss", want, f"{loss_name(loss)} failing on the model's output "
+                              f"{tuple(out.shape)} and y {tuple(target.shape)}: {msg}") from None  # fmt: skip
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        got = getattr(value, "shape", type(value).__name__)
+        raise described_error("loss", want, f"{loss_name(loss)} returning {got}")
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
@@ -430,15 +553,18 @@ class _Plan:
 def _prepare(
     X: np.ndarray,
     y: np.ndarray,
-    loss: str,
+    loss: str | Callable[..., Any],
     folds: int,
     seed: int,
     standardize: bool,
     groups: np.ndarray | None = None,
+    x_dtype: torch.dtype = torch.float32,
 ) -> tuple[Problem, dict[str, Any]]:
-    """Folds (grouped with ``groups``, else stratified for classification) plus the
-    all-rows refit "fold", each with its own standardization statistics fitted on its
-    training rows only."""
+    """Folds (grouped with ``groups``, else stratified for ``loss="cross_entropy"``) plus
+    the all-rows refit "fold", each with its own standardization statistics fitted on its
+    training rows only. Only tabular float features (2-D X taken as float32) and ``"mse"``
+    targets are standardized; other inputs (images, token ids) and the targets of a
+    callable loss pass through, one view shared by every fold (no copies)."""
     n = len(X)
     classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
     if groups is not None:
@@ -448,6 +574,8 @@ def _prepare(
     else:
         splits = kfold(n, folds, seed)
     splits = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
+    if X.ndim != 2 or x_dtype != torch.float32 or callable(loss):
+        return _prepare_passthrough(X, y, loss, splits, standardize, x_dtype, classes, y_codes)
     Y2 = None if loss == _CE else y.reshape(n, -1)
     xs, ys, scales, stats = [], [], [], []
     for tr, _ in splits:
@@ -469,6 +597,51 @@ def _prepare(
         loss=loss,
     )
     return problem, {"classes": classes, "stats": stats}
+
+
+def _prepare_passthrough(
+    X: np.ndarray,
+    y: np.ndarray,
+    loss: str | Callable[..., Any],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    standardize: bool,
+    x_dtype: torch.dtype,
+    classes: np.ndarray | None,
+    y_codes: np.ndarray | None,
+) -> tuple[Problem, dict[str, Any]]:
+    """``_prepare`` for inputs that are not standardized: X as ``x_dtype``, one copy for
+    all folds; "mse" targets standardized per fold (as for tabular data), cross-entropy
+    targets as class codes, a callable loss's targets as given."""
+    n, k1 = len(X), len(splits)
+    Xt = _tensor(X, x_dtype)
+    tabular = X.ndim == 2 and x_dtype == torch.float32  # only for a callable loss
+    if tabular and standardize:
+        sxs = [Standardizer(X[tr], name="X") for tr, _ in splits]
+        Xs = torch.tensor(np.stack([sx.transform(X) for sx in sxs]), dtype=torch.float32)
+    else:
+        sxs, Xs = [None] * k1, Xt.unsqueeze(0).expand(k1, *Xt.shape)
+    stats, scales, Y = [(sx, None) for sx in sxs], torch.ones(k1, 1), None
+    if callable(loss):
+        Y = _tensor(y)
+    elif loss == _CE:
+        Y = torch.tensor(y_codes)
+    else:
+        Y2 = y.reshape(n, -1)
+        sys_ = [Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])), name="y")
+                for tr, _ in splits]  # fmt: skip
+        Y = torch.tensor(np.stack([sy.transform(Y2) for sy in sys_]), dtype=torch.float32)
+        scales = torch.tensor(np.stack([sy.std for sy in sys_]), dtype=torch.float32)
+        stats = [(sx, sy) for sx, sy in zip(sxs, sys_, strict=True)]
+    problem = Problem(X=Xs, Y=Y, y_scale=scales, train_idx=[s[0] for s in splits],
+                      val_idx=[s[1] for s in splits], loss=loss)  # fmt: skip
+    return problem, {"classes": classes, "stats": stats}
+
+
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """``t`` on ``dev``; a fold-expanded view (stride 0) stays one copy there."""
+    if t.ndim and t.shape[0] > 1 and t.stride(0) == 0:
+        return t[0].to(dev).unsqueeze(0).expand(t.shape)
+    return t.to(dev)
 
 
 def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> int:
@@ -495,10 +668,11 @@ def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> in
 def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     """Folds, the engine, one task per (strength, fold) and the chunk size."""
     o = v.options
-    problem, meta = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
+    problem, meta = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"],
+                             v.groups, v.x_dtype)  # fmt: skip
     dev = o["device"]
     problem.X, problem.Y, problem.y_scale = (
-        t.to(dev) for t in (problem.X, problem.Y, problem.y_scale)
+        _to_device(t, dev) for t in (problem.X, problem.Y, problem.y_scale)
     )
     engine = Engine(make_model, problem, v.penalty, epochs=o["epochs"],
                     batch_size=o["batch_size"], optimizer=o["optimizer"], lr=o["lr"],
@@ -507,12 +681,12 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     tasks = [Task(i, k, s) for i, s in enumerate(v.grid) for k in range(o["folds"])]
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
-        "loss": v.loss,
+        "loss": loss_name(v.loss),
         **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
         "mode": v.mode,
         **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
         "n_rows": len(v.X),
-        "n_features": int(v.X.shape[1]),
+        **_input_settings(v),
         "data_sha256": v.fingerprint,
         "forward": engine.forward_kind,
     }
@@ -530,6 +704,14 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     if world_size > 1:  # under torchrun: every rank gets a share of the grid
         size = min(size, -(-len(tasks) // world_size))
     return _Plan(engine, tasks, size, settings, meta, v.grid, o["folds"])
+
+
+def _input_settings(v: Validated) -> dict[str, Any]:
+    """What ``result.predict`` needs to take new inputs like the data: tabular data keeps
+    ``n_features``; other inputs record their row shape and dtype (not standardized)."""
+    if v.tabular:
+        return {"n_features": int(v.X.shape[1])}
+    return {"x_shape": [int(d) for d in v.X.shape[1:]], "x_dtype": str(v.x_dtype).split(".")[-1]}
 
 
 # ---------------------------------------------------------------------------- resume
@@ -667,15 +849,21 @@ def _finish(plan: _Plan, done: dict[tuple[int, int], Record], refit: str | bool)
     return result
 
 
-def held_out_scores(result: SweepResult, X_test: Any, y_test: Any) -> dict[str, float]:
+def held_out_scores(
+    result: SweepResult, X_test: Any, y_test: Any, loss: Callable[..., Any] | None = None
+) -> dict[str, float]:
     """The refit model scored on held-out data, in the units of the CV table: ``loss``
-    (mean squared error in the target's units, or mean cross-entropy) and, for
-    classification, ``accuracy``; ``rows`` is the number of test rows."""
+    (mean squared error in the target's units, mean cross-entropy, or the value of the
+    callable ``loss`` the sweep used) and, for classification, ``accuracy``; ``rows`` is
+    the number of test rows."""
     if result.model is None:
         raise ValueError("test needs a refit model: refit was False or every strength diverged")
-    Xt = torch.as_tensor(np.asarray(X_test, dtype=np.float64), dtype=torch.float32)
+    x = _as_array("X_test", X_test)
+    Xt = _tensor(x, getattr(torch, result.settings.get("x_dtype", "float32")))
     with torch.no_grad():
         out = result.model(Xt)
+        if callable(loss):
+            return {"rows": len(Xt), "loss": float(loss(out, _tensor(np.asarray(y_test))))}
     if result.settings["loss"] == _CE:
         codes = torch.as_tensor(np.searchsorted(np.asarray(result.classes), y_test))
         loss = nn.functional.cross_entropy(out, codes).item()
@@ -701,10 +889,12 @@ def _refit(plan: _Plan, result: SweepResult) -> nn.Module:
     model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
     sx, sy = plan.meta["stats"][k]
     f32 = torch.float32
+    if sx is None and sy is None:  # nothing was standardized: the model itself
+        return model.eval()
     return StandardizedModel(
         model,
-        torch.tensor(sx.mean, dtype=f32),
-        torch.tensor(sx.std, dtype=f32),
+        None if sx is None else torch.tensor(sx.mean, dtype=f32),
+        None if sx is None else torch.tensor(sx.std, dtype=f32),
         None if sy is None else torch.tensor(sy.mean, dtype=f32),
         None if sy is None else torch.tensor(sy.std, dtype=f32),
     ).eval()
@@ -784,15 +974,26 @@ def sweep(
             initialization (seeded by ``seed`` and the fold) whatever the strength, so
             strengths are compared on equal terms. Parameters with ``requires_grad=False``
             stay frozen.
-        data: ``(X, y)``: ``X`` of shape ``(n, d)``; ``y`` of shape ``(n,)`` or ``(n, k)``
-            (regression) or class labels (numbers, text or booleans).
+        data: ``(X, y)``: ``X`` of shape ``(n, d)`` (tabular) or rows of any shape
+            ``(n, ...)`` (images ``(n, C, H, W)``, sequences, integer token ids); ``y`` of
+            shape ``(n,)`` or ``(n, k)`` (regression) or class labels (numbers, text or
+            booleans). Float X goes to the model as float32; integer X as float32 when the
+            model accepts it, else as int64 (token ids for ``nn.Embedding``). Or a map-style
+            ``torch.utils.data.Dataset`` of ``(x, y)`` pairs: stacked into ``(X, y)`` when
+            ``len(dataset)`` times the bytes of its first item fits ``max_memory_mb``, else
+            ``ValueError`` (streaming a Dataset by batch is not supported yet).
         strengths: the grid (default :func:`default_strengths`: 1e-5 .. 10, 13 values).
         penalty: ``"l2"``, ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or such a
             penalty object (its strength is ignored) applied by the default parameter rule.
         loss: ``"mse"``, ``"cross_entropy"`` (folds are then stratified) or ``None``
             (default): inferred as the command line does, classification for text,
             boolean or at most 10 distinct integer labels; recorded as ``result.loss``.
-            ``loss="mse"`` on such labels warns.
+            ``loss="mse"`` on such labels warns. Or a callable ``(output, target) -> mean
+            loss`` (e.g. ``torch.nn.functional.huber_loss``), applied to each row alone with
+            ``torch.func.vmap``; it sees ``y`` as given (integers as int64, floats as
+            float32, never standardized), folds are plain K-fold (stratified only for
+            ``"cross_entropy"``), ``result.loss`` is its ``module.qualname`` and
+            ``result.predict`` returns the model's raw outputs.
         folds: K of K-fold cross-validation (shuffled with ``seed``).
         epochs, batch_size, optimizer, lr: training (``batch_size=None``: full batch;
             ``optimizer`` ``"adam"`` or ``"sgd"`` with momentum 0.9). Mini-batches are where
@@ -814,8 +1015,10 @@ def sweep(
         seed: an integer in [0, 2**32 - 1] for the folds, initializations and batches.
         early_stopping: patience in epochs; each model keeps its parameters from its best
             validation epoch. ``None`` trains every model for ``epochs``.
-        standardize: standardize ``X`` (and regression targets) with statistics of each
-            training fold only; losses are reported in the data's units.
+        standardize: standardize ``X`` (and ``"mse"`` targets) with statistics of each
+            training fold only; losses are reported in the data's units. Only tabular
+            features (2-D ``X`` taken as floats) are standardized: images and token ids
+            pass through whatever this says.
         refit: ``"best"``, ``"1se"`` or ``False``: retrain on all the data at
             ``best_strength`` / ``strength_1se``; ``result.model`` then takes raw ``X``.
         max_memory_mb: models are trained in chunks that fit this budget.
@@ -849,7 +1052,9 @@ def sweep(
     """
     options = {k: v for k, v in locals().items() if k in _DEFAULTS}
     v = validate(make_model, data, **options)
-    if closed_form.chooses_closed_form(make_model, v):  # the training path's folds, exactly
+    if not v.tabular and v.options["solver"] == "closed_form":
+        raise ValueError("solver='closed_form' needs 2-D float features X (rows, features)")
+    if v.tabular and closed_form.chooses_closed_form(make_model, v):  # the training folds
         o = v.options
         problem, _ = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
         splits = list(zip(problem.train_idx, problem.val_idx, strict=True))[:-1]
@@ -867,5 +1072,5 @@ def sweep(
     if v.test is not None:
         if result.model is None:
             raise ValueError("test needs a refit model: refit was False or every strength diverged")
-        result.test = held_out_scores(result, *v.test)
+        result.test = held_out_scores(result, *v.test, loss=v.loss if callable(v.loss) else None)
     return result

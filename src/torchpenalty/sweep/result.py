@@ -224,13 +224,20 @@ class StandardizedModel(nn.Module):
     ``model((x - x_mean) / x_std) * y_std + y_mean`` (no target scaling for classifiers).
     ``x`` may be a NumPy array or a tensor of any real dtype: it is converted to the
     model's dtype and device (for predictions as NumPy arrays, class labels included,
-    use :meth:`SweepResult.predict`)."""
+    use :meth:`SweepResult.predict`). With ``x_mean=None`` (images, token ids: inputs a
+    sweep does not standardize) ``x`` goes to the model as it is.
+
+    >>> m = StandardizedModel(nn.Identity(), None, None, torch.tensor([10.0]),
+    ...                       torch.tensor([2.0]))
+    >>> m(torch.tensor([[1.0], [0.5]])).flatten().tolist()
+    [12.0, 11.0]
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        x_mean: Tensor,
-        x_std: Tensor,
+        x_mean: Tensor | None,
+        x_std: Tensor | None,
         y_mean: Tensor | None = None,
         y_std: Tensor | None = None,
     ) -> None:
@@ -242,8 +249,11 @@ class StandardizedModel(nn.Module):
         self.register_buffer("y_std", y_std)
 
     def forward(self, x: Tensor | np.ndarray) -> Tensor:
-        x = torch.as_tensor(x, dtype=self.x_mean.dtype, device=self.x_mean.device)
-        out = self.model((x - self.x_mean) / self.x_std)
+        if self.x_mean is None:
+            out = self.model(torch.as_tensor(x))
+        else:
+            x = torch.as_tensor(x, dtype=self.x_mean.dtype, device=self.x_mean.device)
+            out = self.model((x - self.x_mean) / self.x_std)
         if self.y_mean is not None and (out.ndim == 1 or self.y_mean.numel() == out.shape[-1]):
             out = out * self.y_std + self.y_mean
         return out
@@ -284,7 +294,8 @@ class SweepResult:
 
     @property
     def loss(self) -> str:
-        """The loss the sweep minimized: ``"mse"`` or ``"cross_entropy"``."""
+        """The loss the sweep minimized: ``"mse"``, ``"cross_entropy"`` or, for a callable
+        loss, its ``module.qualname`` (see :func:`torchpenalty.sweep.core.loss_name`)."""
         return str(self.settings.get("loss", "mse"))
 
     @property
@@ -347,9 +358,11 @@ class SweepResult:
     def predict(self, X: Any) -> np.ndarray:
         """Predictions of the refit model in the data's units, as a NumPy array: for a
         regression, values (shape ``(n,)`` for one target, ``(n, k)`` for ``k``); for a
-        classification, the original class labels (``classes[argmax]``). ``X`` is what
-        ``tp.sweep`` took: a NumPy array or tensor of shape ``(n, features)``, any real
-        dtype, raw (unstandardized) units.
+        classification, the original class labels (``classes[argmax]``); for a callable
+        loss, the model's raw outputs (``(n, 1)`` squeezed to ``(n,)``). ``X`` is what
+        ``tp.sweep`` took: a NumPy array or tensor of shape ``(n, features)`` in raw
+        (unstandardized) units, or rows of the data's shape ``(n, ...)`` (images, token ids:
+        converted to the dtype the sweep used, float32 or int64, nothing standardized).
 
         >>> import torch, torchpenalty as tp
         >>> X = torch.randn(40, 2, dtype=torch.float64); y = 3 * X[:, 0] + 100
@@ -380,15 +393,22 @@ class SweepResult:
         x = np.asarray(X)
         if x.dtype.kind not in "biuf":
             raise TypeError(f"X must be a real numeric array, got an array of dtype {x.dtype}")
-        width = self.settings.get("n_features")
-        if x.ndim != 2 or (width is not None and x.shape[1] != width):
-            want = f"(rows, {width})" if width is not None else "(rows, features)"
-            raise ValueError(f"X must be a 2-D array of shape {want}, got shape {x.shape}")
+        shape = self.settings.get("x_shape")  # inputs of any row shape (not standardized)
+        if shape is not None:
+            if list(x.shape[1:]) != list(shape):
+                want = ", ".join(["rows", *map(str, shape)])
+                raise ValueError(f"X must be an array of shape ({want}), got shape {x.shape}")
+        else:
+            width = self.settings.get("n_features")
+            if x.ndim != 2 or (width is not None and x.shape[1] != width):
+                want = f"(rows, {width})" if width is not None else "(rows, features)"
+                raise ValueError(f"X must be a 2-D array of shape {want}, got shape {x.shape}")
+        dtype = getattr(torch, self.settings.get("x_dtype", "float32"))
         self.model.eval()
         param = next(self.model.parameters(), None)
         dev = param.device if param is not None else torch.device("cpu")
         with torch.no_grad():
-            out = self.model(torch.as_tensor(x.astype(np.float32), device=dev))
+            out = self.model(torch.as_tensor(np.ascontiguousarray(x), device=dev).to(dtype))
         return out.detach().cpu()
 
     def _labels(self, codes: np.ndarray) -> np.ndarray:
