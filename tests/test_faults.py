@@ -4,7 +4,7 @@ Ctrl-C while saving, two runs on one folder, stale locks, refused folders and re
 
 After every fault the folder must be resumable (or, when nothing had finished, restartable)
 and the finished run must equal an uninterrupted one. ``TP_FAULT_TRIALS=N`` runs N signal
-trials per signal instead of one (the counts in notes/service.md came from that).
+trials per signal instead of one.
 """
 
 from __future__ import annotations

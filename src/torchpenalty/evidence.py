@@ -40,7 +40,7 @@ names; leave them out of the Regularizer (``exclude=``) to use the evidence. Row
 share a weight (positions of a convolution, tokens of a sequence) are counted as rows of
 ``A`` and averaged in ``G`` (the "expand" form of Eschenhagen et al., 2023). Checked
 against laplace-torch's ``KronLaplace`` (same log evidence to 4 decimals on an MLP and a
-CNN; ``notes/evidence_laplace_reference.py``).
+CNN; ``tools/evidence_vs_laplace_torch.py``).
 
 Parameters the rule leaves out (biases, norm scales) get no prior. They are held at
 their current values (conditioned on, a type-II maximum-likelihood estimate), except

@@ -1,6 +1,8 @@
-"""Run: PYTHONPATH=/tmp/lapl:src python notes/evidence_laplace_reference.py
+"""laplace-torch as an independent reference for tp.Evidence (not part of the test suite).
 
-laplace-torch 0.3 (installed apart, PYTHONPATH=/tmp/lapl) as a reference for tp.Evidence.
+laplace-torch 0.3 pulls a torchvision that does not import beside the pinned torch, so install
+it apart (``pip install --target /tmp/lapl --no-deps laplace-torch``, plus its pure-Python
+dependencies) and run ``PYTHONPATH=/tmp/lapl:src python tools/evidence_vs_laplace_torch.py``.
 (a) linear model without bias, centered diabetes: full and Kron Laplace log marginal
 likelihood at tp.Evidence's optimum; (b) MLP 10-32-32-1 without biases after training:
 Kron Laplace log marginal likelihood at tp.Evidence's per-layer precisions and noise."""
