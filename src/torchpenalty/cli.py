@@ -83,6 +83,11 @@ DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 
+#: ``torchpenalty.penalties.names(sweepable=True)`` of the built-in penalties, written out
+#: so that ``--help`` does not import torch (tests/test_cli.py checks the two agree).
+SWEEPABLE_PENALTIES = ("l2", "l1", "elastic_net", "group_lasso", "berhu")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line on stderr (exit 2) like every other error."""
 
@@ -153,8 +158,8 @@ def _sweep_parser(sub: Any) -> None:
     m = s.add_argument_group("model and penalty")
     m.add_argument("--model", help="'linear' or 'mlp:W1,W2,...[:relu|tanh|gelu|silu]' "
                    f"(default: {D['model']})")  # fmt: skip
-    m.add_argument("--penalty", help="l2, l1, elastic_net, group_lasso or package.module:Class "
-                   "(a tp.Penalty subclass; default: l2)")  # fmt: skip
+    m.add_argument("--penalty", help=f"{', '.join(SWEEPABLE_PENALTIES)} (or an alias) or "
+                   "package.module:Class (a tp.Penalty subclass; default: l2)")  # fmt: skip
     m.add_argument("--l1-ratio", type=float, help="elastic net mixing (default: 0.5)")
     m.add_argument("--strengths", help="LO:HI:N log grid or a comma list (default: "
                    f"{D['strengths']})")  # fmt: skip
