@@ -48,6 +48,7 @@ def test_sweep_help_lists_every_sweepable_penalty_without_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip().endswith("False")
     assert ", ".join(builtin) in " ".join(res.stdout.split())
+    assert ", ".join(data_mod.BUNDLED) in " ".join(res.stdout.split())  # --dataset
 
 
 def test_default_sweep_writes_a_complete_report(tmp_path, capsys):

@@ -139,8 +139,9 @@ def _sweep_parser(sub: Any) -> None:
     s = sub.add_parser(
         "sweep",
         help="cross-validate a penalty strength and write a report",
-        description="Train one model per (strength, fold), all at once, and report the best "
-        "and the one-standard-error strength. With no arguments: scikit-learn's diabetes "
+        description="Train one model per (strength, fold), stacked into one computation or "
+        "one at a time, whichever is faster, and report the best and the one-standard-error "
+        "strength. With no arguments: scikit-learn's diabetes "
         "data, an MLP 10-32-32-1 and L2.",
     )
     d = s.add_argument_group("data")
