@@ -145,7 +145,8 @@ def _sweep_parser(sub: Any) -> None:
         "data, an MLP 10-32-32-1 and L2.",
     )
     d = s.add_argument_group("data")
-    d.add_argument("--data", metavar="FILE", help="a .csv (header row) or .npz (arrays X, y) file")
+    d.add_argument("--data", metavar="FILE",
+                   help="a .csv or .csv.gz (header row) or .npz (arrays X, y) file")  # fmt: skip
     d.add_argument("--dataset", help="bundled data set when --data is not given: "
                    f"diabetes, breast_cancer, iris, wine (default: {D['dataset']})")  # fmt: skip
     d.add_argument("--target", metavar="COLUMN",
