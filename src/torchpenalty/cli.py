@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("folder", metavar="FOLDER")
     pr.add_argument("--data", metavar="FILE", required=True,
-                    help="a .csv with the training data's feature columns, or a .npz with X")  # fmt: skip
+                    help="a .csv or .csv.gz with the training data's feature columns, or a .npz with X")  # fmt: skip
     pr.add_argument("--out", metavar="FILE", help="write predictions.csv here (default: stdout)")
     e = sub.add_parser(
         "explain",
