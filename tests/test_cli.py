@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import torchpenalty as tp
 from torchpenalty import cli, report
 from torchpenalty import data as data_mod
 from torchpenalty.sweep.engine import Engine
@@ -34,6 +35,20 @@ def test_help_does_not_import_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip().endswith("False")
     assert "sweep" in res.stdout and "explain" in res.stdout
+
+
+def test_sweep_help_lists_every_sweepable_penalty_without_torch():
+    builtin = [
+        n
+        for n in tp.penalties.names(sweepable=True)
+        if tp.penalties.lookup(n).__module__.startswith("torchpenalty.")
+    ]
+    assert list(cli.SWEEPABLE_PENALTIES) == builtin
+    code = "import sys; from torchpenalty.cli import main\ntry:\n    main(['sweep', '--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip().endswith("False")
+    assert ", ".join(builtin) in " ".join(res.stdout.split())
+    assert ", ".join(data_mod.BUNDLED) in " ".join(res.stdout.split())  # --dataset
 
 
 def test_default_sweep_writes_a_complete_report(tmp_path, capsys):

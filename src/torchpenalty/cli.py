@@ -83,6 +83,11 @@ DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 
+#: ``torchpenalty.penalties.names(sweepable=True)`` of the built-in penalties, written out
+#: so that ``--help`` does not import torch (tests/test_cli.py checks the two agree).
+SWEEPABLE_PENALTIES = ("l2", "l1", "elastic_net", "group_lasso", "berhu")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line on stderr (exit 2) like every other error."""
 
@@ -111,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("folder", metavar="FOLDER")
     pr.add_argument("--data", metavar="FILE", required=True,
-                    help="a .csv with the training data's feature columns, or a .npz with X")  # fmt: skip
+                    help="a .csv or .csv.gz with the training data's feature columns, or a .npz with X")  # fmt: skip
     pr.add_argument("--out", metavar="FILE", help="write predictions.csv here (default: stdout)")
     e = sub.add_parser(
         "explain",
@@ -134,12 +139,14 @@ def _sweep_parser(sub: Any) -> None:
     s = sub.add_parser(
         "sweep",
         help="cross-validate a penalty strength and write a report",
-        description="Train one model per (strength, fold), all at once, and report the best "
-        "and the one-standard-error strength. With no arguments: scikit-learn's diabetes "
+        description="Train one model per (strength, fold), stacked into one computation or "
+        "one at a time, whichever is faster, and report the best and the one-standard-error "
+        "strength. With no arguments: scikit-learn's diabetes "
         "data, an MLP 10-32-32-1 and L2.",
     )
     d = s.add_argument_group("data")
-    d.add_argument("--data", metavar="FILE", help="a .csv (header row) or .npz (arrays X, y) file")
+    d.add_argument("--data", metavar="FILE",
+                   help="a .csv or .csv.gz (header row) or .npz (arrays X, y) file")  # fmt: skip
     d.add_argument("--dataset", help="bundled data set when --data is not given: "
                    f"diabetes, breast_cancer, iris, wine (default: {D['dataset']})")  # fmt: skip
     d.add_argument("--target", metavar="COLUMN",
@@ -153,8 +160,8 @@ def _sweep_parser(sub: Any) -> None:
     m = s.add_argument_group("model and penalty")
     m.add_argument("--model", help="'linear' or 'mlp:W1,W2,...[:relu|tanh|gelu|silu]' "
                    f"(default: {D['model']})")  # fmt: skip
-    m.add_argument("--penalty", help="l2, l1, elastic_net, group_lasso or package.module:Class "
-                   "(a tp.Penalty subclass; default: l2)")  # fmt: skip
+    m.add_argument("--penalty", help=f"{', '.join(SWEEPABLE_PENALTIES)} (or an alias) or "
+                   "package.module:Class (a tp.Penalty subclass; default: l2)")  # fmt: skip
     m.add_argument("--l1-ratio", type=float, help="elastic net mixing (default: 0.5)")
     m.add_argument("--strengths", help="LO:HI:N log grid or a comma list (default: "
                    f"{D['strengths']})")  # fmt: skip

@@ -307,6 +307,18 @@ def compact(
     ``report.max_abs_diff`` is the largest difference of the two models' outputs on it,
     both in eval mode, and ``report.max_rel_diff`` that difference over the outputs' size
     (float32 rounding: fewer terms in a sum round differently, by ~1e-7 relative).
+
+    >>> import torch, torchpenalty as tp
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> with torch.no_grad():
+    ...     model[0].weight[1] = 0.0  # unit 1: zero in-weights and bias
+    ...     model[0].bias[1] = 0.0
+    >>> small, report = tp.compact(model)
+    >>> small[0], small[2], (report.params_before, report.params_after)
+    (Linear(in_features=3, out_features=3, bias=True), Linear(in_features=3, out_features=2, bias=True), (26, 20))
+    >>> x = torch.randn(5, 3); torch.allclose(small(x), model(x))
+    True
     """
     paths = [path for path, _ in _check(model)]
     if example_input is not None and not isinstance(example_input, Tensor):

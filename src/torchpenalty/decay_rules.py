@@ -85,7 +85,13 @@ def normalized_weights(model: nn.Module) -> list[str]:
     module, a convolution child ``conv<k>`` with a normalization child ``bn<k>``
     (torchvision and timm ResNet blocks). Other
     architectures (pre-norm transformers, where the *next* block's norm sees a residual
-    sum) are not guessed: name their weights instead."""
+    sum) are not guessed: name their weights instead.
+
+    >>> import torchpenalty as tp
+    >>> from torch import nn
+    >>> tp.normalized_weights(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1)))
+    ['0.weight']
+    """
     found: list[str] = []
     for prefix, module in model.named_modules():
         kids = list(module.named_children())

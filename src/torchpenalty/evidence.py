@@ -515,6 +515,18 @@ class Evidence:
     ``lambda``), ``noise_precision`` (MSE; ``None`` for cross-entropy), ``log_evidence``
     (one value per update, nats, at the updated hyperparameters), ``history`` (one dict per
     update).
+
+    >>> import torch, torchpenalty as tp
+    >>> from torch import nn
+    >>> from torchpenalty.evidence import per_layer
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    >>> X = torch.randn(64, 3); y = X.sum(1, keepdim=True)
+    >>> reg = per_layer(model, 1e-3)  # one tp.L2 per weight
+    >>> ev = tp.Evidence(reg, loss="mse", n_data=64)
+    >>> log_z = ev.update((X, y))  # usually every few epochs of your loop
+    >>> sorted(ev.strengths), len(ev.log_evidence), ev.noise_precision > 0
+    (['0.weight', '2.weight'], 1, True)
     """
 
     def __init__(

@@ -73,6 +73,15 @@ def muon_param_groups(
 
     Use ``weight_decay`` in the groups (Muon's and AdamW's own decay), or build the
     groups with ``weight_decay=0`` and ``reg.attach(opt, mode=...)`` each optimizer, not both.
+
+    >>> import torchpenalty as tp
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4))
+    >>> muon, other = tp.muon_param_groups(model, 0.1)
+    >>> [(g["names"], g["weight_decay"]) for g in muon]
+    [(['1.weight'], 0.1)]
+    >>> [(g["names"], g["weight_decay"]) for g in other]
+    [(['0.weight'], 0.1), (['1.bias', '2.weight', '2.bias'], 0.0)]
     """
     wd = check_strength("weight_decay", weight_decay)
     if "params" in group_opts or "names" in group_opts:

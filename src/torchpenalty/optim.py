@@ -46,6 +46,12 @@ def param_groups(
 
     With ``torch.optim.SGD`` this equals ``L2(weight_decay)``; with ``AdamW`` it is
     decoupled decay. Use it with fused optimizers for zero-overhead weight decay.
+
+    >>> import torchpenalty as tp
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    >>> [(g["names"], g["weight_decay"]) for g in tp.param_groups(model, weight_decay=0.01)]
+    [(['0.weight', '2.weight'], 0.01), (['0.bias', '1.weight', '1.bias', '2.bias'], 0.0)]
     """
     wd = check_strength("weight_decay", weight_decay)
     if "params" in group_opts or "names" in group_opts:

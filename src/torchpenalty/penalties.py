@@ -1012,7 +1012,14 @@ class MaxNorm(Constraint):
 
 class MinMaxNorm(Constraint):
     """``min_value <= ||w_u|| <= max_value`` approached at ``rate`` (Keras ``MinMaxNorm``):
-    ``w * (rate * clip(n, min, max) + (1 - rate) * n) / (eps + n)``."""
+    ``w * (rate * clip(n, min, max) + (1 - rate) * n) / (eps + n)``.
+
+    >>> import torch
+    >>> w = [torch.tensor([[3.0, 4.0], [0.3, 0.4]])]
+    >>> MinMaxNorm(1.0, 2.0, rate=0.5, dim=1).prox_(w); w[0]  # norms 5 -> 3.5, 0.5 -> 0.75
+    tensor([[2.1000, 2.8000],
+            [0.4500, 0.6000]])
+    """
 
     name = "min_max_norm"
     aliases = ("minmaxnorm",)
@@ -1038,7 +1045,14 @@ class MinMaxNorm(Constraint):
 
 
 class UnitNorm(Constraint):
-    """``||w_u|| = 1`` (Keras ``UnitNorm``): ``w / (eps + n)``."""
+    """``||w_u|| = 1`` (Keras ``UnitNorm``): ``w / (eps + n)``.
+
+    >>> import torch
+    >>> w = [torch.tensor([[3.0, 4.0], [0.3, 0.4]])]
+    >>> UnitNorm(dim=1).prox_(w); w[0]
+    tensor([[0.6000, 0.8000],
+            [0.6000, 0.8000]])
+    """
 
     name = "unit_norm"
     aliases = ("unitnorm",)
@@ -1052,7 +1066,13 @@ class UnitNorm(Constraint):
 
 
 class NonNeg(Constraint):
-    """``w >= 0`` (Keras ``NonNeg``): ``w * (w >= 0)``."""
+    """``w >= 0`` (Keras ``NonNeg``): ``w * (w >= 0)``.
+
+    >>> import torch
+    >>> w = [torch.tensor([1.5, -2.0])]
+    >>> NonNeg().prox_(w); w[0]
+    tensor([1.5000, 0.0000])
+    """
 
     name = "non_neg"
     aliases = ("nonneg",)

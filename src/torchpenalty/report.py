@@ -325,6 +325,15 @@ def load_sweep(folder: str) -> Any:
     folder runs). ``result.predict(X)`` then works as after ``tp.sweep``.
 
     Raises :class:`ReportError` with one line when the folder is not a finished run.
+
+    >>> import contextlib, io, os, tempfile, torchpenalty as tp
+    >>> from torchpenalty import cli
+    >>> tmp = tempfile.TemporaryDirectory(); folder = os.path.join(tmp.name, "run")
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # linear + L2: the closed form
+    ...     code = cli.main(["sweep", "--model", "linear", "--out", folder, "--quiet"])
+    >>> code, tp.load_sweep(folder).best_strength
+    (0, 0.00316228)
+    >>> tmp.cleanup()
     """
     from .sweep.engine import Record
     from .sweep.result import SweepResult
