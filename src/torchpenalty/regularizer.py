@@ -212,7 +212,19 @@ class Regularizer:
         includes them), or ``None`` when there are none; clears them. Use it in the loss
         when the weight penalty is applied by ``attach()``. With ``"batch_mean"``
         reduction it is divided by ``accumulation_steps``; sums are not (the
-        micro-batches' sums add up to the batch's)."""
+        micro-batches' sums add up to the batch's).
+
+        >>> import torch, torchpenalty as tp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.eye(2))
+        >>> reg = tp.Regularizer(net, tp.L2(1e-4), activity={"0": tp.L1(0.5)})
+        >>> _ = net(torch.tensor([[1.0, -2.0]]))
+        >>> reg.activity_loss().item()  # 0.5 * (|1| + |-2|), summed over the output (Keras 3)
+        1.5
+        >>> reg.activity_loss() is None  # taken: nothing is kept
+        True
+        """
         if self.activity_hooks is None:
             return None
         v = self.activity_hooks.take()
@@ -233,12 +245,29 @@ class Regularizer:
             )
 
     def value(self) -> float:
-        """The penalty as a detached Python float (for logging)."""
+        """The penalty as a detached Python float (for logging).
+
+        >>> import torch, torchpenalty as tp
+        >>> net = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(2.0)
+        >>> round(tp.Regularizer(net, tp.L2(0.1)).value(), 6)  # 0.1/2 * (4 + 4); no bias
+        0.4
+        """
         with torch.no_grad():
             return float(self())
 
     def stats(self, optimizer: Any = None, **kwargs: Any) -> DecayStats:
-        """What the decay is doing: :func:`torchpenalty.stats.stats` of this Regularizer."""
+        """What the decay is doing: :func:`torchpenalty.stats.stats` of this Regularizer
+        (per regularized tensor and per group: weight and gradient norms, update-to-weight
+        ratio against its steady state, decay per step, zero fraction).
+
+        >>> import torch, torchpenalty as tp
+        >>> net = torch.nn.Linear(3, 2)
+        >>> reg = tp.Regularizer(net, tp.L2(0.1))
+        >>> [row.name for row in reg.stats().tensors]
+        ['weight']
+        """
         return decay_stats(self, optimizer, **kwargs)
 
     @torch.no_grad()
@@ -289,6 +318,20 @@ class Regularizer:
         ``mode="corrected"`` (``normalized=``, ``lr_max=``) and ``cautious=True`` (with
         ``"decoupled"``, ``"independent"``, ``"corrected"``): see
         :mod:`torchpenalty.decay_rules`.
+
+        One SGD step in grad mode equals ``torch.optim.SGD(weight_decay=s)``:
+
+        >>> import torch, torchpenalty as tp
+        >>> net = torch.nn.Linear(2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(1.0)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> handle = tp.Regularizer(net, tp.L2(0.5)).attach(opt, mode="grad")
+        >>> net.weight.grad = torch.zeros_like(net.weight)  # a zero data gradient
+        >>> opt.step(); net.weight  # 1 - 0.1 * 0.5 * 1
+        Parameter containing:
+        tensor([[0.9500, 0.9500]], requires_grad=True)
+        >>> handle.remove()
         """
         handle = attach(
             self,
