@@ -377,21 +377,27 @@ class Engine:
         self._penalty_step(opt, sel, strengths)
         return rows.detach().sum(1)
 
+    def _stacked(self, tasks: list[Task]) -> tuple[Tensor, Tensor, dict, dict]:
+        """Folds, strengths, and the stacked initial parameters (trainable unless frozen)
+        and buffers of ``tasks``, one slice per task."""
+        dev = self.device
+        folds = torch.tensor([t.fold for t in tasks], device=dev)
+        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
+        inits = [self.init(t.fold) for t in tasks]
+        params = {
+            n: torch.stack([i[n] for i in inits]).requires_grad_(n not in self.frozen)
+            for n in self.names
+        }
+        buffers = {n: torch.stack([i[n] for i in inits]) for n in self.buffers}
+        return folds, strengths, params, buffers
+
     def time_steps(self, tasks: list[Task], steps: int = 3) -> float:
         """Median seconds of one training step of ``tasks`` stacked together, over
         ``steps`` steps after one warm-up step, on copies (nothing is kept, the random
         state is restored). What :func:`torchpenalty.sweep.plan.probe` compares."""
         dev = self.device
-        folds = torch.tensor([t.fold for t in tasks], device=dev)
-        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
-        params = {
-            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(
-                n not in self.frozen
-            )
-            for n in self.names
-        }
-        live = {**params, **{n: torch.stack([self.init(t.fold)[n] for t in tasks])
-                             for n in self.buffers}}  # fmt: skip
+        folds, strengths, params, buffers = self._stacked(tasks)
+        live = {**params, **buffers}
         opt = self._optimizer(list(params.values()))
         sel = [params[n] for n in self.selected]
         idx, mask = self.batches(tasks, 0)
@@ -434,15 +440,7 @@ class Engine:
         patience = self.early_stopping if early_stopping else None
         m = len(tasks)
         dev = self.device
-        folds = torch.tensor([t.fold for t in tasks], device=dev)
-        strengths = torch.tensor([t.strength for t in tasks], dtype=torch.float32, device=dev)
-        params = {
-            n: torch.stack([self.init(t.fold)[n] for t in tasks]).requires_grad_(
-                n not in self.frozen
-            )
-            for n in self.names
-        }
-        buffers = {n: torch.stack([self.init(t.fold)[n] for t in tasks]) for n in self.buffers}
+        folds, strengths, params, buffers = self._stacked(tasks)
         live = {**params, **buffers}  # what the forward pass reads
         opt = self._optimizer(list(params.values()))
         sel = [params[n] for n in self.selected]
