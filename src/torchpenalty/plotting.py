@@ -246,16 +246,7 @@ class SweepDisplay:
         ax.set_ylabel(self._loss_label())
         twin = None
         if self.val_accuracy is not None:
-            twin = ax.twinx()
-            twin.plot(
-                self.strengths,
-                self.val_accuracy,
-                "^:",
-                color="C4",
-                label="validation accuracy",
-            )
-            twin.set_ylabel("validation accuracy")
-            twin.set_ylim(0, 1.02)
+            twin = self._twin(ax, self.val_accuracy, "^:", "C4", "validation accuracy", 1.02)
         self._legend(ax, twin)
 
     def _norm(self, ax: Any) -> None:
@@ -272,17 +263,16 @@ class SweepDisplay:
         ax.set_ylabel("parameter norm")
         twin = None
         if any(z > 0 for z in self.zero_fraction):
-            twin = ax.twinx()
-            twin.plot(
-                self.strengths,
-                self.zero_fraction,
-                "s--",
-                color="C3",
-                label="fraction of exact zeros",
-            )
-            twin.set_ylabel("fraction of exact zeros")
-            twin.set_ylim(0, 1)
+            twin = self._twin(ax, self.zero_fraction, "s--", "C3", "fraction of exact zeros", 1)
         self._legend(ax, twin)
+
+    def _twin(self, ax: Any, ys: list, style: str, color: str, label: str, top: float) -> Any:
+        """A second y axis from 0 to ``top`` with one curve over the strengths."""
+        twin = ax.twinx()
+        twin.plot(self.strengths, ys, style, color=color, label=label)
+        twin.set_ylabel(label)
+        twin.set_ylim(0, top)
+        return twin
 
     def _learning(self, ax: Any) -> None:
         s = self.best_strength if self.chosen_strength is None else self.chosen_strength
