@@ -1,6 +1,7 @@
 import os
 import sys
 
+import pytest
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -11,3 +12,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def diabetes_std():
+    """scikit-learn's diabetes data, features and target standardized (NumPy)."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    return (X - X.mean(0)) / X.std(0), (y - y.mean()) / y.std()

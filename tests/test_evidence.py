@@ -27,14 +27,6 @@ import torchpenalty as tp
 from torchpenalty import evidence as E
 
 
-@pytest.fixture(scope="module")
-def diabetes():
-    X, y = load_diabetes(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
-    y = (y - y.mean()) / y.std()
-    return X, y
-
-
 def fit_map(model, reg, X, y, iters=200):
     """Full-batch L-BFGS on the mean squared error plus the penalty (to the MAP)."""
     opt = torch.optim.LBFGS(model.parameters(), max_iter=iters, line_search_fn="strong_wolfe",
@@ -80,10 +72,10 @@ def test_strength_conversion_gives_the_same_map_objective(loss, k):
 
 
 # ---------------------------------------------------------------------- exactness
-def test_linear_mse_equals_bayesian_ridge(diabetes):
+def test_linear_mse_equals_bayesian_ridge(diabetes_std):
     """nn.Linear + MSE: the evidence's strength, noise precision and log evidence equal
     BayesianRidge's (s = 2 lambda_ / (alpha_ n)) at convergence."""
-    X, y = diabetes
+    X, y = diabetes_std
     n = len(X)
     br = BayesianRidge(tol=1e-12, max_iter=1000, compute_score=True).fit(X, y)
     Xt, yt = torch.tensor(X), torch.tensor(y)

@@ -39,14 +39,6 @@ OPTIMIZERS = [
 IDS = [o[0] for o in OPTIMIZERS]
 
 
-@pytest.fixture(scope="module")
-def diabetes():
-    X, y = load_diabetes(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
-    y = (y - y.mean()) / y.std()
-    return X, y
-
-
 def train(X, Y, make_opt, steps, penalty, out=1):
     torch.manual_seed(0)
     model = nn.Linear(X.shape[1], out).double()
@@ -72,8 +64,8 @@ def train(X, Y, make_opt, steps, penalty, out=1):
     ],
     ids=["lasso", "elastic_net"],
 )
-def test_proximal_equals_sklearn(diabetes, name, make_opt, steps, penalty, reference):
-    X, y = diabetes
+def test_proximal_equals_sklearn(diabetes_std, name, make_opt, steps, penalty, reference):
+    X, y = diabetes_std
     ref = reference.fit(X, y)
     model = train(X, y, make_opt, steps, penalty)
     w = model.weight.detach().numpy().ravel()
@@ -90,11 +82,11 @@ def test_proximal_equals_sklearn(diabetes, name, make_opt, steps, penalty, refer
     [o for o in OPTIMIZERS if o[0] in ("sgd_momentum", "adam")],
     ids=["sgd_momentum", "adam"],
 )
-def test_group_lasso_satisfies_kkt(diabetes, name, make_opt, steps):
+def test_group_lasso_satisfies_kkt(diabetes_std, name, make_opt, steps):
     """Groups are input features across 3 outputs (GroupLasso(dim=1) of a (3, 10) weight);
     with a preconditioned step the prox is taken in the optimizer's metric, so the fixed
     point satisfies the KKT conditions of the Euclidean problem."""
-    X, y = diabetes
+    X, y = diabetes_std
     rng = np.random.default_rng(0)
     Y = np.stack([y, X @ rng.normal(size=10) * 0.1 + y, rng.normal(size=len(y))], 1)
     s = 0.15
