@@ -30,7 +30,6 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,9 +39,7 @@ from ..penalties import L2
 from .engine import Record
 from .folds import Standardizer
 from .result import StandardizedModel, SweepResult, describe_model
-
-if TYPE_CHECKING:
-    from .core import Validated
+from .validated import Validated
 
 __all__ = [
     "chooses_closed_form",

@@ -35,6 +35,7 @@ from .engine import STACKABLE, Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold
 from .plan import probe
 from .result import StandardizedModel, SweepResult, describe_model
+from .validated import Validated
 
 __all__ = [
     "PARAMETER_CONSTRAINTS",
@@ -238,30 +239,6 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
 
 
 # ---------------------------------------------------------------------------- validate
-@dataclass
-class Validated:
-    """Checked arguments of one sweep: the data as arrays, the loss (inferred when it was
-    None), the strength grid, the penalty object and its mode, and every other option."""
-
-    X: np.ndarray
-    y: np.ndarray
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    grid: list[float]
-    penalty: Penalty
-    mode: str
-    options: dict[str, Any]
-    n_out: int = 0
-    fingerprint: str = ""
-    groups: np.ndarray | None = None
-    test: tuple[np.ndarray, np.ndarray] | None = None
-    x_dtype: torch.dtype = torch.float32
-
-    @property
-    def tabular(self) -> bool:
-        """2-D features the model takes as floats: the inputs ``standardize`` scales."""
-        return self.X.ndim == 2 and self.x_dtype == torch.float32
-
-
 def validate(make_model: Any, data: Any, **options: Any) -> Validated:
     """Check every argument of :func:`sweep` (same keywords and defaults) once, and the
     data against them; return the values to use. The command line calls this before it
