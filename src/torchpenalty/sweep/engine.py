@@ -15,6 +15,7 @@ trained in (``vectorize=False`` is the same code with chunks of one model).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
@@ -465,17 +466,10 @@ class Engine:
 
         val_rows = self.padded_rows(tasks, "val")
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
+        if self.problem.loss != "mse":
+            scale2 = torch.ones_like(scale2)
         for epoch in range(start, epochs):
-            idx, mask = self.batches(tasks, epoch)
-            seen = mask.sum((1, 2))
-            padded = (~mask).any(2).any(0).tolist()  # per batch: any padding row
-            total = torch.zeros(m, device=dev)
-            for b in range(idx.shape[1]):
-                mk = mask[:, b] if padded[b] else None
-                total += self._step(live, opt, sel, strengths, folds, idx[:, b], mk)
-            train_loss = total / seen.clamp_min(1)
-            if self.problem.loss == "mse":
-                train_loss = train_loss * scale2
+            train_loss = self._epoch(tasks, epoch, live, opt, sel, strengths, folds) * scale2
             with torch.no_grad():
                 val_loss = self._masked_loss(live, folds, *val_rows)[0]
             history["train"].append(train_loss.tolist())
@@ -488,24 +482,8 @@ class Engine:
                     best[n][improved] = t.detach()[improved]
                 stopped |= (epoch - best_epoch) >= patience
             if on_epoch is not None:
-
-                def snapshot(
-                    epoch=epoch, best_val=best_val, best_epoch=best_epoch, stopped=stopped
-                ):
-                    return {
-                        "epoch": epoch + 1,
-                        "params": {n: t.detach().clone() for n, t in live.items()},
-                        "opt": _clone_state(opt.state_dict()),
-                        "history": {k: [list(r) for r in v] for k, v in history.items()},
-                        "best_val": best_val.clone(),
-                        "best_epoch": best_epoch.clone(),
-                        "stopped": stopped.clone(),
-                        "best": {n: t.clone() for n, t in best.items()}
-                        if best is not None
-                        else None,
-                    }
-
-                on_epoch(epoch, snapshot)
+                tracked = (best_val, best_epoch, stopped, best)
+                on_epoch(epoch, functools.partial(_snapshot, epoch, live, opt, history, tracked))
             if patience and bool(stopped.all()):
                 break
 
@@ -514,24 +492,37 @@ class Engine:
             final = best
         else:
             best_epoch = torch.full((m,), len(history["val"]) - 1, dtype=torch.long, device=dev)
+        return self._records(tasks, folds, final, best_epoch, history), final
+
+    def _epoch(self, tasks, epoch, live, opt, sel, strengths, folds) -> Tensor:
+        """One epoch of training steps; the mean training loss per model (standardized)."""
+        idx, mask = self.batches(tasks, epoch)
+        seen = mask.sum((1, 2))
+        padded = (~mask).any(2).any(0).tolist()  # per batch: any padding row
+        total = torch.zeros(len(tasks), device=self.device)
+        for b in range(idx.shape[1]):
+            mk = mask[:, b] if padded[b] else None
+            total += self._step(live, opt, sel, strengths, folds, idx[:, b], mk)
+        return total / seen.clamp_min(1)
+
+    def _records(self, tasks, folds, final, best_epoch, history) -> list[Record]:
+        """One :class:`Record` per task from the final (or best) state and the history."""
         ev = self.evaluate(final, tasks, folds)
-        records = []
-        for j, t in enumerate(tasks):
-            records.append(
-                Record(
-                    i=t.i,
-                    fold=t.fold,
-                    strength=t.strength,
-                    val_loss=float(ev["val"][j]),
-                    train_loss=float(ev["train"][j]),
-                    param_norm=float(ev["norm"][j]),
-                    zero_fraction=float(ev["zeros"][j]),
-                    best_epoch=int(best_epoch[j]),
-                    val_accuracy=float(ev["val_acc"][j]) if "val_acc" in ev else None,
-                    history={k: [r[j] for r in v] for k, v in history.items()},
-                )
+        return [
+            Record(
+                i=t.i,
+                fold=t.fold,
+                strength=t.strength,
+                val_loss=float(ev["val"][j]),
+                train_loss=float(ev["train"][j]),
+                param_norm=float(ev["norm"][j]),
+                zero_fraction=float(ev["zeros"][j]),
+                best_epoch=int(best_epoch[j]),
+                val_accuracy=float(ev["val_acc"][j]) if "val_acc" in ev else None,
+                history={k: [r[j] for r in v] for k, v in history.items()},
             )
-        return records, final
+            for j, t in enumerate(tasks)
+        ]
 
     @torch.no_grad()
     def _penalty_step(self, opt: torch.optim.Optimizer, sel: list[Tensor], s: Tensor) -> None:
@@ -602,6 +593,22 @@ def _fill_missing_grads(params: list[Tensor]) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+
+
+def _snapshot(epoch, live, opt, history, tracked) -> dict[str, Any]:
+    """A copy of the training state after ``epoch`` (what a resume continues from);
+    ``tracked`` is (best_val, best_epoch, stopped, best) of early stopping."""
+    best_val, best_epoch, stopped, best = tracked
+    return {
+        "epoch": epoch + 1,
+        "params": {n: t.detach().clone() for n, t in live.items()},
+        "opt": _clone_state(opt.state_dict()),
+        "history": {k: [list(r) for r in v] for k, v in history.items()},
+        "best_val": best_val.clone(),
+        "best_epoch": best_epoch.clone(),
+        "stopped": stopped.clone(),
+        "best": {n: t.clone() for n, t in best.items()} if best is not None else None,
+    }
 
 
 def _clone_state(sd: dict[str, Any]) -> dict[str, Any]:
