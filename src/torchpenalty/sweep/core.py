@@ -29,9 +29,9 @@ from .._validation import (
     value_error,
 )
 from ..distributed import all_gather_objects, world
-from ..penalties import Penalty, get, resolve
+from ..penalties import Penalty, get, names, resolve
 from . import closed_form
-from .engine import STACKABLE, Engine, Problem, Record, Task
+from .engine import Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold
 from .plan import probe
 from .result import StandardizedModel, SweepResult, describe_model
@@ -151,7 +151,9 @@ def _strengths(name: str, v: Any) -> list[float]:
 
 def _penalty(name: str, v: Any) -> Penalty:
     supported = (
-        "one of " + ", ".join(repr(p) for p in STACKABLE) + " (the penalties a sweep stacks)"
+        "one of "
+        + ", ".join(repr(p) for p in names(sweepable=True))
+        + " (the penalties a sweep stacks)"
     )
     try:  # resolve: registered names, aliases and "module:Class"
         pen = v if isinstance(v, Penalty) else resolve(v, 1.0) if isinstance(v, str) else get(v)
@@ -159,7 +161,7 @@ def _penalty(name: str, v: Any) -> Penalty:
         if isinstance(v, (str, Mapping)):
             raise value_error(name, supported, v) from None
         raise
-    if pen.name not in STACKABLE:
+    if pen.name not in names(sweepable=True):
         raise value_error(name, supported, pen.name)
     return pen
 

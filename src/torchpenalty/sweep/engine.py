@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..penalties import Penalty
+from ..penalties import Penalty, names
 from ..select import select
 
 __all__ = ["ACTIVATIONS", "Engine", "Problem", "Task", "denormals_flushed", "flush_denormal"]
@@ -43,31 +43,6 @@ ACTIVATIONS = (
     nn.Softplus,
     nn.Identity,
 )
-
-
-class _Stackable:
-    """The penalty names a sweep can train, read from the penalty classes
-    (``Penalty.stackable``); behaves like the tuple of names it replaced."""
-
-    def _names(self) -> list[str]:
-        from ..penalties import names
-
-        return names(sweepable=True)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __iter__(self):
-        return iter(self._names())
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __repr__(self) -> str:
-        return repr(tuple(self._names()))
-
-
-STACKABLE = _Stackable()
 
 
 @dataclass
@@ -161,7 +136,7 @@ class Engine:
     ) -> None:
         if not penalty.stackable or penalty.is_constraint:
             raise ValueError(
-                f"penalty must be one of {list(STACKABLE)} for a sweep, got {penalty.name!r}"
+                f"penalty must be one of {names(sweepable=True)} for a sweep, got {penalty.name!r}"
             )
         self.make_model = make_model
         self.problem = problem
