@@ -121,6 +121,63 @@ def test_probe_times_both_paths_and_leaves_training_unchanged():
     assert d["choice"] in ("stacked", "one at a time") and set(d) >= {"stacked_s", "single_s"}
 
 
+def test_probe_stacks_fewer_copies_of_a_slow_model(monkeypatch):
+    import torchpenalty.sweep.plan as plan_mod
+
+    eng = engine()
+    tasks = [Task(i, k, s) for i, s in enumerate([0.01, 0.1, 1.0, 10.0]) for k in range(2)]
+    monkeypatch.setattr(plan_mod, "PROBE_STACK_S", 0.0)  # every step counts as slow
+    plan = probe(eng, tasks, chunk_size=8, steps=2)
+    assert plan.chunk_size == 8 and plan.probed_models == 2
+    monkeypatch.setattr(plan_mod, "PROBE_STACK_S", 1e9)  # every step counts as fast
+    assert probe(eng, tasks, chunk_size=8, steps=2).probed_models == 8
+
+
+@pytest.mark.parametrize(
+    "mask, kept",
+    [
+        ([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], 4),  # padding of every model dropped
+        ([[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]], 2),  # one model alone: its rows exactly
+        ([[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]], 2),  # but never fewer than two (batch norm)
+        ([[1, 1, 1], [1, 1, 1]], 3),  # no padding: unchanged
+        ([[0, 0, 0], [0, 0, 0]], 2),  # all padding: a (penalty-only) step still taken
+    ],
+)
+def test_trimmed_batches_drop_the_padding_every_model_shares(mask, kept):
+    from torchpenalty.sweep.engine import _trimmed
+
+    mask = torch.tensor(mask, dtype=torch.bool)
+    idx = torch.arange(mask.numel()).view(mask.shape)
+    rows, mk = _trimmed(idx, mask)
+    assert rows.shape == (2, kept)
+    torch.testing.assert_close(rows, idx[:, -kept:])  # padding sits at the front
+    if mask[:, -kept:].all():
+        assert mk is None
+    else:
+        torch.testing.assert_close(mk, mask[:, -kept:])
+
+
+def test_a_model_alone_trains_on_exactly_its_rows_like_a_plain_loop():
+    """One model, one fold: the engine's epoch equals a hand-written loop over the same
+    shuffled rows (no padding rows in the first batch)."""
+    eng = engine(n=45, batch=8, epochs=1)
+    task = Task(0, 2, 0.0)  # the all-rows fold: 45 rows, 6 batches, 3 padding slots
+    _, final = eng.run([task])
+    model = eng.build_model(2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    idx, mask = eng.batches([task], 0)
+    X, Y = eng.problem.X[2], eng.problem.Y[2]
+    for b in range(idx.shape[1]):
+        rows = idx[0, b][mask[0, b]]
+        if len(rows) < 2:
+            rows = idx[0, b][-2:]
+        opt.zero_grad()
+        nn.functional.mse_loss(model(X[rows]), Y[rows]).backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(final[n][0], p.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_probe_with_nothing_to_stack_is_one_at_a_time():
     plan = probe(engine(), [Task(0, 0, 1.0)], chunk_size=8)
     assert not plan.vectorize and math.isnan(plan.stacked_s) and plan.probe_s == 0.0

@@ -228,7 +228,9 @@ class Engine:
     def batches(self, tasks: list[Task], epoch: int) -> tuple[Tensor, Tensor]:
         """Row indices ``(M, n_batches, bs)`` and a mask of real rows, for one epoch.
         Each fold's training rows are shuffled by (seed, fold, epoch) and padded at the
-        front to the longest fold, so padding never fills a whole batch when bs > 1."""
+        front to the longest fold, so padding never fills a whole batch when bs > 1; a
+        step drops the padding columns that every model of its chunk shares
+        (:func:`_trimmed`), so a model alone trains on exactly its rows."""
         bs, n_max = self.batch_size, self.problem.n_max
         nb = math.ceil(n_max / bs)
         per_fold = {}
@@ -370,26 +372,37 @@ class Engine:
     def time_steps(self, tasks: list[Task], steps: int = 3) -> float:
         """Median seconds of one training step of ``tasks`` stacked together, over
         ``steps`` steps after one warm-up step, on copies (nothing is kept, the random
-        state is restored). What :func:`torchpenalty.sweep.plan.probe` compares."""
+        state is restored)."""
+        with self.timed_stepper(tasks) as step:
+            step()  # warm-up
+            return statistics.median(step() for _ in range(steps))
+
+    @contextlib.contextmanager
+    def timed_stepper(self, tasks: list[Task]) -> Iterator[Callable[[], float]]:
+        """A function that takes one training step of ``tasks`` stacked together and
+        returns its seconds, valid inside the block. It trains copies (nothing is kept)
+        and the random state is restored on leaving. Two steppers open at once can be
+        called in turn: what :func:`torchpenalty.sweep.plan.probe` interleaves."""
         dev = self.device
         folds, strengths, params, buffers = self._stacked(tasks)
         live = {**params, **buffers}
         opt = self._optimizer(list(params.values()))
         sel = [params[n] for n in self.selected]
         idx, mask = self.batches(tasks, 0)
-        times = []
-        with torch.random.fork_rng(devices=[]), flush_denormal(dev):
-            for k in range(steps + 1):
-                b = k % idx.shape[1]
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+        count = iter(range(2**62))
+
+        def step() -> float:
+            b = next(count) % idx.shape[1]
+            rows, mk = _trimmed(idx[:, b], mask[:, b])
+            with flush_denormal(dev):
+                _sync(dev)
                 t0 = time.perf_counter()
-                mk = None if bool(mask[:, b].all()) else mask[:, b]
-                self._step(live, opt, sel, strengths, folds, idx[:, b], mk)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times[1:])
+                self._step(live, opt, sel, strengths, folds, rows, mk)
+                _sync(dev)
+            return time.perf_counter() - t0
+
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            yield step
 
     def run(
         self,
@@ -476,8 +489,8 @@ class Engine:
         padded = (~mask).any(2).any(0).tolist()  # per batch: any padding row
         total = torch.zeros(len(tasks), device=self.device)
         for b in range(idx.shape[1]):
-            mk = mask[:, b] if padded[b] else None
-            total += self._step(live, opt, sel, strengths, folds, idx[:, b], mk)
+            rows, mk = _trimmed(idx[:, b], mask[:, b]) if padded[b] else (idx[:, b], None)
+            total += self._step(live, opt, sel, strengths, folds, rows, mk)
         return total / seen.clamp_min(1)
 
     def _records(self, tasks, folds, final, best_epoch, history) -> list[Record]:
@@ -561,6 +574,24 @@ def _fused_ok(params: list[Tensor]) -> bool:
     """torch's fused Adam/SGD take floating tensors on the CPU or CUDA, all on one device."""
     devs = {p.device.type for p in params}
     return len(devs) == 1 and devs <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _trimmed(idx: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A batch's row indices ``(M, bs)`` without the columns that are padding for every
+    model (they would cost arithmetic and add nothing: one model alone trains on exactly
+    its rows, as a plain loop does), and the mask of what padding remains (None: none)."""
+    keep = mask.any(0)
+    # at least two rows (batch norm cannot train on one), and a batch that is all
+    # padding for every model still takes its (penalty-only) step
+    keep[-2:] = True
+    if not bool(keep.all()):
+        idx, mask = idx[:, keep], mask[:, keep]
+    return idx, None if bool(mask.all()) else mask
 
 
 def _fill_missing_grads(params: list[Tensor]) -> None:

@@ -10,7 +10,9 @@ model and data (:func:`probe`) and keeps the faster.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,7 +21,10 @@ import torch
 
 from .engine import Engine, Task
 
-__all__ = ["VectorizePlan", "probe"]
+__all__ = ["PROBE_STACK_S", "VectorizePlan", "probe"]
+
+PROBE_STACK_S = 0.05
+"""Seconds of one-model steps that the probe stacks at most (at least 2 models)."""
 
 
 @dataclass(frozen=True)
@@ -27,11 +32,14 @@ class VectorizePlan:
     """The probe's decision and what it measured.
 
     ``stacked_s`` and ``single_s`` are seconds per model per training step (median of the
-    timed steps): stacked in a chunk of ``chunk_size`` models, and one model at a time.
-    ``vectorize`` is ``stacked_s < single_s``; ``probe_s`` is what probing cost."""
+    timed steps): ``probed_models`` models stacked (the chunk's ``chunk_size`` models, or
+    fewer for a model whose one step takes more than :data:`PROBE_STACK_S` / that many
+    seconds), and one model at a time. ``vectorize`` is ``stacked_s < single_s``;
+    ``probe_s`` is what probing cost."""
 
     vectorize: bool
     chunk_size: int
+    probed_models: int
     stacked_s: float
     single_s: float
     probe_s: float
@@ -54,13 +62,14 @@ class VectorizePlan:
     def __str__(self) -> str:
         return (
             f"{self.choice}: {self.stacked_s * 1e3:.3g} ms per model-step stacked "
-            f"({self.chunk_size} models), {self.single_s * 1e3:.3g} ms one at a time"
+            f"({self.probed_models} models), {self.single_s * 1e3:.3g} ms one at a time"
         )
 
 
 def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3) -> VectorizePlan:
     """Time ``steps`` training steps (after a warm-up step) of the first ``chunk_size``
-    of ``tasks`` stacked, and of one model alone; keep the faster per model-step.
+    of ``tasks`` stacked, and of one model alone, in turn; keep the faster per model-step
+    (medians).
 
     The probe trains copies and restores the random state: the sweep's numbers do not
     depend on it. With one task or a chunk of one model there is nothing to compare and
@@ -79,18 +88,31 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     """
     size = min(chunk_size, len(tasks))
     if size <= 1:
-        return VectorizePlan(False, 1, math.nan, math.nan, 0.0, 0)
+        return VectorizePlan(False, 1, 1, math.nan, math.nan, 0.0, 0)
     # torch imports its compiler stack when the first optimizer is built (seconds, once
     # per process, paid by any training): not the probe's cost
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     t0 = time.perf_counter()
-    single = engine.time_steps(tasks[:1], steps)
-    stacked = engine.time_steps(tasks[:size], steps) / size
+    single, stacked = [], []
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(engine.timed_stepper(tasks[:1]))
+        # a model whose step takes milliseconds is bound by arithmetic, not by per-call
+        # overhead: a few stacked copies tell its per-model time as well as a whole chunk
+        m = min(size, max(2, int(PROBE_STACK_S / one())))  # (after a warm-up step)
+        many = stack.enter_context(engine.timed_stepper(tasks[:m]))
+        many()  # warm-up
+        # interleaved, so that a load that comes and goes on a shared machine falls on
+        # both sides alike
+        for _ in range(steps):
+            single.append(one())
+            stacked.append(many() / m)
+    single_s, stacked_s = statistics.median(single), statistics.median(stacked)
     return VectorizePlan(
-        vectorize=stacked < single,
+        vectorize=stacked_s < single_s,
         chunk_size=size,
-        stacked_s=stacked,
-        single_s=single,
+        probed_models=m,
+        stacked_s=stacked_s,
+        single_s=single_s,
         probe_s=time.perf_counter() - t0,
         steps=steps,
     )
