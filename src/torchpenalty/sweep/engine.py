@@ -227,17 +227,25 @@ class Engine:
     # ------------------------------------------------------------------ batches
     def batches(self, tasks: list[Task], epoch: int) -> tuple[Tensor, Tensor]:
         """Row indices ``(M, n_batches, bs)`` and a mask of real rows, for one epoch.
-        Each fold's training rows are shuffled by (seed, fold, epoch) and padded at the
-        front to the longest fold, so padding never fills a whole batch when bs > 1; a
-        step drops the padding columns that every model of its chunk shares
-        (:func:`_trimmed`), so a model alone trains on exactly its rows."""
-        bs, n_max = self.batch_size, self.problem.n_max
-        nb = math.ceil(n_max / bs)
+
+        Each fold's training rows are shuffled by (seed, fold, epoch). The number of
+        batches is that of the longest fold of the run's kind (the K cross-validation folds,
+        or the all-rows refit), so it does not depend on how tasks are chunked. A fold
+        that fills them as a plain loop would (every batch full but one) is padded at the
+        front; a shorter one (group folds of unequal sizes) is spread evenly over the
+        batches, so that no model ever takes a step without data. A step drops the padding
+        columns that every model of its chunk shares (:func:`_trimmed`), so a model alone
+        trains on exactly its rows."""
+        bs = self.batch_size
+        train = self.problem.train_idx
+        refit = len(train) - 1
+        kinds = {t.fold == refit for t in tasks}
+        span = [f for f in range(len(train)) if (f == refit) in kinds]
+        nb = math.ceil(max(len(train[f]) for f in span) / bs)
         per_fold = {}
         for f in {t.fold for t in tasks}:
-            tr = self.problem.train_idx[f]
-            perm = np.random.default_rng([self.seed, f, epoch]).permutation(tr)
-            per_fold[f] = np.concatenate([np.full(nb * bs - len(perm), -1), perm])
+            perm = np.random.default_rng([self.seed, f, epoch]).permutation(train[f])
+            per_fold[f] = _layout(perm, nb, bs)
         idx = torch.as_tensor(np.stack([per_fold[t.fold] for t in tasks])).to(self.device)
         idx = idx.view(len(tasks), nb, bs)
         mask = idx >= 0
@@ -574,6 +582,28 @@ def _fused_ok(params: list[Tensor]) -> bool:
     """torch's fused Adam/SGD take floating tensors on the CPU or CUDA, all on one device."""
     devs = {p.device.type for p in params}
     return len(devs) == 1 and devs <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
+def _layout(perm: np.ndarray, nb: int, bs: int) -> np.ndarray:
+    """``perm`` laid out in ``nb`` batches of ``bs`` slots (``-1``: padding), flattened:
+    padded at the front when every batch but the first can be full, else spread evenly
+    (each batch gets ``len(perm) // nb`` or one more rows, at its end).
+
+    >>> _layout(np.arange(5), 2, 3).tolist()
+    [-1, 0, 1, 2, 3, 4]
+    >>> _layout(np.arange(4), 3, 3).tolist()
+    [-1, -1, 0, -1, -1, 1, -1, 2, 3]
+    """
+    n = len(perm)
+    if n > (nb - 1) * bs:
+        return np.concatenate([np.full(nb * bs - n, -1), perm])
+    out = np.full((nb, bs), -1, dtype=np.int64)
+    sizes = [n // nb + (j >= nb - n % nb) for j in range(nb)]
+    start = 0
+    for j, r in enumerate(sizes):
+        out[j, bs - r :] = perm[start : start + r]
+        start += r
+    return out.reshape(-1)
 
 
 def _sync(device: torch.device) -> None:
