@@ -39,12 +39,16 @@ def main():
     if what == "sweep":
         s = tp.sweep(mk, (Xtr, ytr), loss="cross_entropy", epochs=ep, progress=False, **kw)
         m, se, acc = heldout(s.model)
-        print(f"sweep ep={ep} {kw} {time.perf_counter() - t:.1f}s CE {m:.4f} +- {se:.4f} acc {acc:.4f} best {s.best_strength:g}")
+        print(
+            f"sweep ep={ep} {kw} {time.perf_counter() - t:.1f}s CE {m:.4f} +- {se:.4f} acc {acc:.4f} best {s.best_strength:g}"
+        )
     else:
         r = tp.fit_evidence(mk, (Xtr, ytr), loss="cross_entropy", epochs=ep, **kw)
         m, se, acc = heldout(r.model)
         st = " ".join(f"{v:.2e}" for v in r.strengths.values())
-        print(f"evid ep={ep} {kw} {time.perf_counter() - t:.1f}s CE {m:.4f} +- {se:.4f} acc {acc:.4f} s {st} logZ {r.log_evidence[-1]:.1f}")
+        print(
+            f"evid ep={ep} {kw} {time.perf_counter() - t:.1f}s CE {m:.4f} +- {se:.4f} acc {acc:.4f} s {st} logZ {r.log_evidence[-1]:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -11,14 +11,18 @@ import torchpenalty as tp
 from torchpenalty import evidence as E
 
 sys.path.insert(0, "notes")
-from evid2_digits import Xtr, heldout, mk, ytr  # noqa: E402
+from evid2_digits import Xtr, heldout, mk, ytr
 
 seed = int(sys.argv[1])
 X, Y, sx, sy, _ = E._prepare_xy(Xtr, ytr, "cross_entropy", True)
 r = tp.fit_evidence(mk, (Xtr, ytr), loss="cross_entropy", epochs=100, seed=seed)
 print("fit_evidence history (epoch: s0 s1):")
-for e, h in zip(r.epochs, r.evidence.history):
-    print(f"  {e:3d}: " + " ".join(f"{v:.2e}" for v in h["strengths"].values()) + f"  logZ {h['log_evidence']:.1f}")
+for e, h in zip(r.epochs, r.evidence.history, strict=True):
+    print(
+        f"  {e:3d}: "
+        + " ".join(f"{v:.2e}" for v in h["strengths"].values())
+        + f"  logZ {h['log_evidence']:.1f}"
+    )
 for s0, s1 in [(1e-3, 1e-3), (1e-3, 1e-4), (1e-2, 1e-3), (3e-2, 1e-3), (1e-4, 1e-4)]:
     torch.manual_seed(seed)
     model = mk()
@@ -30,5 +34,8 @@ for s0, s1 in [(1e-3, 1e-3), (1e-3, 1e-4), (1e-2, 1e-3), (3e-2, 1e-3), (1e-4, 1e
     sq = [float(p.pow(2).sum()) for p in reg.parameters()]
     ev.update((X, Y))
     st = " ".join(f"{v:.2e}" for v in ev.strengths.values())
-    print(f"trained at s=({s0:g}, {s1:g}): held-out CE {m:.3f}+-{se:.3f}, |w|^2 {sq[0]:.1f} {sq[1]:.1f};"
-          f" evidence asks s = {st}, logZ {ev.log_evidence[-1]:.1f}", flush=True)
+    print(
+        f"trained at s=({s0:g}, {s1:g}): held-out CE {m:.3f}+-{se:.3f}, |w|^2 {sq[0]:.1f} {sq[1]:.1f};"
+        f" evidence asks s = {st}, logZ {ev.log_evidence[-1]:.1f}",
+        flush=True,
+    )

@@ -14,7 +14,7 @@ import torchpenalty as tp
 from torchpenalty import evidence as E
 
 sys.path.insert(0, "notes")
-from evid2_digits import Xtr, mk, ytr  # noqa: E402
+from evid2_digits import Xtr, mk, ytr
 
 ep, seed = int(sys.argv[1]), int(sys.argv[2])
 r = tp.fit_evidence(mk, (Xtr, ytr), loss="cross_entropy", epochs=ep, seed=seed)
@@ -67,9 +67,13 @@ for gi, layer in enumerate(("0", "2")):
     sq = float(params[f"{layer}.weight"].pow(2).sum())
     le, ge = best_lam(e_exact, nw, sq)
     lk, gk = best_lam(e_kfac, nw, sq)
-    print(f"layer {layer}.weight P={nw} |w|^2={sq:.1f}: trace exact {e_exact.sum():.1f} kfac "
-          f"{e_kfac.sum():.1f}; logdet(e+1) exact {np.log1p(e_exact).sum():.1f} kfac "
-          f"{np.log1p(e_kfac).sum():.1f}")
-    print(f"   optimal lambda: exact {le:.3g} (s {le / len(X):.3g}, gamma {ge:.1f})   kfac "
-          f"{lk:.3g} (s {lk / len(X):.3g}, gamma {gk:.1f});  fit_evidence's s "
-          f"{r.strengths[layer + '.weight']:.3g}")
+    print(
+        f"layer {layer}.weight P={nw} |w|^2={sq:.1f}: trace exact {e_exact.sum():.1f} kfac "
+        f"{e_kfac.sum():.1f}; logdet(e+1) exact {np.log1p(e_exact).sum():.1f} kfac "
+        f"{np.log1p(e_kfac).sum():.1f}"
+    )
+    print(
+        f"   optimal lambda: exact {le:.3g} (s {le / len(X):.3g}, gamma {ge:.1f})   kfac "
+        f"{lk:.3g} (s {lk / len(X):.3g}, gamma {gk:.1f});  fit_evidence's s "
+        f"{r.strengths[layer + '.weight']:.3g}"
+    )

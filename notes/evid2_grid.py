@@ -5,14 +5,13 @@ Run: PYTHONPATH=src python notes/evid2_grid.py EPOCHS SEED"""
 
 import sys
 
-import numpy as np
 import torch
 
 import torchpenalty as tp
 from torchpenalty import evidence as E
 
 sys.path.insert(0, "notes")
-from evid2_digits import Xtr, heldout, mk, ytr  # noqa: E402
+from evid2_digits import Xtr, heldout, mk, ytr
 
 ep, seed = int(sys.argv[1]), int(sys.argv[2])
 X, Y, sx, sy, classes = E._prepare_xy(Xtr, ytr, "cross_entropy", True)

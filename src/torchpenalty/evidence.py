@@ -828,6 +828,7 @@ def fit_evidence(
     standardize: bool = True,
     include: Matcher | None = None,
     exclude: Matcher | None = None,
+    shared: bool = False,
     seed: int = 0,
 ) -> EvidenceResult:
     """Train one model with per-layer L2 strengths chosen by the evidence: Adam on the
@@ -865,7 +866,11 @@ def fit_evidence(
     n = len(X)
     torch.manual_seed(check_int("seed", seed))
     model = make_model()
-    reg = per_layer(model, strength, include=include, exclude=exclude)
+    if shared:
+        reg = Regularizer(model, L2(check_strength("strength", strength)), include=include,
+                          exclude=exclude)  # fmt: skip
+    else:
+        reg = per_layer(model, strength, include=include, exclude=exclude)
     ev = Evidence(reg, loss, n, steps=steps, lr=hyper_lr, seed=seed)
     done = _train(model, reg, ev, X, Y, epochs=epochs, batch_size=batch_size, lr=lr,
                   every=every, seed=seed)  # fmt: skip
@@ -883,6 +888,7 @@ def fit_evidence(
             "every": every,
             "steps": steps,
             "hyper_lr": hyper_lr,
+            "shared": shared,
             "n_rows": n,
             "y_shape": tuple(np.shape(data[1])[1:]),
         },
