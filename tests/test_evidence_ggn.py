@@ -101,8 +101,8 @@ def test_eigenvalues_are_those_of_the_kronecker_form_with_the_free_bias_integrat
 def test_log_evidence_is_invariant_under_relu_rescaling(loss):
     """ReLU layers are positively homogeneous: W0 -> c W0, b0 -> c b0, W1 -> W1 / c gives
     the same function. The log evidence at lambda0 / c^2, lambda1 c^2 is then the same, and
-    so is its gradient: the per-layer split has a direction the evidence cannot fix (the
-    reason one strength per layer drifts during training, see docs/strength.md)."""
+    so is its gradient: the evidence cannot tell these per-layer strengths apart, only
+    their product (docs/strength.md)."""
     torch.manual_seed(3)
     n, c = 50, 3.0
     X, y = torch.randn(n, 4, dtype=torch.float64), targets(loss, n, 2)
@@ -136,3 +136,58 @@ def test_fit_evidence_shared_gives_one_strength():
     assert r.evidence.group_names == [["0.weight", "2.weight"]]
     assert r.strengths["0.weight"] == r.strengths["2.weight"] != 1e-4
     assert r.settings["shared"] is True
+
+
+def relu_net(norm=False):
+    torch.manual_seed(0)
+    mid = [nn.LayerNorm(6, eps=1e-12)] if norm else []
+    return nn.Sequential(
+        nn.Linear(4, 6), *mid, nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)
+    ).double()
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_updates_keep_the_ratio_of_strengths_a_rescaling_cannot_tell_apart(loss):
+    """ReLU chain: the evidence is flat along W_i -> c W_i, W_j -> W_j / c (previous test),
+    so the updates keep s_0 : s_2 : s_4 as they started; without that they drift apart at
+    every update (the first layer's up, the last one's down). A tanh chain has no such
+    rescaling: its strengths move apart."""
+    torch.manual_seed(4)
+    n = 60
+    X, y = torch.randn(n, 4, dtype=torch.float64), targets(loss, n, 3)
+    start = {"0.weight": 1e-3, "2.weight": 4e-3, "4.weight": 2e-2}
+    for act in ("relu", "tanh"):
+        model = relu_net()
+        if act == "tanh":
+            model[1], model[3] = nn.Tanh(), nn.Tanh()
+        reg = E.per_layer(model, 0.0)
+        E.set_strengths(reg, start)
+        ev = tp.Evidence(reg, loss, n_data=n, steps=50)
+        for _ in range(3):
+            ev.update((X, y))
+        ratios = np.array([ev.strengths[k] / start[k] for k in start])
+        if act == "relu":
+            assert ev.symmetries == [
+                {"0.weight": 1, "2.weight": -1},
+                {"2.weight": 1, "4.weight": -1},
+            ]
+            np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
+            assert abs(math.log(ratios[0])) > 0.1  # the common strength did move
+        else:
+            assert ev.symmetries == []
+            assert ratios.max() / ratios.min() > 1.5
+
+
+def test_a_layer_before_a_normalization_keeps_its_strength():
+    """Linear -> LayerNorm: W_0 -> c W_0 alone leaves the function unchanged, so the evidence
+    cannot tell its strength; it stays where it started while the others move."""
+    torch.manual_seed(5)
+    X, y = torch.randn(50, 4, dtype=torch.float64), torch.randint(0, 3, (50,))
+    model = relu_net(norm=True)
+    reg = E.per_layer(model, 1e-3)
+    ev = tp.Evidence(reg, "cross_entropy", n_data=50, steps=50)  # s = lambda / n: no noise
+    ev.update((X, y))
+    assert {"0.weight": 1} in ev.symmetries
+    assert ev.strengths["0.weight"] == pytest.approx(1e-3, rel=1e-9)
+    assert ev.strengths["3.weight"] != pytest.approx(1e-3, rel=1e-2)
+    assert all(p.grad is None for p in model.parameters())

@@ -472,19 +472,81 @@ def _log_evidence(x: np.ndarray, pb: _Problem) -> tuple[float, np.ndarray]:
 
 
 class _Adam:
-    """Adam ascent on a small float64 vector (torch.optim.Adam's update, defaults)."""
+    """Adam ascent on a small float64 vector (torch.optim.Adam's update, defaults), its
+    steps kept orthogonal to the rows of ``fixed`` (an orthonormal basis of directions the
+    evidence cannot determine, :func:`_symmetries`; padded with zeros for ``log beta``)."""
 
     def __init__(self, x: np.ndarray, lr: float) -> None:
         self.x, self.lr = x, lr
         self.m, self.v, self.t = np.zeros_like(x), np.zeros_like(x), 0
 
-    def ascend(self, grad: np.ndarray, b1: float = 0.9, b2: float = 0.999) -> None:
+    def ascend(
+        self, grad: np.ndarray, fixed: np.ndarray | None = None, b1: float = 0.9, b2: float = 0.999
+    ) -> None:
+        def project(u: np.ndarray) -> np.ndarray:
+            if fixed is None or not len(fixed):
+                return u
+            q = np.zeros((len(fixed), len(u)))
+            q[:, : fixed.shape[1]] = fixed
+            return u - q.T @ (q @ u)
+
+        grad = project(grad)
         self.t += 1
         self.m = b1 * self.m + (1 - b1) * grad
         self.v = b2 * self.v + (1 - b2) * grad**2
         m_hat = self.m / (1 - b1**self.t)
         v_hat = self.v / (1 - b2**self.t)
-        self.x = self.x + self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self.x = self.x + project(self.lr * m_hat / (np.sqrt(v_hat) + 1e-8))
+
+
+# ---------------------------------------------------------------------- symmetries
+def _rescaled_output(model: nn.Module, x: Tensor, ups: list[Tensor], downs: list[Tensor]) -> Tensor:
+    """``model(x)`` with ``ups`` doubled and ``downs`` halved (exact in binary floating
+    point), through ``torch.func.functional_call``: the model's parameters are not touched."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    scaled = {names[id(p)]: p * 2.0 for p in ups}
+    scaled.update({names[id(p)]: p / 2.0 for p in downs})
+    return torch.func.functional_call(model, scaled, (x,))
+
+
+@torch.no_grad()
+def _symmetries(
+    model: nn.Module, blocks: list[_Block], n_groups: int, x: Tensor
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Directions in ``log lambda`` that the evidence cannot determine: the rows of an
+    orthonormal basis ``(r, n_groups)`` and the directions found (entries +-1 per group).
+
+    A rescaling ``W_i, b_i -> c W_i, c b_i`` (and ``W_j -> W_j / c`` for a later layer ``j``)
+    that leaves ``model(x)`` unchanged (a ReLU or linear chain; a layer followed by a
+    normalization, alone) leaves the log evidence unchanged when each regularized tensor's
+    ``lambda`` moves by ``c**-2`` (resp. ``c**2``): the evidence is flat along that
+    direction of ``log lambda``, the updates at fixed weights drift along it without end,
+    so the steps are kept orthogonal to it (the ratio stays as it started). Checked on
+    ``x`` (eval mode) with ``c = 2`` for each layer and each pair of layers."""
+    group = {}
+    for b in blocks:
+        group[id(b.module.bias if b.is_bias else b.module.weight)] = b.group
+    layers = list({id(b.module): b.module for b in blocks}.values())
+    base = model(x)
+    tol = 1e-6 * float(base.abs().max())
+    dirs = []
+    for m in layers:
+        ups = [p for p in (m.weight, m.bias) if p is not None]
+        for partner in [None, *(q for q in layers if q is not m)]:
+            downs = [] if partner is None else [partner.weight]
+            d = np.zeros(n_groups)
+            for p, sign in [(p, 1.0) for p in ups] + [(p, -1.0) for p in downs]:
+                if id(p) in group:
+                    d[group[id(p)]] += sign
+            if not d.any():
+                continue
+            out = _rescaled_output(model, x, ups, downs)
+            if torch.allclose(out, base, rtol=1e-5, atol=tol):
+                dirs.append(d)
+    if not dirs:
+        return np.zeros((0, n_groups)), dirs
+    _, sv, vt = np.linalg.svd(np.array(dirs))
+    return vt[: int(np.sum(sv > 1e-9 * sv[0]))], dirs
 
 
 class Evidence:
@@ -560,12 +622,24 @@ class Evidence:
         self._blocks = _blocks(reg, self._groups)
         self._gen = torch.Generator().manual_seed(check_int("seed", seed))
         self._opt: _Adam | None = None
+        self._fixed: np.ndarray | None = None  # _symmetries, found on the first update
+        self._found: list[np.ndarray] = []
         self.n_outputs: int = 1
         self.noise_precision: float | None = None
         self.log_evidence: list[float] = []
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ results
+    @property
+    def symmetries(self) -> list[dict[str, int]]:
+        """Rescalings that leave the model's function unchanged, found on the first update
+        (empty before): each a dict ``name -> +1`` (weights, and their biases, multiplied by
+        ``c``) / ``-1`` (divided by ``c``), one name per group. The evidence is flat along
+        them (see :func:`_symmetries`), so the updates keep these strengths' ratios as they
+        started: for a ReLU MLP without normalization, one strength for all its layers."""
+        names = [names[0] for _, names, _ in self._groups]
+        return [{names[g]: int(v) for g, v in enumerate(d) if v} for d in self._found]
+
     @property
     def group_names(self) -> list[list[str]]:
         """Parameter names of each group (one prior precision per group)."""
@@ -592,7 +666,7 @@ class Evidence:
         pb = self._curvature(data)
         opt = self._start(pb)
         for _ in range(self.steps):
-            opt.ascend(_log_evidence(opt.x, pb)[1])
+            opt.ascend(_log_evidence(opt.x, pb)[1], self._fixed)
         value = _log_evidence(opt.x, pb)[0]
         self._write(opt.x)
         self.log_evidence.append(value)
@@ -616,6 +690,10 @@ class Evidence:
         model.eval()  # the GGN of the deterministic network (dropout off, running norms)
         try:
             for x, y in _batches(data, self.batch_size, device, dtype):
+                if self._fixed is None:
+                    self._fixed, self._found = _symmetries(
+                        model, self._blocks, len(self._groups), x[:64]
+                    )
                 _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
         finally:
             model.train(was_training)
