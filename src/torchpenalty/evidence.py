@@ -49,6 +49,16 @@ flat prior, which for the Kronecker form is the Schur complement: ``A`` becomes 
 centered ``sum_rows (a - mean a)(a - mean a)^T``. Its own ``lambda``-free factor
 ``det(H_bb)`` is left out, as ``BayesianRidge`` does when it centers the data.
 
+Strengths the evidence cannot tell apart. If multiplying a layer's weight and bias by
+``c`` (and dividing a later layer's weight by ``c``) leaves the model's function unchanged
+(a ReLU or linear chain without normalization; a layer followed by a normalization, alone),
+``log Z`` takes the same value at ``lambda_i / c**2, lambda_j * c**2``: only the product is
+determined. Updated at fixed weights, the split drifts along that flat direction at every
+update without end (for a ReLU MLP the first layer's strength up, the last one's down), so
+:meth:`Evidence.update` finds these rescalings on its first call (``c = 2`` on the first
+rows, in eval mode) and keeps the ratio of those strengths as they started
+(``Evidence.symmetries``): a ReLU MLP started from one strength keeps one strength.
+
 Strength convention. With our ``L2(s) = s/2 * sum w**2`` added to a MEAN loss ``L``:
 
 * MSE (``L = SSE / N``, the mean over all ``N = n * k`` targets):
@@ -576,7 +586,8 @@ class Evidence:
     Attributes: ``strengths`` (parameter name -> strength), ``prior_precisions`` (name ->
     ``lambda``), ``noise_precision`` (MSE; ``None`` for cross-entropy), ``log_evidence``
     (one value per update, nats, at the updated hyperparameters), ``history`` (one dict per
-    update).
+    update), ``symmetries`` (rescalings whose strengths keep their starting ratio; module
+    docstring).
 
     >>> import torch, torchpenalty as tp
     >>> from torch import nn
@@ -916,7 +927,10 @@ def fit_evidence(
 
     ``X`` of shape ``(n, d)`` with float features is standardized (and MSE targets too),
     as ``tp.sweep`` does, so the strengths compare with its ``best_strength``; other
-    inputs (images, token ids) pass through. ``strength`` is the starting strength.
+    inputs (images, token ids) pass through. ``strength`` is the starting strength (the
+    same for every layer). ``shared=True``: one strength for all regularized weights
+    (one ``tp.L2``) instead of one per layer; a ReLU MLP gets that anyway (module
+    docstring: strengths the evidence cannot tell apart).
 
     >>> import torch, torchpenalty as tp
     >>> from torch import nn
@@ -939,6 +953,8 @@ def fit_evidence(
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, minimum=1)
     lr = check_positive("lr", lr)
+    if not isinstance(shared, bool):
+        raise type_error("shared", "True or False", shared)
     t0 = time.perf_counter()
     X, Y, sx, sy, classes = _prepare_xy(data[0], data[1], loss, standardize)
     n = len(X)
