@@ -1,7 +1,7 @@
 """The evidence as a function of ONE shared strength, each point a model trained to its own
 MAP at that strength (100 epochs, fit_evidence's loop, no updates): the KFAC Laplace log
 evidence log Z(lambda = n s; w*(s)), the training CE, the log-det (Occam) term and the
-held-out CE. Run: PYTHONPATH=src python notes/evid2_curve.py SEED"""
+held-out CE. Run: PYTHONPATH=src python notes/evid2_curve.py SEED [STRENGTHS...]"""
 
 import sys
 
@@ -17,7 +17,8 @@ from evid2_digits import Xtr, heldout, mk, ytr
 seed = int(sys.argv[1])
 X, Y, sx, sy, _ = E._prepare_xy(Xtr, ytr, "cross_entropy", True)
 n = len(X)
-for s in [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]:
+grid = [float(v) for v in sys.argv[2:]] or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+for s in grid:
     torch.manual_seed(seed)
     model = mk()
     reg = tp.Regularizer(model, tp.L2(s))
