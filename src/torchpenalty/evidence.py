@@ -526,13 +526,14 @@ def _symmetries(
     """Directions in ``log lambda`` that the evidence cannot determine: the rows of an
     orthonormal basis ``(r, n_groups)`` and the directions found (entries +-1 per group).
 
-    A rescaling ``W_i, b_i -> c W_i, c b_i`` (and ``W_j -> W_j / c`` for a later layer ``j``)
+    A rescaling ``W_i, b_i -> c W_i, c b_i`` (and ``W_j -> W_j / c`` for another layer ``j``)
     that leaves ``model(x)`` unchanged (a ReLU or linear chain; a layer followed by a
     normalization, alone) leaves the log evidence unchanged when each regularized tensor's
     ``lambda`` moves by ``c**-2`` (resp. ``c**2``): the evidence is flat along that
     direction of ``log lambda``, the updates at fixed weights drift along it without end,
     so the steps are kept orthogonal to it (the ratio stays as it started). Checked on
-    ``x`` (eval mode) with ``c = 2`` for each layer and each pair of layers."""
+    ``x`` in eval mode (a batch norm's running statistics break the invariance there, so
+    it is not found) with ``c = 2``, for each layer alone and each ordered pair of layers."""
     group = {}
     for b in blocks:
         group[id(b.module.bias if b.is_bias else b.module.weight)] = b.group
