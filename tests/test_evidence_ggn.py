@@ -191,3 +191,27 @@ def test_a_layer_before_a_normalization_keeps_its_strength():
     assert ev.strengths["0.weight"] == pytest.approx(1e-3, rel=1e-9)
     assert ev.strengths["3.weight"] != pytest.approx(1e-3, rel=1e-2)
     assert all(p.grad is None for p in model.parameters())
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(h + torch.relu(self.mid(h)))
+
+
+def test_symmetries_of_a_cnn_and_a_residual_block():
+    """A ReLU CNN (max pooling is positively homogeneous too) links each layer to the next;
+    a skip connection breaks the rescaling of the layers it bypasses."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))  # fmt: skip
+    ev = tp.Evidence(E.per_layer(cnn), "cross_entropy", 30)
+    ev.update((torch.randn(30, 1, 8, 6), torch.randint(0, 3, (30,))))
+    assert ev.symmetries == [{"0.weight": 1, "3.weight": -1}, {"3.weight": 1, "6.weight": -1}]
+    ev = tp.Evidence(E.per_layer(Residual()), "cross_entropy", 30)
+    ev.update((torch.randn(30, 4), torch.randint(0, 2, (30,))))
+    assert ev.symmetries == []

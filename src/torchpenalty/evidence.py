@@ -533,7 +533,9 @@ def _symmetries(
     direction of ``log lambda``, the updates at fixed weights drift along it without end,
     so the steps are kept orthogonal to it (the ratio stays as it started). Checked on
     ``x`` in eval mode (a batch norm's running statistics break the invariance there, so
-    it is not found) with ``c = 2``, for each layer alone and each ordered pair of layers."""
+    it is not found) with ``c = 2``, for each layer alone and with each neighbour in the
+    model's order (3 forward passes per layer at most; in a chain, the neighbours'
+    rescalings generate the others)."""
     group = {}
     for b in blocks:
         group[id(b.module.bias if b.is_bias else b.module.weight)] = b.group
@@ -541,9 +543,9 @@ def _symmetries(
     base = model(x)
     tol = 1e-6 * float(base.abs().max())
     dirs = []
-    for m in layers:
+    for i, m in enumerate(layers):
         ups = [p for p in (m.weight, m.bias) if p is not None]
-        for partner in [None, *(q for q in layers if q is not m)]:
+        for partner in [None, *(layers[j] for j in (i - 1, i + 1) if 0 <= j < len(layers))]:
             downs = [] if partner is None else [partner.weight]
             d = np.zeros(n_groups)
             for p, sign in [(p, 1.0) for p in ups] + [(p, -1.0) for p in downs]:
