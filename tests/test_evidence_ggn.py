@@ -215,3 +215,21 @@ def test_symmetries_of_a_cnn_and_a_residual_block():
     ev = tp.Evidence(E.per_layer(Residual()), "cross_entropy", 30)
     ev.update((torch.randn(30, 4), torch.randint(0, 2, (30,))))
     assert ev.symmetries == []
+
+
+def test_a_zero_head_leaves_the_symmetries_undecided_until_the_output_varies():
+    """With a zero-initialized last layer every rescaling leaves the (zero) output alone;
+    nothing is concluded from that: the next update, after training, finds the real ones."""
+    torch.manual_seed(6)
+    X, y = torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+    model = relu_net()
+    with torch.no_grad():
+        model[4].weight.zero_()
+        model[4].bias.zero_()
+    ev = tp.Evidence(E.per_layer(model, 1e-3), "cross_entropy", n_data=40)
+    ev.update((X, y))
+    assert ev.symmetries == []
+    with torch.no_grad():
+        model[4].weight.normal_()
+    ev.update((X, y))
+    assert ev.symmetries == [{"0.weight": 1, "2.weight": -1}, {"2.weight": 1, "4.weight": -1}]

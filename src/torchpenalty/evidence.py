@@ -522,9 +522,11 @@ def _rescaled_output(model: nn.Module, x: Tensor, ups: list[Tensor], downs: list
 @torch.no_grad()
 def _symmetries(
     model: nn.Module, blocks: list[_Block], n_groups: int, x: Tensor
-) -> tuple[np.ndarray, list[np.ndarray]]:
+) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """Directions in ``log lambda`` that the evidence cannot determine: the rows of an
-    orthonormal basis ``(r, n_groups)`` and the directions found (entries +-1 per group).
+    orthonormal basis ``(r, n_groups)`` and the directions found (entries +-1 per group);
+    ``None`` when ``model(x)`` is the same for every row (nothing can be told; the next
+    update tries again).
 
     A rescaling ``W_i, b_i -> c W_i, c b_i`` (and ``W_j -> W_j / c`` for another layer ``j``)
     that leaves ``model(x)`` unchanged (a ReLU or linear chain; a layer followed by a
@@ -541,6 +543,8 @@ def _symmetries(
         group[id(b.module.bias if b.is_bias else b.module.weight)] = b.group
     layers = list({id(b.module): b.module for b in blocks}.values())
     base = model(x)
+    if torch.equal(base, base[:1].expand_as(base)):
+        return None  # the same output for every row (a zero head, dead units): undecided
     tol = 1e-6 * float(base.abs().max())
     dirs = []
     for i, m in enumerate(layers):
@@ -705,9 +709,9 @@ class Evidence:
         try:
             for x, y in _batches(data, self.batch_size, device, dtype):
                 if self._fixed is None:
-                    self._fixed, self._found = _symmetries(
-                        model, self._blocks, len(self._groups), x[:64]
-                    )
+                    found = _symmetries(model, self._blocks, len(self._groups), x[:64])
+                    if found is not None:
+                        self._fixed, self._found = found
                 _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
         finally:
             model.train(was_training)
