@@ -233,3 +233,12 @@ def test_a_zero_head_leaves_the_symmetries_undecided_until_the_output_varies():
         model[4].weight.normal_()
     ev.update((X, y))
     assert ev.symmetries == [{"0.weight": 1, "2.weight": -1}, {"2.weight": 1, "4.weight": -1}]
+
+
+def test_symmetries_are_found_from_a_loader_of_single_rows():
+    torch.manual_seed(7)
+    X, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=1)
+    ev = tp.Evidence(E.per_layer(relu_net(), 1e-3), "cross_entropy", n_data=20)
+    ev.update(loader)
+    assert ev.symmetries == [{"0.weight": 1, "2.weight": -1}, {"2.weight": 1, "4.weight": -1}]

@@ -706,13 +706,14 @@ class Evidence:
         cur = _Curvature()
         was_training = model.training
         model.eval()  # the GGN of the deterministic network (dropout off, running norms)
+        probe: list[Tensor] = []  # up to 64 rows to look for symmetries in
         try:
             for x, y in _batches(data, self.batch_size, device, dtype):
-                if self._fixed is None:
-                    found = _symmetries(model, self._blocks, len(self._groups), x[:64])
-                    if found is not None:
-                        self._fixed, self._found = found
+                if self._fixed is None and sum(map(len, probe)) < 64:
+                    probe.append(x[:64])
                 _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
+            if probe:
+                self._find_symmetries(probe)
         finally:
             model.train(was_training)
         if cur.rows == 0:
@@ -748,6 +749,14 @@ class Evidence:
             n_targets=float(self.n_data * self.n_outputs),
             mse=self.loss == "mse",
         )
+
+    def _find_symmetries(self, probe: list[Tensor]) -> None:
+        """:func:`_symmetries` on the probe rows (batches of unequal shapes: the first)."""
+        same = all(p.shape[1:] == probe[0].shape[1:] for p in probe)
+        x = torch.cat(probe)[:64] if same else probe[0]
+        found = _symmetries(self.reg.model, self._blocks, len(self._groups), x)
+        if found is not None:
+            self._fixed, self._found = found
 
     def _start(self, pb: _Problem) -> _Adam:
         """The hyperparameters on the first update: ``beta`` by maximum likelihood
