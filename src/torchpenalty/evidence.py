@@ -50,7 +50,7 @@ centered ``sum_rows (a - mean a)(a - mean a)^T``. Its own ``lambda``-free factor
 ``det(H_bb)`` is left out, as ``BayesianRidge`` does when it centers the data.
 
 Strengths the evidence cannot tell apart. If multiplying a layer's weight and bias by
-``c`` (and dividing a later layer's weight by ``c``) leaves the model's function unchanged
+``c`` (and dividing the next layer's weight by ``c``) leaves the model's function unchanged
 (a ReLU or linear chain without normalization; a layer followed by a normalization, alone),
 ``log Z`` takes the same value at ``lambda_i / c**2, lambda_j * c**2``: only the product is
 determined. Updated at fixed weights, the split drifts along that flat direction at every
@@ -652,7 +652,8 @@ class Evidence:
     def symmetries(self) -> list[dict[str, int]]:
         """Rescalings that leave the model's function unchanged, found on the first update
         (empty before): each a dict ``name -> +1`` (weights, and their biases, multiplied by
-        ``c``) / ``-1`` (divided by ``c``), one name per group. The evidence is flat along
+        ``c``; +2 where a weight and its bias share a penalty) / ``-1`` (divided by ``c``),
+        one name per group. The evidence is flat along
         them (see :func:`_symmetries`), so the updates keep these strengths' ratios as they
         started: for a ReLU MLP without normalization, one strength for all its layers."""
         names = [names[0] for _, names, _ in self._groups]
@@ -976,11 +977,9 @@ def fit_evidence(
     n = len(X)
     torch.manual_seed(check_int("seed", seed))
     model = make_model()
-    if shared:
-        reg = Regularizer(model, L2(check_strength("strength", strength)), include=include,
-                          exclude=exclude)  # fmt: skip
-    else:
-        reg = per_layer(model, strength, include=include, exclude=exclude)
+    rules = L2(check_strength("strength", strength)) if shared else None
+    reg = (Regularizer(model, rules, include=include, exclude=exclude) if shared
+           else per_layer(model, strength, include=include, exclude=exclude))  # fmt: skip
     ev = Evidence(reg, loss, n, steps=steps, lr=hyper_lr, seed=seed)
     done = _train(model, reg, ev, X, Y, epochs=epochs, batch_size=batch_size, lr=lr,
                   every=every, seed=seed)  # fmt: skip
