@@ -466,8 +466,9 @@ def test_fit_evidence_result_predict_and_plot(tmp_path):
         ({"loss": "hinge"}, ValueError, "loss must be one of"),
         ({"every": 0}, ValueError, "every must be an integer >= 1, got 0"),
         ({"data": (np.zeros((3, 2)), np.zeros(4))}, ValueError, "data must be"),
+        ({"shared": "yes"}, TypeError, "shared must be True or False"),
     ],
-    ids=["model-instance", "data", "loss", "every", "lengths"],
+    ids=["model-instance", "data", "loss", "every", "lengths", "shared"],
 )  # fmt: skip
 def test_fit_evidence_errors(kwargs, error, match):
     kw = {"make_model": lambda: nn.Linear(2, 1), "data": (np.zeros((3, 2)), np.zeros(3)), **kwargs}

@@ -49,6 +49,16 @@ flat prior, which for the Kronecker form is the Schur complement: ``A`` becomes 
 centered ``sum_rows (a - mean a)(a - mean a)^T``. Its own ``lambda``-free factor
 ``det(H_bb)`` is left out, as ``BayesianRidge`` does when it centers the data.
 
+Strengths the evidence cannot tell apart. If multiplying a layer's weight and bias by
+``c`` (and dividing the next layer's weight by ``c``) leaves the model's function unchanged
+(a ReLU or linear chain without normalization; a layer followed by a normalization, alone),
+``log Z`` takes the same value at ``lambda_i / c**2, lambda_j * c**2``: only the product is
+determined. Updated at fixed weights, the split drifts along that flat direction at every
+update without end (for a ReLU MLP the first layer's strength up, the last one's down), so
+:meth:`Evidence.update` finds these rescalings on its first call (``c = 2`` on the first
+rows, in eval mode) and keeps the ratio of those strengths as they started
+(``Evidence.symmetries``): a ReLU MLP started from one strength keeps one strength.
+
 Strength convention. With our ``L2(s) = s/2 * sum w**2`` added to a MEAN loss ``L``:
 
 * MSE (``L = SSE / N``, the mean over all ``N = n * k`` targets):
@@ -472,19 +482,88 @@ def _log_evidence(x: np.ndarray, pb: _Problem) -> tuple[float, np.ndarray]:
 
 
 class _Adam:
-    """Adam ascent on a small float64 vector (torch.optim.Adam's update, defaults)."""
+    """Adam ascent on a small float64 vector (torch.optim.Adam's update, defaults), its
+    steps kept orthogonal to the rows of ``fixed`` (an orthonormal basis of directions the
+    evidence cannot determine, :func:`_symmetries`; padded with zeros for ``log beta``)."""
 
     def __init__(self, x: np.ndarray, lr: float) -> None:
         self.x, self.lr = x, lr
         self.m, self.v, self.t = np.zeros_like(x), np.zeros_like(x), 0
 
-    def ascend(self, grad: np.ndarray, b1: float = 0.9, b2: float = 0.999) -> None:
+    def ascend(
+        self, grad: np.ndarray, fixed: np.ndarray | None = None, b1: float = 0.9, b2: float = 0.999
+    ) -> None:
+        def project(u: np.ndarray) -> np.ndarray:
+            if fixed is None or not len(fixed):
+                return u
+            q = np.zeros((len(fixed), len(u)))
+            q[:, : fixed.shape[1]] = fixed
+            return u - q.T @ (q @ u)
+
+        grad = project(grad)
         self.t += 1
         self.m = b1 * self.m + (1 - b1) * grad
         self.v = b2 * self.v + (1 - b2) * grad**2
         m_hat = self.m / (1 - b1**self.t)
         v_hat = self.v / (1 - b2**self.t)
-        self.x = self.x + self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self.x = self.x + project(self.lr * m_hat / (np.sqrt(v_hat) + 1e-8))
+
+
+# ---------------------------------------------------------------------- symmetries
+def _rescaled_output(model: nn.Module, x: Tensor, ups: list[Tensor], downs: list[Tensor]) -> Tensor:
+    """``model(x)`` with ``ups`` doubled and ``downs`` halved (exact in binary floating
+    point), through ``torch.func.functional_call``: the model's parameters are not touched."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    scaled = {names[id(p)]: p * 2.0 for p in ups}
+    scaled.update({names[id(p)]: p / 2.0 for p in downs})
+    return torch.func.functional_call(model, scaled, (x,))
+
+
+@torch.no_grad()
+def _symmetries(
+    model: nn.Module, blocks: list[_Block], n_groups: int, x: Tensor
+) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """Directions in ``log lambda`` that the evidence cannot determine: the rows of an
+    orthonormal basis ``(r, n_groups)`` and the directions found (entries +-1 per group);
+    ``None`` when ``model(x)`` is the same for every row (nothing can be told; the next
+    update tries again).
+
+    A rescaling ``W_i, b_i -> c W_i, c b_i`` (and ``W_j -> W_j / c`` for another layer ``j``)
+    that leaves ``model(x)`` unchanged (a ReLU or linear chain; a layer followed by a
+    normalization, alone) leaves the log evidence unchanged when each regularized tensor's
+    ``lambda`` moves by ``c**-2`` (resp. ``c**2``): the evidence is flat along that
+    direction of ``log lambda``, the updates at fixed weights drift along it without end,
+    so the steps are kept orthogonal to it (the ratio stays as it started). Checked on
+    ``x`` in eval mode (a batch norm's running statistics break the invariance there, so
+    it is not found) with ``c = 2``, for each layer alone and with each neighbour in the
+    model's order (3 forward passes per layer at most; in a chain, the neighbours'
+    rescalings generate the others)."""
+    group = {}
+    for b in blocks:
+        group[id(b.module.bias if b.is_bias else b.module.weight)] = b.group
+    layers = list({id(b.module): b.module for b in blocks}.values())
+    base = model(x)
+    if torch.equal(base, base[:1].expand_as(base)):
+        return None  # the same output for every row (a zero head, dead units): undecided
+    tol = 1e-6 * float(base.abs().max())
+    dirs = []
+    for i, m in enumerate(layers):
+        ups = [p for p in (m.weight, m.bias) if p is not None]
+        for partner in [None, *(layers[j] for j in (i - 1, i + 1) if 0 <= j < len(layers))]:
+            downs = [] if partner is None else [partner.weight]
+            d = np.zeros(n_groups)
+            for p, sign in [(p, 1.0) for p in ups] + [(p, -1.0) for p in downs]:
+                if id(p) in group:
+                    d[group[id(p)]] += sign
+            if not d.any():
+                continue
+            out = _rescaled_output(model, x, ups, downs)
+            if torch.allclose(out, base, rtol=1e-5, atol=tol):
+                dirs.append(d)
+    if not dirs:
+        return np.zeros((0, n_groups)), dirs
+    _, sv, vt = np.linalg.svd(np.array(dirs))
+    return vt[: int(np.sum(sv > 1e-9 * sv[0]))], dirs
 
 
 class Evidence:
@@ -514,7 +593,8 @@ class Evidence:
     Attributes: ``strengths`` (parameter name -> strength), ``prior_precisions`` (name ->
     ``lambda``), ``noise_precision`` (MSE; ``None`` for cross-entropy), ``log_evidence``
     (one value per update, nats, at the updated hyperparameters), ``history`` (one dict per
-    update).
+    update), ``symmetries`` (rescalings whose strengths keep their starting ratio; module
+    docstring).
 
     >>> import torch, torchpenalty as tp
     >>> from torch import nn
@@ -560,12 +640,25 @@ class Evidence:
         self._blocks = _blocks(reg, self._groups)
         self._gen = torch.Generator().manual_seed(check_int("seed", seed))
         self._opt: _Adam | None = None
+        self._fixed: np.ndarray | None = None  # _symmetries, found on the first update
+        self._found: list[np.ndarray] = []
         self.n_outputs: int = 1
         self.noise_precision: float | None = None
         self.log_evidence: list[float] = []
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ results
+    @property
+    def symmetries(self) -> list[dict[str, int]]:
+        """Rescalings that leave the model's function unchanged, found on the first update
+        (empty before): each a dict ``name -> +1`` (weights, and their biases, multiplied by
+        ``c``; +2 where a weight and its bias share a penalty) / ``-1`` (divided by ``c``),
+        one name per group. The evidence is flat along
+        them (see :func:`_symmetries`), so the updates keep these strengths' ratios as they
+        started: for a ReLU MLP without normalization, one strength for all its layers."""
+        names = [names[0] for _, names, _ in self._groups]
+        return [{names[g]: int(v) for g, v in enumerate(d) if v} for d in self._found]
+
     @property
     def group_names(self) -> list[list[str]]:
         """Parameter names of each group (one prior precision per group)."""
@@ -592,7 +685,7 @@ class Evidence:
         pb = self._curvature(data)
         opt = self._start(pb)
         for _ in range(self.steps):
-            opt.ascend(_log_evidence(opt.x, pb)[1])
+            opt.ascend(_log_evidence(opt.x, pb)[1], self._fixed)
         value = _log_evidence(opt.x, pb)[0]
         self._write(opt.x)
         self.log_evidence.append(value)
@@ -614,9 +707,14 @@ class Evidence:
         cur = _Curvature()
         was_training = model.training
         model.eval()  # the GGN of the deterministic network (dropout off, running norms)
+        probe: list[Tensor] = []  # up to 64 rows to look for symmetries in
         try:
             for x, y in _batches(data, self.batch_size, device, dtype):
+                if self._fixed is None and sum(map(len, probe)) < 64:
+                    probe.append(x[:64])
                 _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
+            if probe:
+                self._find_symmetries(probe)
         finally:
             model.train(was_training)
         if cur.rows == 0:
@@ -652,6 +750,14 @@ class Evidence:
             n_targets=float(self.n_data * self.n_outputs),
             mse=self.loss == "mse",
         )
+
+    def _find_symmetries(self, probe: list[Tensor]) -> None:
+        """:func:`_symmetries` on the probe rows (batches of unequal shapes: the first)."""
+        same = all(p.shape[1:] == probe[0].shape[1:] for p in probe)
+        x = torch.cat(probe)[:64] if same else probe[0]
+        found = _symmetries(self.reg.model, self._blocks, len(self._groups), x)
+        if found is not None:
+            self._fixed, self._found = found
 
     def _start(self, pb: _Problem) -> _Adam:
         """The hyperparameters on the first update: ``beta`` by maximum likelihood
@@ -828,6 +934,7 @@ def fit_evidence(
     standardize: bool = True,
     include: Matcher | None = None,
     exclude: Matcher | None = None,
+    shared: bool = False,
     seed: int = 0,
 ) -> EvidenceResult:
     """Train one model with per-layer L2 strengths chosen by the evidence: Adam on the
@@ -837,7 +944,10 @@ def fit_evidence(
 
     ``X`` of shape ``(n, d)`` with float features is standardized (and MSE targets too),
     as ``tp.sweep`` does, so the strengths compare with its ``best_strength``; other
-    inputs (images, token ids) pass through. ``strength`` is the starting strength.
+    inputs (images, token ids) pass through. ``strength`` is the starting strength (the
+    same for every layer). ``shared=True``: one strength for all regularized weights
+    (one ``tp.L2``) instead of one per layer; a ReLU MLP gets that anyway (module
+    docstring: strengths the evidence cannot tell apart).
 
     >>> import torch, torchpenalty as tp
     >>> from torch import nn
@@ -860,12 +970,16 @@ def fit_evidence(
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, minimum=1)
     lr = check_positive("lr", lr)
+    if not isinstance(shared, bool):
+        raise type_error("shared", "True or False", shared)
     t0 = time.perf_counter()
     X, Y, sx, sy, classes = _prepare_xy(data[0], data[1], loss, standardize)
     n = len(X)
     torch.manual_seed(check_int("seed", seed))
     model = make_model()
-    reg = per_layer(model, strength, include=include, exclude=exclude)
+    rules = L2(check_strength("strength", strength)) if shared else None
+    reg = (Regularizer(model, rules, include=include, exclude=exclude) if shared
+           else per_layer(model, strength, include=include, exclude=exclude))  # fmt: skip
     ev = Evidence(reg, loss, n, steps=steps, lr=hyper_lr, seed=seed)
     done = _train(model, reg, ev, X, Y, epochs=epochs, batch_size=batch_size, lr=lr,
                   every=every, seed=seed)  # fmt: skip
@@ -883,6 +997,7 @@ def fit_evidence(
             "every": every,
             "steps": steps,
             "hyper_lr": hyper_lr,
+            "shared": shared,
             "n_rows": n,
             "y_shape": tuple(np.shape(data[1])[1:]),
         },
