@@ -277,3 +277,29 @@ def test_callable_loss_multi_output_regression():
     given, _ = Engine(make, problem(nn.functional.mse_loss, Y), tp.L2(1.0), **kw).run(TASKS)
     np.testing.assert_allclose([r.val_loss for r in given], [r.val_loss for r in named],
                                rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("sizes, bs", [((30, 30), 8), ((30, 12), 8), ((45, 3), 4), ((7, 7), 7)])
+def test_every_model_trains_on_its_own_batches_as_a_plain_loop(sizes, bs):
+    """A fold's model takes ceil(n_train / bs) steps, every one with data, padding only at
+    the front of the first (whatever fold the refit or other chunks hold); folds that
+    need different numbers of steps are spread when forced into one chunk."""
+    n = sum(sizes)
+    rows = np.arange(n)
+    parts = [rows[: sizes[0]], rows[sizes[0] :]]
+    X = torch.randn(n, 3).unsqueeze(0).expand(3, n, 3)
+    pb = Problem(X, torch.zeros(3, n, 1), torch.ones(3, 1), [parts[1], parts[0], rows],
+                 [parts[0], parts[1], rows[:0]], "mse")  # fmt: skip
+    eng = Engine(lambda: nn.Linear(3, 1), pb, tp.L2(1.0), epochs=1, batch_size=bs,
+                 optimizer="adam", lr=0.01, mode="grad", seed=0, early_stopping=None)  # fmt: skip
+    for fold in range(3):
+        task = [Task(0, fold, 1.0)]
+        idx, mask = eng.batches(task, 0)
+        n_f = len(pb.train_idx[fold])
+        assert eng.batch_counts(task) == [idx.shape[1]] == [math.ceil(n_f / bs)]
+        assert mask[0, 1:].all() and mask[0, 0].any()  # full batches but the first
+        assert sorted(idx[0][mask[0]].tolist()) == sorted(pb.train_idx[fold].tolist())
+    idx, mask = eng.batches([Task(0, 0, 1.0), Task(0, 1, 1.0)], 0)  # forced together
+    assert idx.shape[1] == math.ceil(max(sizes) / bs)
+    if min(sizes) >= idx.shape[1]:
+        assert mask.any(2).all()  # spread: data in every batch

@@ -228,20 +228,16 @@ class Engine:
     def batches(self, tasks: list[Task], epoch: int) -> tuple[Tensor, Tensor]:
         """Row indices ``(M, n_batches, bs)`` and a mask of real rows, for one epoch.
 
-        Each fold's training rows are shuffled by (seed, fold, epoch). The number of
-        batches is that of the longest fold of the run's kind (the K cross-validation folds,
-        or the all-rows refit), so it does not depend on how tasks are chunked. A fold
-        that fills them as a plain loop would (every batch full but one) is padded at the
-        front; a shorter one (group folds of unequal sizes) is spread evenly over the
-        batches, so that no model ever takes a step without data. A step drops the padding
-        columns that every model of its chunk shares (:func:`_trimmed`), so a model alone
-        trains on exactly its rows."""
+        Each fold's training rows are shuffled by (seed, fold, epoch) and cut into
+        ``ceil(n_fold / bs)`` batches, padded at the front: every batch full but the first,
+        as a plain loop has them. Tasks whose folds need different numbers of batches
+        should not share a chunk (:func:`batch_counts` tells; the sweep groups its chunks by
+        it): if they do, the shorter folds are spread evenly over the longest's batches.
+        A step drops the padding columns that every model of its chunk shares
+        (:func:`_trimmed`), so a model alone trains on exactly its rows."""
         bs = self.batch_size
         train = self.problem.train_idx
-        refit = len(train) - 1
-        kinds = {t.fold == refit for t in tasks}
-        span = [f for f in range(len(train)) if (f == refit) in kinds]
-        nb = math.ceil(max(len(train[f]) for f in span) / bs)
+        nb = max(self.batch_counts(tasks))
         per_fold = {}
         for f in {t.fold for t in tasks}:
             perm = np.random.default_rng([self.seed, f, epoch]).permutation(train[f])
@@ -250,6 +246,10 @@ class Engine:
         idx = idx.view(len(tasks), nb, bs)
         mask = idx >= 0
         return idx.clamp_min(0), mask
+
+    def batch_counts(self, tasks: list[Task]) -> list[int]:
+        """Mini-batches per epoch of each task's model: ``ceil(n_train / batch_size)``."""
+        return [math.ceil(len(self.problem.train_idx[t.fold]) / self.batch_size) for t in tasks]
 
     def padded_rows(self, tasks: list[Task], which: str) -> tuple[Tensor, Tensor]:
         """Each task's ``"train"`` or ``"val"`` rows, padded to one length, and a mask."""
