@@ -1056,7 +1056,13 @@ def sweep(
             model accepts it, else as int64 (token ids for ``nn.Embedding``). Or a map-style
             ``torch.utils.data.Dataset`` of ``(x, y)`` pairs: stacked into ``(X, y)`` when
             ``len(dataset)`` times the bytes of its first item fits ``max_memory_mb``, else
-            ``ValueError`` (streaming a Dataset by batch is not supported yet).
+            streamed: every model reads its rows from the Dataset batch by batch (its
+            ``__getitems__`` when it has one, else ``dataset[i]``), never all of ``X``,
+            with the same folds, statistics and numbers as stacked (up to float rounding);
+            ``y`` is read once and kept. ``result.settings["data"]`` is then
+            ``"streamed"`` (and ``"data_mb"`` the size it would have taken); the closed
+            form is skipped (trained instead, said in ``result.settings["solver"]``).
+            See :mod:`torchpenalty.sweep.stream`.
         strengths: the grid (default :func:`default_strengths`: 1e-5 .. 10, 13 values).
         penalty: ``"l2"``, ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or such a
             penalty object (its strength is ignored) applied by the default parameter rule.
@@ -1096,7 +1102,8 @@ def sweep(
             pass through whatever this says.
         refit: ``"best"``, ``"1se"`` or ``False``: retrain on all the data at
             ``best_strength`` / ``strength_1se``; ``result.model`` then takes raw ``X``.
-        max_memory_mb: models are trained in chunks that fit this budget.
+        max_memory_mb: models are trained in chunks that fit this budget; a Dataset larger
+            than it is streamed (see ``data``).
         resume: the ``state`` of a :class:`SweepInterrupted` to continue from; it is
             checked against these arguments and the data (a content hash).
         device: where the models train (``"cpu"`` or ``"cuda"``); ``result.model`` comes
