@@ -269,15 +269,40 @@ def test_interrupt_and_resume_a_streamed_sweep():
         tp.sweep(mlp(), Watched(X, y), resume=state, **{**kw, "max_memory_mb": HIGH})
 
 
-def test_closed_form_is_skipped_for_streamed_data_and_said_so():
+@pytest.mark.parametrize(
+    ("outputs", "bias", "standardize", "groups"),
+    [(1, True, True, False), (2, True, True, True), (1, False, True, False),
+     (2, False, False, False), (1, True, False, True)],
+)  # fmt: skip
+def test_closed_form_from_streamed_moments_equals_in_memory(outputs, bias, standardize, groups):
+    """A linear model with L2 and mse is solved exactly from one pass over the Dataset
+    (per-part scatter matrices of [x, y]): the same records and refit as the SVD of the
+    stacked data, to 1e-9 relative."""
+    X, y = tabular(n=150, d=5)
+    Y = torch.stack([y, X[:, 0] - 2 * y], 1)[:, :outputs] if outputs > 1 else y
+    make = lambda: nn.Linear(5, outputs, bias=bias)  # noqa: E731
+    kw = dict(FAST, strengths=[0.0, 1e-3, 0.1, 10.0], standardize=standardize,
+              groups=np.arange(150) // 5 if groups else None)  # fmt: skip
+    ds = Watched(X, Y, limit=16)
+    streamed = tp.sweep(make, ds, max_memory_mb=LOW, **kw)
+    stacked = tp.sweep(make, Watched(X, Y), max_memory_mb=HIGH, **kw)
+    assert streamed.settings["solver"] == stacked.settings["solver"] == "closed_form"
+    assert streamed.settings["data"] == "streamed" and max(ds.requests) <= 16
+    for field in ("val_loss", "train_loss", "param_norm"):
+        got, want = ([getattr(r, field) for r in res.records] for res in (streamed, stacked))
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert streamed.best_strength == stacked.best_strength
+    np.testing.assert_allclose(streamed.predict(X), stacked.predict(X), rtol=1e-6, atol=1e-6)
+    x = torch.tensor(X[:4].numpy(), dtype=torch.float32)
+    torch.testing.assert_close(streamed.model(x), stacked.model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_linear_model_trains_when_asked():
     X, y = tabular(n=90)
-    kw = dict(FAST, strengths=[1e-3], max_memory_mb=LOW)
-    r = tp.sweep(lambda: nn.Linear(5, 1), Watched(X, y), **kw)
-    assert r.settings["solver"] == "train (closed form skipped: streamed data)"
-    assert len(r.records[0].history["val"]) == FAST["epochs"]  # trained
-    with pytest.raises(ValueError, match=r"solver='closed_form' needs the data in memory, got a "
-                       r"Dataset of about 0.00412 MB streamed by batch \(max_memory_mb=0.0001\)"):  # fmt: skip
-        tp.sweep(lambda: nn.Linear(5, 1), Watched(X, y), solver="closed_form", **kw)
+    r = tp.sweep(lambda: nn.Linear(5, 1), Watched(X, y), strengths=[1e-3], solver="train",
+                 max_memory_mb=LOW, **FAST)  # fmt: skip
+    assert "solver" not in r.settings and r.settings["data"] == "streamed"
+    assert len(r.records[0].history["val"]) == FAST["epochs"]
 
 
 def test_held_out_test_set_with_streamed_data():

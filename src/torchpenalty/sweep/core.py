@@ -558,14 +558,7 @@ def _prepare(
     targets are standardized; other inputs (images, token ids) and the targets of a
     callable loss pass through, one view shared by every fold (no copies)."""
     n = len(X)
-    classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
-    if groups is not None:
-        splits = group_kfold(groups, folds, seed)
-    elif loss == _CE:
-        splits = stratified_kfold(y_codes, folds, seed)
-    else:
-        splits = kfold(n, folds, seed)
-    splits = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
+    splits, classes, y_codes = _folds(y, loss, folds, seed, groups)
     if isinstance(X, StreamedData):
         return _prepare_streamed(X, y, loss, splits, standardize, x_dtype, classes, y_codes)
     if X.ndim != 2 or x_dtype != torch.float32 or callable(loss):
@@ -591,6 +584,27 @@ def _prepare(
         loss=loss,
     )
     return problem, {"classes": classes, "stats": stats}
+
+
+def _folds(
+    y: np.ndarray,
+    loss: str | Callable[..., Any],
+    folds: int,
+    seed: int,
+    groups: np.ndarray | None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None, np.ndarray | None]:
+    """The (train, val) splits (grouped with ``groups``, else stratified for
+    ``loss="cross_entropy"``) plus the all-rows refit split, the classes and the class
+    codes of ``y`` (None unless cross-entropy)."""
+    n = len(y)
+    classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
+    if groups is not None:
+        splits = group_kfold(groups, folds, seed)
+    elif loss == _CE:
+        splits = stratified_kfold(y_codes, folds, seed)
+    else:
+        splits = kfold(n, folds, seed)
+    return [*splits, (np.arange(n), np.array([], dtype=np.int64))], classes, y_codes
 
 
 def _prepare_passthrough(
@@ -1136,22 +1150,12 @@ def sweep(
     v = validate(make_model, data, **options)
     if not v.tabular and v.options["solver"] == "closed_form":
         raise ValueError("solver='closed_form' needs 2-D float features X (rows, features)")
-    streamed = isinstance(v.X, StreamedData)
-    if streamed and v.options["solver"] == "closed_form":
-        raise ValueError(
-            f"solver='closed_form' needs the data in memory, got a Dataset of about "
-            f"{v.X.mb:.3g} MB streamed by batch (max_memory_mb={v.options['max_memory_mb']:g})"
-        )
-    skipped = streamed and v.tabular and closed_form.chooses_closed_form(make_model, v)
-    if not streamed and v.tabular and closed_form.chooses_closed_form(make_model, v):
+    if v.tabular and closed_form.chooses_closed_form(make_model, v):
         o = v.options
-        problem, _ = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
-        splits = list(zip(problem.train_idx, problem.val_idx, strict=True))[:-1]
-        result = closed_form.sweep_closed_form(make_model, v, splits)
+        splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
+        result = closed_form.sweep_closed_form(make_model, v, splits[:-1])
     else:
         plan = _plan(make_model, v)
-        if skipped:  # the closed form needs X in memory: trained instead, and said so
-            plan.settings["solver"] = "train (closed form skipped: streamed data)"
         done: dict[tuple[int, int], Record] = {}
         snap = None
         if v.options["resume"] is not None:

@@ -38,7 +38,16 @@ from torch import Tensor
 
 from .._validation import described_error
 
-__all__ = ["READ_ROWS", "Moments", "StreamedData", "StreamedRows", "fold_moments", "scan"]
+__all__ = [
+    "READ_ROWS",
+    "Moments",
+    "StreamedData",
+    "StreamedRows",
+    "fold_moments",
+    "merge_scatter",
+    "part_scatter",
+    "scan",
+]
 
 #: Items asked of the Dataset at once in the passes over it (validation, statistics).
 READ_ROWS = 1024
@@ -180,6 +189,41 @@ def fold_moments(data: StreamedData, part: np.ndarray, k: int) -> list[Moments]:
                              "its variance in float64; rescale it")  # fmt: skip
         out.append(Moments(mean, np.where(std > 0, std, 1.0)))
     return out
+
+
+def part_scatter(
+    data: StreamedData, part: np.ndarray, k: int, y: np.ndarray
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Per validation part ``f < k``: the count, mean and scatter matrix (sum of outer
+    products of deviations from the mean, float64) of the rows ``u = [x, y]`` (x
+    flattened, ``y`` of shape ``(n, k_out)`` in memory), in one pass over the Dataset.
+    What a ridge solution and its losses need (:mod:`~torchpenalty.sweep.closed_form`)."""
+    d = int(np.prod(data.row_shape)) + y.shape[1]
+    parts = [(0, np.zeros(d), np.zeros((d, d))) for _ in range(k)]
+    for start in range(0, data.n, data.block):
+        stop = min(data.n, start + data.block)
+        items = read_items(data.dataset, range(start, stop))
+        x = torch.stack([xi.to(data.dtype).to(torch.float64).reshape(-1) for xi, _ in items])
+        u = np.concatenate([x.numpy(), y[start:stop]], axis=1)
+        for f in np.unique(part[start:stop]):
+            rows = u[part[start:stop] == f]
+            mean = rows.mean(0)
+            dev = rows - mean
+            parts[f] = merge_scatter(parts[f], (len(rows), mean, dev.T @ dev))
+    return parts
+
+
+def merge_scatter(a: tuple, b: tuple) -> tuple:
+    """:func:`_merge` for scatter matrices: ``C = Ca + Cb + delta delta^T na nb / n``."""
+    na, ma, ca = a
+    nb, mb, cb = b
+    if nb == 0:
+        return a
+    if na == 0:
+        return b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), ca + cb + np.outer(delta, delta) * (na * nb / n)
 
 
 class StreamedRows:
