@@ -1075,8 +1075,8 @@ def sweep(
             with the same folds, statistics and numbers as stacked (up to float rounding);
             ``y`` is read once and kept. ``result.settings["data"]`` is then
             ``"streamed"`` (and ``"data_mb"`` the size it would have taken); the closed
-            form is skipped (trained instead, said in ``result.settings["solver"]``).
-            See :mod:`torchpenalty.sweep.stream`.
+            form reads it once for per-fold scatter matrices instead of an SVD. See
+            :mod:`torchpenalty.sweep.stream`.
         strengths: the grid (default :func:`default_strengths`: 1e-5 .. 10, 13 values).
         penalty: ``"l2"``, ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or such a
             penalty object (its strength is ignored) applied by the default parameter rule.

@@ -57,15 +57,23 @@ def read_items(ds: Any, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
     """Items ``indices`` of ``ds`` as ``(x, y)`` tensor pairs: one ``__getitems__`` call
     when the Dataset has one (torch's batched-fetch protocol), else one ``ds[i]`` each."""
     indices = [int(i) for i in indices]
+    return [_pair(i, item) for i, item in zip(indices, _fetch(ds, indices), strict=True)]
+
+
+def _fetch(ds: Any, indices: list[int]) -> list[Any]:
     getitems = getattr(ds, "__getitems__", None)
-    items = getitems(indices) if getitems is not None else [ds[i] for i in indices]
-    return [_pair(i, item) for i, item in zip(indices, items, strict=True)]
+    return getitems(indices) if getitems is not None else [ds[i] for i in indices]
 
 
 def _pair(i: int, pair: Any) -> tuple[Tensor, Tensor]:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise described_error("data", "a Dataset of (x, y) pairs", f"item {i}: {pair!r:.80}")
-    return torch.as_tensor(np.asarray(pair[0])), torch.as_tensor(np.asarray(pair[1]))
+    return _as_tensor(pair[0]), _as_tensor(pair[1])
+
+
+def _as_tensor(v: Any) -> Tensor:
+    """``v`` as a tensor (as ``torch.as_tensor(np.asarray(v))``; a tensor as it is)."""
+    return v.detach().cpu() if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))
 
 
 @dataclass
@@ -233,7 +241,7 @@ class StreamedRows:
 
     ``moments`` (one :class:`Moments` per fold, or None: no standardization) are applied
     in float64 and the result cast to ``x_dtype``, as the in-memory path does.
-    ``requested`` counts the rows read (what the tests watch)."""
+    ``requested`` counts the rows read so far (a diagnostic)."""
 
     def __init__(
         self,
@@ -267,9 +275,9 @@ class StreamedRows:
 
     def load(self, rows: Tensor) -> Tensor:
         """The raw rows ``rows`` (1-D indices) stacked, on the device."""
-        items = read_items(self.data.dataset, rows.tolist())
+        items = _fetch(self.data.dataset, rows.tolist())  # checked by the scan: (x, y) pairs
         self.requested += len(items)
-        raw = torch.stack([x.to(self.data.dtype) for x, _ in items])
+        raw = torch.stack([_as_tensor(item[0]).to(self.data.dtype) for item in items])
         kind = torch.float64 if self.mean is not None else self.x_dtype
         return raw.to(self.device, kind)
 
