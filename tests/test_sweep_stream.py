@@ -74,6 +74,20 @@ def images(n=90, seed=0):
     return torch.randn(n, 1, 6, 6, generator=g) + labels.view(n, 1, 1, 1).float(), labels
 
 
+def tokens(n=90, length=5, vocab=20, seed=0):
+    """Token ids ``(n, length)`` as NumPy int32 rows (the Dataset serves NumPy arrays);
+    class c's documents start with word c."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    X = rng.integers(3, vocab, (n, length)).astype(np.int32)
+    X[:, 0] = y
+    return X, y
+
+
+def bag():
+    return nn.Sequential(nn.EmbeddingBag(20, 6, mode="mean"), nn.Linear(6, 3))
+
+
 def mlp(d=5, out=1):
     return lambda: nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, out))
 
@@ -118,6 +132,8 @@ CASES = {  # name: (data, make_model, extra options)
     "tabular-callable-loss": (lambda: (tabular()[0], tabular()[1][:, None]), mlp(), {"loss": nn.functional.huber_loss}),
     "tabular-groups-early-stopping": (lambda: tabular(), mlp(),
                                       {"groups": np.arange(240) // 4, "early_stopping": 1}),
+    "integer-counts-mse": (lambda: (tabular()[0].round().long() + 60, tabular()[1]), mlp(), {}),
+    "token-ids-as-numpy": (lambda: tokens(), bag, {}),
     "images-cross-entropy": (lambda: images(), cnn(), {}),
     "images-mse": (lambda: (images()[0], images()[0].mean((1, 2, 3)) * 10 + 3), cnn(1), {}),
 }  # fmt: skip

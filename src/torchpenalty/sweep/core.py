@@ -361,7 +361,9 @@ def _dataset(ds: Any, budget_mb: float) -> tuple[Any, torch.Tensor]:
     need_mb = n * per_item / 2**20
     if need_mb > budget_mb:
         return scan(ds, mb=need_mb, block=_read_rows(budget_mb, per_item))
-    pairs = [first, *read_items(ds, range(1, n))]
+    pairs = [first]
+    for start in range(1, n, READ_ROWS):  # torch's batched fetch, a block at a time
+        pairs += read_items(ds, range(start, min(n, start + READ_ROWS)))
     try:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     except RuntimeError as e:
