@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    rows, rounds = (2000, 1) if a.quick else (a.rows, a.rounds)
+    rows, rounds = (600, 1) if a.quick else (a.rows, a.rounds)
     g = torch.Generator().manual_seed(0)
     X = torch.randn(rows, 20, generator=g) * 3 + 1
     y = X @ torch.randn(20, generator=g) + torch.randn(rows, generator=g)
