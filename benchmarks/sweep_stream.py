@@ -5,8 +5,10 @@ Both sweeps use the same chunk size (the budget alone would give the streamed sw
 smaller chunks) and ``vectorize=True``, so the ratio is the cost of reading rows from the
 Dataset (and standardizing them per batch) instead of indexing stacked tensors. Two
 Datasets: ``TensorDataset`` (``dataset[i]`` per row) and one with ``__getitems__`` (one
-call per batch, torch's batched-fetch protocol). Runs are interleaved round by round;
-medians are reported, with 1 thread and with torch's default.
+call per batch, torch's batched-fetch protocol). Then a slow Dataset (each item waits
+0.2 ms, like a file read) on a tenth of the rows, streamed with ``read_threads=4`` against
+``read_threads=0``. Runs are interleaved round by round; medians are reported, with 1
+thread and with torch's default.
 
 Run: ``python benchmarks/sweep_stream.py`` (``--quick`` for a smoke run, ``--rows N``,
 ``--rounds R``, ``--threads N``).
@@ -43,6 +45,40 @@ class Batched(Dataset):
         return list(zip(self.X[idx], self.y[idx], strict=True))
 
 
+class Slow(Dataset):
+    """Rows that take ``delay`` seconds each to read (a file, a decoder)."""
+
+    def __init__(self, X, y, delay=2e-4):
+        self.X, self.y, self.delay = X, y, delay
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.X[i], self.y[i]
+
+
+def report(title: str, times: dict[str, list[float]], base: str) -> None:
+    ref = statistics.median(times[base])
+    print(title)
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:22s} {med:7.3f} s  x{med / ref:.2f} of {base}")
+
+
+def interleaved(variants: dict, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for run in variants.values():  # warm-up: imports, first optimizer, caches
+        run()
+    for _ in range(rounds):
+        for name, run in variants.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=20000)
@@ -65,23 +101,21 @@ def main() -> None:
         "streamed getitem": lambda: tp.sweep(make, TensorDataset(X, y), max_memory_mb=mb / 2, **kw),
         "streamed getitems": lambda: tp.sweep(make, Batched(X, y), max_memory_mb=mb / 2, **kw),
     }  # fmt: skip
+    small = rows // 10
+    Xs, ys, mbs = X[:small], y[:small], mb / 10
+    slow = {
+        "read_threads=0": lambda: tp.sweep(make, Slow(Xs, ys), max_memory_mb=mbs / 2, **kw),
+        "read_threads=4": lambda: tp.sweep(make, Slow(Xs, ys), max_memory_mb=mbs / 2,
+                                           read_threads=4, **kw),
+    }  # fmt: skip
     threads = [1, torch.get_num_threads()] if a.threads is None else [a.threads]
     try:
         for n in dict.fromkeys(threads):
             torch.set_num_threads(n)
-            times: dict[str, list[float]] = {k: [] for k in variants}
-            for run in variants.values():  # warm-up: imports, first optimizer, caches
-                run()
-            for _ in range(rounds):
-                for name, run in variants.items():
-                    t0 = time.perf_counter()
-                    run()
-                    times[name].append(time.perf_counter() - t0)
-            base = statistics.median(times["stacked"])
-            print(f"threads={n} rows={rows} (12 models, 2 epochs, batch 64; median of {rounds})")
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                print(f"  {name:18s} {med:7.3f} s  x{med / base:.2f} of stacked")
+            head = f"threads={n} (12 models, 2 epochs, batch 64; median of {rounds})"
+            report(f"{head}, {rows} rows", interleaved(variants, rounds), "stacked")
+            report(f"{head}, {small} rows, 0.2 ms per item", interleaved(slow, rounds),
+                   "read_threads=0")  # fmt: skip
     finally:
         core._chunk_size = core_chunk
 

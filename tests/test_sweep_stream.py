@@ -8,6 +8,7 @@ summed in float64): ``RTOL`` below.
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -329,6 +330,40 @@ def test_held_out_test_set_with_streamed_data():
     with torch.no_grad():
         out = r.model(X[45:])
     assert r.test["loss"] == pytest.approx(nn.functional.cross_entropy(out, y[45:]).item())
+
+
+class Threads(Watched):
+    """Records which threads read items."""
+
+    def __init__(self, X, y):
+        super().__init__(X, y)
+        self.readers: set[int] = set()
+
+    def __getitems__(self, rows):
+        self.readers.add(threading.get_ident())
+        return super().__getitems__(rows)
+
+
+def test_read_threads_read_the_same_items():
+    X, y = images(n=60)
+    kw = dict(FAST, strengths=[1e-3, 0.1], max_memory_mb=LOW, vectorize=True)
+    one = tp.sweep(cnn(), Threads(X, y), **kw)
+    ds = Threads(X, y)
+    three = tp.sweep(cnn(), ds, read_threads=3, **kw)
+    assert len(ds.readers - {threading.get_ident()}) >= 2  # read by the pool's threads
+    assert [r.val_loss for r in three.records] == [r.val_loss for r in one.records]
+    assert three.settings == one.settings  # not a setting: the numbers do not change
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [(-1, ValueError, r"read_threads must be an integer >= 0, got -1"),
+     (2.5, TypeError, r"read_threads must be an integer")],
+)  # fmt: skip
+def test_read_threads_is_checked(value, error, match):
+    X, y = images(n=30)
+    with pytest.raises(error, match=match):
+        tp.sweep(cnn(), Threads(X, y), read_threads=value, **FAST)
 
 
 class NaNAt(Dataset):

@@ -246,6 +246,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "on_chunk": _optional(_callable),
     "groups": _optional(lambda name, v: _as_array(name, v, labels=True)),
     "test": _optional(_pair),
+    "read_threads": _int(0),
 }
 
 
@@ -273,7 +274,7 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
         raise TypeError(f"sweep() got unexpected keyword arguments {unknown}")
     opts = {**_DEFAULTS, **options}
     opts = {k: PARAMETER_CONSTRAINTS[k](k, v) for k, v in opts.items()}
-    X, y, loss = _check_data(data, opts["loss"], opts["max_memory_mb"])
+    X, y, loss = _check_data(data, opts["loss"], opts["max_memory_mb"], opts["read_threads"])
     if opts["folds"] > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
     pen = opts["penalty"]
@@ -345,7 +346,7 @@ def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
     return a
 
 
-def _dataset(ds: Any, budget_mb: float) -> tuple[Any, torch.Tensor]:
+def _dataset(ds: Any, budget_mb: float, threads: int = 0) -> tuple[Any, torch.Tensor]:
     """A map-style ``Dataset`` of ``(x, y)`` pairs as ``(X, y)``: two stacked tensors when
     they fit ``max_memory_mb``, else ``(StreamedData, y)``: ``X`` is then read from the
     Dataset batch by batch while training (:mod:`torchpenalty.sweep.stream`). The estimate
@@ -360,10 +361,10 @@ def _dataset(ds: Any, budget_mb: float) -> tuple[Any, torch.Tensor]:
     per_item = sum(t.element_size() * t.numel() for t in first)
     need_mb = n * per_item / 2**20
     if need_mb > budget_mb:
-        return scan(ds, mb=need_mb, block=_read_rows(budget_mb, per_item))
+        return scan(ds, mb=need_mb, block=_read_rows(budget_mb, per_item), threads=threads)
     pairs = [first]
     for start in range(1, n, READ_ROWS):  # torch's batched fetch, a block at a time
-        pairs += read_items(ds, range(start, min(n, start + READ_ROWS)))
+        pairs += read_items(ds, range(start, min(n, start + READ_ROWS)), threads)
     try:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     except RuntimeError as e:
@@ -378,7 +379,7 @@ def _read_rows(budget_mb: float, row_bytes: int) -> int:
 
 
 def _check_data(
-    data: Any, loss: str | Callable[..., Any] | None, budget_mb: float = 2048.0
+    data: Any, loss: str | Callable[..., Any] | None, budget_mb: float = 2048.0, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, str | Callable[..., Any]]:
     """``(X, y)`` as arrays, and the loss: ``None`` infers it as the command line does
     (text, boolean or at most 10 distinct integer values: classification). ``X`` has rows
@@ -388,7 +389,7 @@ def _check_data(
     from ..data import infer_task
 
     if isinstance(data, torch.utils.data.Dataset):
-        data = _dataset(data, budget_mb)
+        data = _dataset(data, budget_mb, threads)
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise type_error("data", "a pair (X, y) or a Dataset of (x, y) pairs", type(data).__name__)
     streamed = isinstance(data[0], StreamedData)
@@ -1026,6 +1027,7 @@ _DEFAULTS: dict[str, Any] = {
     "on_chunk": None,
     "groups": None,
     "test": None,
+    "read_threads": 0,
 }
 
 
@@ -1056,6 +1058,7 @@ def sweep(
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
     groups: Any = None,
     test: tuple[Any, Any] | None = None,
+    read_threads: int = 0,
 ) -> SweepResult:
     """Cross-validate the penalty strength: train one model per (strength, fold), all at
     once, and pick the strength.
@@ -1131,6 +1134,11 @@ def sweep(
             finished chunk (the command line saves its checkpoint there).
         groups: one group label per row (repeated measures): every group's rows stay in
             one fold (:func:`~torchpenalty.sweep.folds.group_kfold`).
+        read_threads: threads reading a Dataset's items (``data`` a Dataset): ``0``
+            (default) reads in the training thread; ``N > 1`` splits each request into N
+            slices read at once (for a ``__getitem__`` that waits on files or decodes
+            images; the Dataset must allow reads from several threads). The same items in
+            the same order: the numbers do not change.
         test: a held-out ``(X_test, y_test)`` scored with the refit model after the sweep:
             ``result.test`` is ``{"rows", "loss"[, "accuracy"]}`` in the units of the CV
             table (see :func:`held_out_scores`).

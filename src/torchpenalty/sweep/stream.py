@@ -27,8 +27,10 @@ Three parts, used by :mod:`torchpenalty.sweep.core` and the engine:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,16 +55,28 @@ __all__ = [
 READ_ROWS = 1024
 
 
-def read_items(ds: Any, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+def read_items(ds: Any, indices: Sequence[int], threads: int = 0) -> list[tuple[Tensor, Tensor]]:
     """Items ``indices`` of ``ds`` as ``(x, y)`` tensor pairs: one ``__getitems__`` call
-    when the Dataset has one (torch's batched-fetch protocol), else one ``ds[i]`` each."""
+    when the Dataset has one (torch's batched-fetch protocol), else one ``ds[i]`` each;
+    with ``threads > 1``, that many threads read consecutive slices of ``indices``."""
     indices = [int(i) for i in indices]
-    return [_pair(i, item) for i, item in zip(indices, _fetch(ds, indices), strict=True)]
+    items = _fetch(ds, indices, threads)
+    return [_pair(i, item) for i, item in zip(indices, items, strict=True)]
 
 
-def _fetch(ds: Any, indices: list[int]) -> list[Any]:
+def _fetch(ds: Any, indices: list[int], threads: int = 0) -> list[Any]:
+    if threads > 1 and len(indices) > 1:  # slices in order: the same items as one thread
+        step = -(-len(indices) // threads)
+        slices = [indices[j : j + step] for j in range(0, len(indices), step)]
+        return [it for part in _pool(threads).map(lambda r: _fetch(ds, r), slices) for it in part]
     getitems = getattr(ds, "__getitems__", None)
     return getitems(indices) if getitems is not None else [ds[i] for i in indices]
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count, kept for the process (reused by every sweep)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="torchpenalty-read")
 
 
 def _pair(i: int, pair: Any) -> tuple[Tensor, Tensor]:
@@ -89,6 +103,7 @@ class StreamedData:
     x_hash: Any  # hashlib.sha256 of the header and every row, in order
     mb: float = 0.0  # the stacked size the budget refused
     block: int = READ_ROWS  # items per request in the passes over the Dataset
+    threads: int = 0  # threads reading the Dataset (0 or 1: the calling thread)
 
     def __len__(self) -> int:
         return self.n
@@ -102,7 +117,9 @@ class StreamedData:
         return 1 + len(self.row_shape)
 
 
-def scan(ds: Any, mb: float = 0.0, block: int = READ_ROWS) -> tuple[StreamedData, Tensor]:
+def scan(
+    ds: Any, mb: float = 0.0, block: int = READ_ROWS, threads: int = 0
+) -> tuple[StreamedData, Tensor]:
     """One pass over ``ds``, ``block`` items per request: every item an ``(x, y)`` pair,
     every ``x`` of the first item's shape (cast to its dtype) and finite; returns the
     :class:`StreamedData` and the stacked targets. ``x`` is hashed and dropped (the
@@ -114,7 +131,7 @@ def scan(ds: Any, mb: float = 0.0, block: int = READ_ROWS) -> tuple[StreamedData
     head, ys = [], []
     for start in range(0, n, block):
         stop = min(n, start + block)
-        for i, (x, y) in enumerate(read_items(ds, range(start, stop)), start):
+        for i, (x, y) in enumerate(read_items(ds, range(start, stop), threads), start):
             if tuple(x.shape) != shape:
                 raise described_error("data", "a Dataset whose items all have one shape",
                                       f"item {i} of shape {tuple(x.shape)}, item 0 {shape}")  # fmt: skip
@@ -131,7 +148,7 @@ def scan(ds: Any, mb: float = 0.0, block: int = READ_ROWS) -> tuple[StreamedData
     except RuntimeError as e:
         got = str(e).splitlines()[0]
         raise described_error("data", "a Dataset whose items all have one shape", got) from None
-    data = StreamedData(ds, n, shape, dtype, torch.stack(head).numpy(), h, mb, block)
+    data = StreamedData(ds, n, shape, dtype, torch.stack(head).numpy(), h, mb, block, threads)
     return data, y
 
 
@@ -173,7 +190,7 @@ def fold_moments(data: StreamedData, part: np.ndarray, k: int) -> list[Moments]:
     big = np.zeros(d)
     for start in range(0, data.n, data.block):
         stop = min(data.n, start + data.block)
-        items = read_items(data.dataset, range(start, stop))
+        items = read_items(data.dataset, range(start, stop), data.threads)
         x = torch.stack([xi.to(data.dtype).to(torch.float64).reshape(d) for xi, _ in items])
         x = x.numpy()
         with np.errstate(over="ignore", invalid="ignore"):
@@ -210,7 +227,7 @@ def part_scatter(
     parts = [(0, np.zeros(d), np.zeros((d, d))) for _ in range(k)]
     for start in range(0, data.n, data.block):
         stop = min(data.n, start + data.block)
-        items = read_items(data.dataset, range(start, stop))
+        items = read_items(data.dataset, range(start, stop), data.threads)
         x = torch.stack([xi.to(data.dtype).to(torch.float64).reshape(-1) for xi, _ in items])
         u = np.concatenate([x.numpy(), y[start:stop]], axis=1)
         for f in np.unique(part[start:stop]):
@@ -275,7 +292,7 @@ class StreamedRows:
 
     def load(self, rows: Tensor) -> Tensor:
         """The raw rows ``rows`` (1-D indices) stacked, on the device."""
-        items = _fetch(self.data.dataset, rows.tolist())  # checked by the scan: (x, y) pairs
+        items = _fetch(self.data.dataset, rows.tolist(), self.data.threads)  # (x, y): scanned
         self.requested += len(items)
         raw = torch.stack([_as_tensor(item[0]).to(self.data.dtype) for item in items])
         kind = torch.float64 if self.mean is not None else self.x_dtype
