@@ -380,11 +380,14 @@ class NaNAt(Dataset):
         (NaNAt(), r"data must be finite inputs x \(no NaN or inf\), got non-finite values in item 7"),
         (TensorDataset(torch.zeros(10, 3, dtype=torch.complex64), torch.zeros(10)),
          r"X must be real \(not complex\), got dtype complex64"),
+        (TensorDataset(torch.randn(20, 3), torch.randn(20)),
+         r"batch_size must be an integer for a Dataset streamed by batch \(about 0.000305 MB > "
+         r"max_memory_mb: a full batch reads every row\), got None"),
     ],
 )  # fmt: skip
 def test_streamed_bad_items_name_the_item(data, match):
     with pytest.raises(ValueError, match=match):
-        tp.sweep(mlp(3), data, max_memory_mb=1e-6, **FAST)
+        tp.sweep(mlp(3), data, max_memory_mb=1e-6, **{**FAST, "batch_size": None})
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])

@@ -275,6 +275,9 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
     opts = {**_DEFAULTS, **options}
     opts = {k: PARAMETER_CONSTRAINTS[k](k, v) for k, v in opts.items()}
     X, y, loss = _check_data(data, opts["loss"], opts["max_memory_mb"], opts["read_threads"])
+    if isinstance(X, StreamedData) and opts["batch_size"] is None:
+        raise value_error("batch_size", f"an integer for a Dataset streamed by batch (about "
+                          f"{X.mb:.3g} MB > max_memory_mb: a full batch reads every row)", None)  # fmt: skip
     if opts["folds"] > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
     pen = opts["penalty"]
