@@ -24,7 +24,7 @@ from torchpenalty.sweep import core
 from torchpenalty.sweep.engine import Engine, Problem, Task
 from torchpenalty.sweep.folds import Standardizer, group_kfold, kfold, stratified_kfold
 from torchpenalty.sweep.result import StandardizedModel
-from torchpenalty.sweep.stream import Moments, StreamedData, fold_moments, scan
+from torchpenalty.sweep.stream import Moments, StreamedData, StreamedRows, fold_moments, scan
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop because")
 RTOL = 1e-5  # streamed vs materialized: float32 rounding carried through a few epochs
@@ -248,6 +248,40 @@ def test_fold_moments_equal_the_standardizer(n, d, k, block, offset, split, seed
         np.testing.assert_allclose(got[f].mean, exact_mean, rtol=1e-14, atol=atol)
         np.testing.assert_allclose(got[f].mean, want.mean, rtol=1e-14, atol=2 * atol)
         np.testing.assert_allclose(got[f].std, want.std, rtol=1e-12, atol=2 * atol)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 5),
+    r=st.integers(1, 12),
+    standardize=st.booleans(),
+    images_=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_streamed_rows_take_equals_indexing_the_stacked_views(m, r, standardize, images_, seed):
+    """``StreamedRows.take(folds, idx)`` == ``X[folds[:, None], idx]`` of the stacked
+    per-fold views (``Standardizer.transform`` per fold, float32), repeated rows included."""
+    rng = np.random.default_rng(seed)
+    n, k = 20, 3
+    shape = (1, 2, 3) if images_ else (4,)
+    X = rng.normal(size=(n, *shape)) * 5 + 2
+    splits = [*kfold(n, k, seed), (np.arange(n), None)]
+    part = np.empty(n, dtype=np.int64)
+    for f, (_, va) in enumerate(splits[:-1]):
+        part[va] = f
+    data, _ = scan(TensorDataset(torch.tensor(X), torch.zeros(n)), block=6)
+    tab = standardize and not images_
+    rows = StreamedRows(data, k + 1, torch.float32, fold_moments(data, part, k) if tab else None)
+    if tab:
+        views = np.stack([Standardizer(X[tr]).transform(X) for tr, _ in splits])
+    else:
+        views = np.broadcast_to(X, (k + 1, *X.shape))
+    stacked = torch.tensor(views, dtype=torch.float32)
+    folds = torch.as_tensor(rng.integers(0, k + 1, m))
+    idx = torch.as_tensor(rng.integers(0, n, (m, r)))
+    got = rows.take(folds, idx)
+    assert got.dtype == torch.float32 and got.shape == (m, r, *shape)
+    torch.testing.assert_close(got, stacked[folds[:, None], idx], rtol=1e-6, atol=1e-6)
 
 
 def test_constant_column_has_std_one_and_overflow_names_the_column():
