@@ -58,6 +58,7 @@ def test_torchrun_examples(script, last_lines):
         ("benchmarks/decay_rules.py", "/ decoupled"),
         ("benchmarks/denormal_scaling.py", "x"),
         ("benchmarks/engine_step.py", "x"),
+        ("benchmarks/sweep_stream.py", "of stacked"),
     ],
 )
 def test_benchmarks_quick(script, marker):

@@ -39,6 +39,7 @@ from ..penalties import L2
 from .engine import Record
 from .folds import Standardizer
 from .result import StandardizedModel, SweepResult, describe_model
+from .stream import StreamedData, merge_scatter, part_scatter
 from .validated import Validated
 
 __all__ = [
@@ -182,6 +183,147 @@ def fit_linear(
     ).eval()
 
 
+# ---------------------------------------------------------------------------- streamed data
+Scatter = tuple  # (count, mean, scatter matrix) of the rows u = [x, y], float64
+
+
+def gram_solutions(G: np.ndarray, B: np.ndarray, lams: Sequence[float], n: int) -> np.ndarray:
+    """:func:`ridge_solutions` from ``G = Z^T Z`` and ``B = Z^T T`` (centered or not, as
+    the intercept needs) instead of ``Z``: one eigendecomposition ``G = V diag(e) V^T``
+    gives ``W = V diag(1 / (e + lam)) V^T B`` for every ``lam``, shape ``(L, d, k)``.
+    Directions with ``e <= e.max() * max(n, d) * eps`` (below what ``G``, a product of
+    float64 rows, resolves) are dropped, the minimum-norm rule of the SVD version on a
+    squared scale: equal to it for full-rank data, up to float rounding.
+
+    >>> rng = np.random.default_rng(0)
+    >>> Z = rng.normal(size=(30, 3)); T = rng.normal(size=(30, 2))
+    >>> W = gram_solutions(Z.T @ Z, Z.T @ T, [0.5], 30)
+    >>> np.allclose(W[0], ridge_solutions(Z, T, [0.5], fit_intercept=False)[0])
+    True
+    """
+    e, V = np.linalg.eigh(G)
+    keep = e > e.max(initial=0.0) * max(n, len(e)) * np.finfo(np.float64).eps
+    lam = np.asarray(lams, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shrink = np.where(keep, 1.0 / (e + lam), 0.0)  # (L, d)
+    return np.einsum("de,le,ek->ldk", V, shrink, V.T @ B)
+
+
+def _scaling(acc: Scatter, d: int, standardize: bool) -> tuple[np.ndarray, ...]:
+    """Means and population stds (0 -> 1) of x and y over the rows of ``acc``, as
+    :class:`~torchpenalty.sweep.folds.Standardizer` fits them (0 and 1 without
+    ``standardize``)."""
+    n, mean, C = acc
+    if not standardize:
+        k = len(mean) - d
+        return np.zeros(d), np.ones(d), np.zeros(k), np.ones(k)
+    std = np.sqrt(np.maximum(np.diag(C), 0.0) / n)
+    std = np.where(std > 0, std, 1.0)
+    return mean[:d], std[:d], mean[d:], std[d:]
+
+
+def _solve(acc: Scatter, d: int, lams: list[float], scaling: tuple, intercept: bool):
+    """Ridge solutions ``W`` (L, d, k), ``b`` (L, k) in standardized units on the rows of
+    ``acc`` (the training rows), from their count, mean and scatter matrix."""
+    n, mean, C = acc
+    mx, sx, my, sy = scaling
+    a, c = (mean[:d] - mx) / sx, (mean[d:] - my) / sy  # mean of Z and of T
+    G = C[:d, :d] / np.outer(sx, sx)
+    B = C[:d, d:] / np.outer(sx, sy)
+    if not intercept:  # uncentered products
+        G, B = G + n * np.outer(a, a), B + n * np.outer(a, c)
+    W = gram_solutions(G, B, lams, n)
+    b = c - np.einsum("d,ldk->lk", a, W) if intercept else np.zeros((len(lams), len(c)))
+    return W, b
+
+
+def _moment_mse(acc: Scatter, d: int, W, b, scaling) -> np.ndarray:
+    """Mean squared error in the data's units of every solution on the rows of ``acc``:
+    with residuals ``e = u^T A + const`` linear in ``u = [x, y]``, the sum of squares of
+    each output is ``n (mean^T A + const)^2 + A^T C A``."""
+    n, mean, C = acc
+    if n == 0:
+        return np.full(len(W), np.nan)
+    mx, sx, my, sy = scaling
+    A = np.concatenate(
+        [W / sx[:, None], np.broadcast_to(-np.diag(1 / sy), (len(W),) + (len(sy),) * 2)], 1
+    )
+    const = b - np.einsum("d,ldk->lk", mx / sx, W) + my / sy
+    m = np.einsum("e,lek->lk", mean, A) + const
+    ss = n * m**2 + np.einsum("lek,ef,lfk->lk", A, C, A)
+    return (ss * sy**2).sum(1) / (n * len(sy))
+
+
+def _merged(parts: list[Scatter], leave_out: int | None) -> Scatter:
+    acc: Scatter = (0, np.zeros_like(parts[0][1]), np.zeros_like(parts[0][2]))
+    for g, p in enumerate(parts):
+        if g != leave_out:
+            acc = merge_scatter(acc, p)
+    return acc
+
+
+def streamed_records(
+    parts: list[Scatter],
+    d: int,
+    strengths: Sequence[float],
+    *,
+    standardize: bool = True,
+    fit_intercept: bool = True,
+) -> list[Record]:
+    """:func:`sweep_records` from each validation part's count, mean and scatter matrix
+    of ``[x, y]`` (:func:`~torchpenalty.sweep.stream.part_scatter`): fold ``f`` trains on
+    every part but ``f``. The data is never in memory; ``G = Z^T Z`` replaces the SVD of
+    ``Z`` (:func:`gram_solutions`)."""
+    records = []
+    for f in range(len(parts)):
+        train = _merged(parts, f)
+        scaling = _scaling(train, d, standardize)
+        k = len(train[1]) - d
+        W, b = _solve(train, d, [s * train[0] * k / 2 for s in strengths], scaling,
+                      fit_intercept)  # fmt: skip
+        tr_loss, va_loss = (_moment_mse(acc, d, W, b, scaling) for acc in (train, parts[f]))
+        for i, s in enumerate(strengths):
+            records.append(Record(i=i, fold=f, strength=float(s), val_loss=float(va_loss[i]),
+                                  train_loss=float(tr_loss[i]),
+                                  param_norm=float(np.sqrt(np.sum(W[i] ** 2))),
+                                  zero_fraction=float(np.mean(W[i] == 0)), best_epoch=0,
+                                  history={"train": [float(tr_loss[i])],
+                                           "val": [float(va_loss[i])]}))  # fmt: skip
+    return sorted(records, key=lambda r: (r.i, r.fold))
+
+
+def _fit_from(model: nn.Module, W: np.ndarray, b: np.ndarray, scaling: tuple):
+    """``model``'s linear layer set to ``W`` (d, k), ``b`` (k,), wrapped like the trained
+    sweep's refit: a :class:`StandardizedModel` taking raw inputs."""
+    lin = linear_of(model)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(W.T))
+        if lin.bias is not None:
+            lin.bias.copy_(torch.as_tensor(b))
+    f32 = torch.float32
+    return StandardizedModel(model, *(torch.tensor(t, dtype=f32) for t in scaling)).eval()
+
+
+def fit_streamed(
+    make_model: Callable[[], nn.Module],
+    parts: list[Scatter],
+    d: int,
+    strength: float,
+    *,
+    standardize: bool = True,
+) -> StandardizedModel:
+    """:func:`fit_linear` on all rows from the parts' counts, means and scatter matrices."""
+    model = make_model()
+    lin = linear_of(model)
+    acc = _merged(parts, None)
+    k = len(acc[1]) - d
+    if lin is None or (lin.in_features, lin.out_features) != (d, k):
+        raise ValueError(f"make_model must return nn.Linear({d}, {k}) for this data, got {model!r}")
+    scaling = _scaling(acc, d, standardize)
+    W, b = _solve(acc, d, [strength * acc[0] * k / 2], scaling, lin.bias is not None)
+    return _fit_from(model, W[0], b[0], scaling)
+
+
 # ---------------------------------------------------------------------------- tp.sweep
 def not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
     """Why ``solver="closed_form"`` cannot serve this sweep, or None when it can: the model
@@ -221,12 +363,25 @@ def sweep_closed_form(
 ) -> SweepResult:
     """The sweep's result computed exactly on the training path's ``splits`` (train, val):
     the same table and selection rules, ``best_epoch`` 0, one-point learning curves, and
-    the refit solved exactly."""
+    the refit solved exactly. A streamed Dataset (``v.X`` a
+    :class:`~torchpenalty.sweep.stream.StreamedData`) is read once for each validation
+    part's count, mean and scatter matrix of ``[x, y]`` (:func:`streamed_records`)."""
     o = v.options
     n = len(v.X)
     groups = getattr(v, "groups", None)
-    records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
-                            fit_intercept=_has_bias(make_model))  # fmt: skip
+    streamed = isinstance(v.X, StreamedData)
+    if streamed:
+        part = np.empty(n, dtype=np.int64)
+        for f, (_, va) in enumerate(splits):
+            part[va] = f
+        y2 = np.asarray(v.y, dtype=np.float64).reshape(n, -1)
+        parts = part_scatter(v.X, part, len(splits), y2)
+        d = int(v.X.shape[1])
+        records = streamed_records(parts, d, v.grid, standardize=o["standardize"],
+                                   fit_intercept=_has_bias(make_model))  # fmt: skip
+    else:
+        records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
+                                fit_intercept=_has_bias(make_model))  # fmt: skip
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
         "loss": v.loss,
@@ -235,6 +390,7 @@ def sweep_closed_form(
         **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
         "n_rows": n,
         "n_features": int(v.X.shape[1]),
+        **({"data": "streamed", "data_mb": round(v.X.mb, 3)} if streamed else {}),
         "data_sha256": v.fingerprint,
         "solver": "closed_form",
     }
@@ -248,8 +404,12 @@ def sweep_closed_form(
     if o["refit"] and result.chosen_strength is not None:
         result.refit = o["refit"]
         with torch.random.fork_rng(devices=[]):
-            result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
-                                      standardize=o["standardize"]).eval()  # fmt: skip
+            if streamed:
+                result.model = fit_streamed(make_model, parts, d, result.chosen_strength,
+                                            standardize=o["standardize"])  # fmt: skip
+            else:
+                result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
+                                          standardize=o["standardize"]).eval()  # fmt: skip
     return result
 
 

@@ -35,6 +35,15 @@ from .engine import Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold
 from .plan import probe
 from .result import StandardizedModel, SweepResult, describe_model
+from .stream import (
+    READ_ROWS,
+    Moments,
+    StreamedData,
+    StreamedRows,
+    fold_moments,
+    read_items,
+    scan,
+)
 from .validated import Validated
 
 __all__ = [
@@ -237,6 +246,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "on_chunk": _optional(_callable),
     "groups": _optional(lambda name, v: _as_array(name, v, labels=True)),
     "test": _optional(_pair),
+    "read_threads": _int(0),
 }
 
 
@@ -264,13 +274,17 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
         raise TypeError(f"sweep() got unexpected keyword arguments {unknown}")
     opts = {**_DEFAULTS, **options}
     opts = {k: PARAMETER_CONSTRAINTS[k](k, v) for k, v in opts.items()}
-    X, y, loss = _check_data(data, opts["loss"], opts["max_memory_mb"])
+    X, y, loss = _check_data(data, opts["loss"], opts["max_memory_mb"], opts["read_threads"])
+    if isinstance(X, StreamedData) and opts["batch_size"] is None:
+        raise value_error("batch_size", f"an integer for a Dataset streamed by batch (about "
+                          f"{X.mb:.3g} MB > max_memory_mb: a full batch reads every row)", None)  # fmt: skip
     if opts["folds"] > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
     pen = opts["penalty"]
     mode = opts["mode"] or pen.sweep_mode
     grid = default_strengths() if opts["strengths"] is None else opts["strengths"]
-    n_out, x_dtype = _check_model(make_model, X, y, loss)
+    head = X.head if isinstance(X, StreamedData) else X  # a streamed X: its first two rows
+    n_out, x_dtype = _check_model(make_model, head, y, loss)
     groups = _check_groups(opts["groups"], len(X), opts["folds"])
     test = None if opts["test"] is None else _check_test(opts["test"], X, y, loss)
     arrays = (X, y) if groups is None else (X, y, groups)
@@ -335,34 +349,25 @@ def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
     return a
 
 
-def _materialize(ds: Any, budget_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A map-style ``Dataset`` of ``(x, y)`` pairs as two stacked tensors ``(X, y)``, when
-    they fit ``max_memory_mb``. The estimate is ``len(ds)`` times the bytes of the first
-    item's ``x`` and ``y`` as tensors (what the stacked copy holds); a larger Dataset
-    raises ``ValueError``: streaming one by batch is not supported yet."""
+def _dataset(ds: Any, budget_mb: float, threads: int = 0) -> tuple[Any, torch.Tensor]:
+    """A map-style ``Dataset`` of ``(x, y)`` pairs as ``(X, y)``: two stacked tensors when
+    they fit ``max_memory_mb``, else ``(StreamedData, y)``: ``X`` is then read from the
+    Dataset batch by batch while training (:mod:`torchpenalty.sweep.stream`). The estimate
+    is ``len(ds)`` times the bytes of the first item's ``x`` and ``y`` as tensors (what the
+    stacked copy holds)."""
     if isinstance(ds, torch.utils.data.IterableDataset) or not hasattr(ds, "__len__"):
         raise type_error("data", "a map-style Dataset (with __len__ and __getitem__)", ds)
     n = len(ds)
     if n == 0:
         raise described_error("data", "a non-empty Dataset", "0 items")
-
-    def item(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = ds[i]
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise described_error("data", "a Dataset of (x, y) pairs", f"item {i}: {pair!r:.80}")
-        return torch.as_tensor(np.asarray(pair[0])), torch.as_tensor(np.asarray(pair[1]))
-
-    first = item(0)
+    first = read_items(ds, [0])[0]
     per_item = sum(t.element_size() * t.numel() for t in first)
     need_mb = n * per_item / 2**20
     if need_mb > budget_mb:
-        raise described_error(
-            "data",
-            f"a Dataset that fits max_memory_mb={budget_mb:g} (streaming a Dataset by batch is "
-            "not supported yet: raise max_memory_mb or pass (X, y) tensors)",
-            f"{n} items of {per_item} bytes, about {need_mb:.3g} MB",
-        )
-    pairs = [first, *(item(i) for i in range(1, n))]
+        return scan(ds, mb=need_mb, block=_read_rows(budget_mb, per_item), threads=threads)
+    pairs = [first]
+    for start in range(1, n, READ_ROWS):  # torch's batched fetch, a block at a time
+        pairs += read_items(ds, range(start, min(n, start + READ_ROWS)), threads)
     try:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     except RuntimeError as e:
@@ -370,19 +375,30 @@ def _materialize(ds: Any, budget_mb: float) -> tuple[torch.Tensor, torch.Tensor]
         raise described_error("data", "a Dataset whose items all have one shape", got) from None
 
 
+def _read_rows(budget_mb: float, row_bytes: int) -> int:
+    """Items per request in the passes over a streamed Dataset: at most
+    :data:`~torchpenalty.sweep.stream.READ_ROWS`, holding at most a quarter of the budget."""
+    return int(max(1, min(READ_ROWS, budget_mb * 2**20 / 4 // max(1, row_bytes))))
+
+
 def _check_data(
-    data: Any, loss: str | Callable[..., Any] | None, budget_mb: float = 2048.0
+    data: Any, loss: str | Callable[..., Any] | None, budget_mb: float = 2048.0, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, str | Callable[..., Any]]:
-    """``(X, y)`` as arrays (a map-style ``Dataset`` is materialized first), and the loss:
-    ``None`` infers it as the command line does (text, boolean or at most 10 distinct
-    integer values: classification). ``X`` has rows of any shape ``(n, ...)``."""
+    """``(X, y)`` as arrays, and the loss: ``None`` infers it as the command line does
+    (text, boolean or at most 10 distinct integer values: classification). ``X`` has rows
+    of any shape ``(n, ...)``. A map-style ``Dataset`` is stacked first, or when it does
+    not fit ``budget_mb`` scanned (:func:`~torchpenalty.sweep.stream.scan`): ``X`` is then
+    a :class:`~torchpenalty.sweep.stream.StreamedData`, checked item by item."""
     from ..data import infer_task
 
     if isinstance(data, torch.utils.data.Dataset):
-        data = _materialize(data, budget_mb)
+        data = _dataset(data, budget_mb, threads)
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise type_error("data", "a pair (X, y) or a Dataset of (x, y) pairs", type(data).__name__)
-    X = _as_array("X", data[0])
+    streamed = isinstance(data[0], StreamedData)
+    X = data[0] if streamed else _as_array("X", data[0])
+    if streamed:
+        _as_array("X", X.head)  # real numbers (finite: checked by the scan)
     y = _as_array("y", data[1], labels=loss is None or loss == _CE)
     if X.ndim < 2:
         raise described_error("X", "a 2-D array (rows, features) or rows of any shape (rows, ...)",
@@ -390,7 +406,7 @@ def _check_data(
     if y.ndim == 0 or len(y) != len(X):
         got = f"{len(y)} rows" if y.ndim else f"shape {y.shape}"
         raise described_error("y", f"of the same length as X ({len(X)} rows)", got)
-    if not np.isfinite(X).all():
+    if not streamed and not np.isfinite(X).all():
         raise described_error("X", "finite (no NaN or inf)", "non-finite values")
     if y.dtype.kind in "biuf" and y.size and np.all(y.reshape(len(y), -1) == y.reshape(-1)[0]):
         raise described_error("y", "non-constant", f"every value {y.reshape(-1)[0].item()!r}")
@@ -512,6 +528,9 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     """sha256 of the data's values, shapes and dtypes: a resume must see the same data."""
     h = hashlib.sha256()
     for a in arrays:
+        if isinstance(a, StreamedData):  # X, hashed row by row by the scan: the same digest
+            h = a.x_hash.copy()
+            continue
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
@@ -545,14 +564,9 @@ def _prepare(
     targets are standardized; other inputs (images, token ids) and the targets of a
     callable loss pass through, one view shared by every fold (no copies)."""
     n = len(X)
-    classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
-    if groups is not None:
-        splits = group_kfold(groups, folds, seed)
-    elif loss == _CE:
-        splits = stratified_kfold(y_codes, folds, seed)
-    else:
-        splits = kfold(n, folds, seed)
-    splits = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
+    splits, classes, y_codes = _folds(y, loss, folds, seed, groups)
+    if isinstance(X, StreamedData):
+        return _prepare_streamed(X, y, loss, splits, standardize, x_dtype, classes, y_codes)
     if X.ndim != 2 or x_dtype != torch.float32 or callable(loss):
         return _prepare_passthrough(X, y, loss, splits, standardize, x_dtype, classes, y_codes)
     Y2 = None if loss == _CE else y.reshape(n, -1)
@@ -578,6 +592,27 @@ def _prepare(
     return problem, {"classes": classes, "stats": stats}
 
 
+def _folds(
+    y: np.ndarray,
+    loss: str | Callable[..., Any],
+    folds: int,
+    seed: int,
+    groups: np.ndarray | None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None, np.ndarray | None]:
+    """The (train, val) splits (grouped with ``groups``, else stratified for
+    ``loss="cross_entropy"``) plus the all-rows refit split, the classes and the class
+    codes of ``y`` (None unless cross-entropy)."""
+    n = len(y)
+    classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
+    if groups is not None:
+        splits = group_kfold(groups, folds, seed)
+    elif loss == _CE:
+        splits = stratified_kfold(y_codes, folds, seed)
+    else:
+        splits = kfold(n, folds, seed)
+    return [*splits, (np.arange(n), np.array([], dtype=np.int64))], classes, y_codes
+
+
 def _prepare_passthrough(
     X: np.ndarray,
     y: np.ndarray,
@@ -591,7 +626,7 @@ def _prepare_passthrough(
     """``_prepare`` for inputs that are not standardized: X as ``x_dtype``, one copy for
     all folds; "mse" targets standardized per fold (as for tabular data), cross-entropy
     targets as class codes, a callable loss's targets as given."""
-    n, k1 = len(X), len(splits)
+    k1 = len(splits)
     Xt = _tensor(X, x_dtype)
     tabular = X.ndim == 2 and x_dtype == torch.float32  # only for a callable loss
     if tabular and standardize:
@@ -599,21 +634,65 @@ def _prepare_passthrough(
         Xs = torch.tensor(np.stack([sx.transform(X) for sx in sxs]), dtype=torch.float32)
     else:
         sxs, Xs = [None] * k1, Xt.unsqueeze(0).expand(k1, *Xt.shape)
-    stats, scales, Y = [(sx, None) for sx in sxs], torch.ones(k1, 1), None
-    if callable(loss):
-        Y = _tensor(y)
-    elif loss == _CE:
-        Y = torch.tensor(y_codes)
-    else:
-        Y2 = y.reshape(n, -1)
-        sys_ = [Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])), name="y")
-                for tr, _ in splits]  # fmt: skip
-        Y = torch.tensor(np.stack([sy.transform(Y2) for sy in sys_]), dtype=torch.float32)
-        scales = torch.tensor(np.stack([sy.std for sy in sys_]), dtype=torch.float32)
-        stats = [(sx, sy) for sx, sy in zip(sxs, sys_, strict=True)]
+    Y, scales, sys_ = _targets(y, loss, splits, standardize, y_codes)
+    stats = list(zip(sxs, sys_, strict=True))
     problem = Problem(X=Xs, Y=Y, y_scale=scales, train_idx=[s[0] for s in splits],
                       val_idx=[s[1] for s in splits], loss=loss)  # fmt: skip
     return problem, {"classes": classes, "stats": stats}
+
+
+def _targets(
+    y: np.ndarray,
+    loss: str | Callable[..., Any],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    standardize: bool,
+    y_codes: np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor, list[Standardizer | None]]:
+    """Targets as the engine reads them, their per-fold scales back to the data's units
+    and their per-fold standardizers: "mse" targets standardized per fold,
+    cross-entropy targets as class codes, a callable loss's targets as given."""
+    k1 = len(splits)
+    if callable(loss):
+        return _tensor(y), torch.ones(k1, 1), [None] * k1
+    if loss == _CE:
+        return torch.tensor(y_codes), torch.ones(k1, 1), [None] * k1
+    Y2 = y.reshape(len(y), -1)
+    sys_ = [Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])), name="y")
+            for tr, _ in splits]  # fmt: skip
+    Y = torch.tensor(np.stack([sy.transform(Y2) for sy in sys_]), dtype=torch.float32)
+    return Y, torch.tensor(np.stack([sy.std for sy in sys_]), dtype=torch.float32), sys_
+
+
+def _prepare_streamed(
+    X: StreamedData,
+    y: np.ndarray,
+    loss: str | Callable[..., Any],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    standardize: bool,
+    x_dtype: torch.dtype,
+    classes: np.ndarray | None,
+    y_codes: np.ndarray | None,
+) -> tuple[Problem, dict[str, Any]]:
+    """``_prepare`` for a streamed Dataset: the same folds, targets (in memory) and
+    statistics, but ``X`` a :class:`~torchpenalty.sweep.stream.StreamedRows` that reads
+    rows when asked. Tabular features are standardized as in memory: per-fold means and
+    population stds from one more pass over the Dataset (``fold_moments``), applied to
+    each batch (``standardize=False``: mean 0 and std 1, as in memory)."""
+    k1, d = len(splits), int(np.prod(X.row_shape))
+    tabular = X.ndim == 2 and x_dtype == torch.float32
+    moments: list[Any] = [None] * k1
+    if tabular and standardize:
+        part = np.empty(len(X), dtype=np.int64)
+        for f, (_, va) in enumerate(splits[:-1]):
+            part[va] = f
+        moments = fold_moments(X, part, k1 - 1)
+    elif tabular and not callable(loss):  # as in memory: Standardizer of zeros
+        moments = [Moments(np.zeros(d), np.ones(d))] * k1
+    Y, scales, sys_ = _targets(y, loss, splits, standardize, y_codes)
+    rows = StreamedRows(X, k1, x_dtype, moments if tabular and standardize else None)
+    problem = Problem(X=rows, Y=Y, y_scale=scales, train_idx=[s[0] for s in splits],
+                      val_idx=[s[1] for s in splits], loss=loss)  # fmt: skip
+    return problem, {"classes": classes, "stats": list(zip(moments, sys_, strict=True))}
 
 
 def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -623,9 +702,8 @@ def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return t.to(dev)
 
 
-def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> int:
-    """Models per chunk so that parameters, gradients, optimizer state, copies and
-    activations of a chunk fit in ``budget_mb``."""
+def _activations(engine: Engine) -> tuple[int, int]:
+    """The model's parameter count and the elements of all module outputs on two rows."""
     n_params = sum(p.numel() for p in engine.base.parameters())
     acts: list[int] = []
     hooks = [
@@ -633,15 +711,38 @@ def _chunk_size(engine: Engine, budget_mb: float, batch: int, n_rows: int) -> in
         for m in engine.base.modules()
     ]
     try:
+        fold = torch.zeros(1, dtype=torch.long, device=engine.device)
+        rows = torch.arange(2, device=engine.device).view(1, 2)
         with torch.no_grad(), engine.train_mode(False):
-            engine.base(engine.problem.X[0, :2])
+            engine.base(engine.problem.inputs(fold, rows)[0])
     except Exception:  # a model that cannot run one row: assume activations ~ parameters
         acts = [n_params]
     finally:
         for h in hooks:
             h.remove()
-    per_model = 4 * (8 * n_params + 3 * max(batch, n_rows) * sum(acts))
+    return n_params, sum(acts)
+
+
+def _chunk_size(
+    engine: Engine, budget_mb: float, batch: int, n_rows: int, row_bytes: int = 0
+) -> int:
+    """Models per chunk so that parameters, gradients, optimizer state, copies and
+    activations of a chunk fit in ``budget_mb`` (and, for streamed data, ``row_bytes``
+    per input row read for one model)."""
+    n_params, acts = _activations(engine)
+    rows = max(batch, n_rows)
+    per_model = 4 * (8 * n_params + 3 * rows * acts) + rows * row_bytes
     return max(1, int(budget_mb * 2**20 // per_model))
+
+
+def _streamed_rows(engine: Engine, budget_mb: float) -> tuple[int, int]:
+    """For streamed data: rows per model in one evaluation batch (at least a training
+    batch, at most 4096, and a quarter of the budget for one model) and the bytes one
+    input row costs once read (raw and standardized, float64 at most)."""
+    row_bytes = 16 * int(np.prod(engine.problem.X.shape[2:]))
+    _, acts = _activations(engine)
+    fit = budget_mb * 2**20 / 4 // (12 * acts + row_bytes)
+    return int(max(engine.batch_size, min(4096, fit))), row_bytes
 
 
 def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
@@ -650,14 +751,22 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     problem, meta = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"],
                              v.groups, v.x_dtype)  # fmt: skip
     dev = o["device"]
-    problem.X, problem.Y, problem.y_scale = (
-        _to_device(t, dev) for t in (problem.X, problem.Y, problem.y_scale)
-    )
+    streamed = isinstance(v.X, StreamedData)
+    if streamed:  # rows are read to the device batch by batch
+        problem.X = problem.X.to(dev)
+    else:
+        problem.X = _to_device(problem.X, dev)
+    problem.Y, problem.y_scale = (_to_device(t, dev) for t in (problem.Y, problem.y_scale))
     engine = Engine(make_model, problem, v.penalty, epochs=o["epochs"],
                     batch_size=o["batch_size"], optimizer=o["optimizer"], lr=o["lr"],
                     mode=v.mode, seed=o["seed"], early_stopping=o["early_stopping"],
                     forward=o["forward"], device=dev)  # fmt: skip
     tasks = [Task(i, k, s) for i, s in enumerate(v.grid) for k in range(o["folds"])]
+    rows, row_bytes = len(v.X), 0
+    if streamed:  # fold-major: the models of a chunk mostly share their rows
+        tasks.sort(key=lambda t: (t.fold, t.i))
+        rows, row_bytes = _streamed_rows(engine, o["max_memory_mb"])
+        problem.eval_rows = rows
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
         "loss": loss_name(v.loss),
@@ -673,7 +782,7 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
         settings["groups"] = len(np.unique(v.groups))
     size = 1
     if o["vectorize"]:
-        size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, len(v.X))
+        size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, rows, row_bytes)
     # a resume keeps its chunking; under torchrun every rank must chunk alike: no probe
     if o["vectorize"] == "auto" and o["resume"] is None and world()[1] == 1:
         choice = probe(engine, tasks, size)
@@ -688,9 +797,16 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
 def _input_settings(v: Validated) -> dict[str, Any]:
     """What ``result.predict`` needs to take new inputs like the data: tabular data keeps
     ``n_features``; other inputs record their row shape and dtype (not standardized)."""
+    data = {}
+    if isinstance(v.X, StreamedData):  # how much the budget refused
+        data = {"data": "streamed", "data_mb": round(v.X.mb, 3)}
     if v.tabular:
-        return {"n_features": int(v.X.shape[1])}
-    return {"x_shape": [int(d) for d in v.X.shape[1:]], "x_dtype": str(v.x_dtype).split(".")[-1]}
+        return {"n_features": int(v.X.shape[1]), **data}
+    return {
+        **data,
+        "x_shape": [int(d) for d in v.X.shape[1:]],
+        "x_dtype": str(v.x_dtype).split(".")[-1],
+    }
 
 
 # ---------------------------------------------------------------------------- resume
@@ -914,6 +1030,7 @@ _DEFAULTS: dict[str, Any] = {
     "on_chunk": None,
     "groups": None,
     "test": None,
+    "read_threads": 0,
 }
 
 
@@ -944,6 +1061,7 @@ def sweep(
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
     groups: Any = None,
     test: tuple[Any, Any] | None = None,
+    read_threads: int = 0,
 ) -> SweepResult:
     """Cross-validate the penalty strength: train one model per (strength, fold), all at
     once, and pick the strength.
@@ -960,7 +1078,13 @@ def sweep(
             model accepts it, else as int64 (token ids for ``nn.Embedding``). Or a map-style
             ``torch.utils.data.Dataset`` of ``(x, y)`` pairs: stacked into ``(X, y)`` when
             ``len(dataset)`` times the bytes of its first item fits ``max_memory_mb``, else
-            ``ValueError`` (streaming a Dataset by batch is not supported yet).
+            streamed: every model reads its rows from the Dataset batch by batch (its
+            ``__getitems__`` when it has one, else ``dataset[i]``), never all of ``X``,
+            with the same folds, statistics and numbers as stacked (up to float rounding);
+            ``y`` is read once and kept. ``result.settings["data"]`` is then
+            ``"streamed"`` (and ``"data_mb"`` the size it would have taken); the closed
+            form reads it once for per-fold scatter matrices instead of an SVD. See
+            :mod:`torchpenalty.sweep.stream`.
         strengths: the grid (default :func:`default_strengths`: 1e-5 .. 10, 13 values).
         penalty: ``"l2"``, ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or such a
             penalty object (its strength is ignored) applied by the default parameter rule.
@@ -1000,7 +1124,8 @@ def sweep(
             pass through whatever this says.
         refit: ``"best"``, ``"1se"`` or ``False``: retrain on all the data at
             ``best_strength`` / ``strength_1se``; ``result.model`` then takes raw ``X``.
-        max_memory_mb: models are trained in chunks that fit this budget.
+        max_memory_mb: models are trained in chunks that fit this budget; a Dataset larger
+            than it is streamed (see ``data``).
         resume: the ``state`` of a :class:`SweepInterrupted` to continue from; it is
             checked against these arguments and the data (a content hash).
         device: where the models train (``"cpu"`` or ``"cuda"``); ``result.model`` comes
@@ -1012,6 +1137,11 @@ def sweep(
             finished chunk (the command line saves its checkpoint there).
         groups: one group label per row (repeated measures): every group's rows stay in
             one fold (:func:`~torchpenalty.sweep.folds.group_kfold`).
+        read_threads: threads reading a Dataset's items (``data`` a Dataset): ``0``
+            (default) reads in the training thread; ``N > 1`` splits each request into N
+            slices read at once (for a ``__getitem__`` that waits on files or decodes
+            images; the Dataset must allow reads from several threads). The same items in
+            the same order: the numbers do not change.
         test: a held-out ``(X_test, y_test)`` scored with the refit model after the sweep:
             ``result.test`` is ``{"rows", "loss"[, "accuracy"]}`` in the units of the CV
             table (see :func:`held_out_scores`).
@@ -1033,11 +1163,10 @@ def sweep(
     v = validate(make_model, data, **options)
     if not v.tabular and v.options["solver"] == "closed_form":
         raise ValueError("solver='closed_form' needs 2-D float features X (rows, features)")
-    if v.tabular and closed_form.chooses_closed_form(make_model, v):  # the training folds
+    if v.tabular and closed_form.chooses_closed_form(make_model, v):
         o = v.options
-        problem, _ = _prepare(v.X, v.y, v.loss, o["folds"], o["seed"], o["standardize"], v.groups)
-        splits = list(zip(problem.train_idx, problem.val_idx, strict=True))[:-1]
-        result = closed_form.sweep_closed_form(make_model, v, splits)
+        splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
+        result = closed_form.sweep_closed_form(make_model, v, splits[:-1])
     else:
         plan = _plan(make_model, v)
         done: dict[tuple[int, int], Record] = {}

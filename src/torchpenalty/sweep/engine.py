@@ -48,18 +48,31 @@ ACTIVATIONS = (
 @dataclass
 class Problem:
     """Data prepared once: ``X[f]`` is the whole data standardized with fold ``f``'s
-    training statistics (fold ``K`` = all rows, for the refit)."""
+    training statistics (fold ``K`` = all rows, for the refit).
 
-    X: Tensor  # (K+1, n, ...): rows of any shape (tabular, images, token ids)
+    ``X`` is a tensor, or for a streamed Dataset a row source with ``shape``, ``ndim``
+    and ``take(folds, idx)`` (:class:`~torchpenalty.sweep.stream.StreamedRows`) that reads
+    only the rows asked for. ``eval_rows``: evaluate at most this many rows per model in
+    one forward pass (None: all of a fold's rows at once)."""
+
+    X: Any  # (K+1, n, ...): rows of any shape (tabular, images, token ids)
     Y: Tensor  # (K+1, n, out) float for mse; (n,) long for cross_entropy; (n, ...) else
     y_scale: Tensor  # (K+1, out): multiply standardized errors back to the data's units
     train_idx: list[np.ndarray]  # K+1 entries
     val_idx: list[np.ndarray]  # K+1 entries (the refit's is empty)
     loss: str | Callable[[Tensor, Tensor], Tensor]  # or (output, target) -> mean loss
     n_max: int = 0
+    eval_rows: int | None = None
 
     def __post_init__(self) -> None:
         self.n_max = max(len(t) for t in self.train_idx)
+
+    def inputs(self, folds: Tensor, idx: Tensor) -> Tensor:
+        """``X[folds[:, None], idx]``: the inputs ``(M, r, ...)`` of M models (model ``j``
+        reads fold ``folds[j]``'s view) on the rows ``idx`` ``(M, r)``."""
+        if isinstance(self.X, Tensor):
+            return self.X[folds[:, None], idx]
+        return self.X.take(folds, idx)
 
 
 @dataclass
@@ -285,7 +298,7 @@ class Engine:
         return (out - y).pow(2).mean(-1)
 
     def _gather(self, folds: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.problem.X[folds[:, None], idx]
+        x = self.problem.inputs(folds, idx)
         if self.problem.loss != "mse":  # targets shared by every fold (not standardized)
             return x, self.problem.Y[idx]
         return x, self.problem.Y[folds[:, None], idx]
@@ -293,20 +306,42 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     def _masked_loss(self, state, folds, idx, mask) -> tuple[Tensor, Tensor | None]:
         """Mean loss (in the data's units) over the masked rows, and accuracy, with the
-        models in evaluation mode."""
+        models in evaluation mode: in one forward pass, or with ``problem.eval_rows`` set
+        and more rows than that, in batches of ``eval_rows`` rows per model whose sums are
+        accumulated in float64 (the same means up to float rounding)."""
+        block = self.problem.eval_rows
+        n = idx.shape[1]
+        if block is None or n <= block:
+            rows, hits = self._eval_rows(state, folds, idx)
+            acc = None if hits is None else _masked_mean(hits.float(), mask)
+            return _masked_mean(rows, mask), acc
+        f64 = torch.float64
+        total = torch.zeros(len(folds), dtype=f64, device=idx.device)
+        right = None
+        for j in range(0, n, block):
+            mk = mask[:, j : j + block]
+            rows, hits = self._eval_rows(state, folds, idx[:, j : j + block])
+            total += (rows * mk).sum(1, dtype=f64)
+            if hits is not None:
+                right = (hits & mk).sum(1, dtype=f64) + (0 if right is None else right)
+        cnt = mask.sum(1)
+
+        def mean(s: Tensor) -> Tensor:
+            return torch.where(cnt > 0, s / cnt.clamp_min(1), float("nan")).float()
+
+        return mean(total), None if right is None else mean(right)
+
+    def _eval_rows(self, state, folds, idx) -> tuple[Tensor, Tensor | None]:
+        """Loss of every row ``(M, r)`` in the data's units and, for cross-entropy,
+        whether the predicted class is right, with the models in evaluation mode."""
         x, y = self._gather(folds, idx)
         with self._mode(False):
             out = self.forward(state, x)
         if self.problem.loss == "mse":
             o = out if out.ndim == 3 else out.unsqueeze(-1)
-            rows = ((o - y) * self.problem.y_scale[folds].unsqueeze(1)).pow(2).mean(-1)
-            acc = None
-        else:
-            rows = self._row_losses(out, y)
-            acc = None
-            if self.problem.loss == "cross_entropy":
-                acc = _masked_mean((out.argmax(-1) == y).float(), mask)
-        return _masked_mean(rows, mask), acc
+            return ((o - y) * self.problem.y_scale[folds].unsqueeze(1)).pow(2).mean(-1), None
+        hits = out.argmax(-1) == y if self.problem.loss == "cross_entropy" else None
+        return self._row_losses(out, y), hits
 
     @torch.no_grad()
     def evaluate(
