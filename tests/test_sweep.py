@@ -134,6 +134,18 @@ def test_l1_sweep_gives_exact_zeros_growing_with_strength(diabetes):
     assert zeros == sorted(zeros) and zeros[0] < 0.5 and zeros[-1] == 1.0
 
 
+def test_unequal_group_folds_train_as_one_at_a_time(diabetes):
+    """Group folds training on 170, 150 and 80 rows take 6, 5 and 3 batches of 32 per
+    epoch: chunks never mix them, so stacked training equals one model at a time."""
+    X, y = diabetes
+    groups = np.repeat([0, 1, 2], [30, 50, 120])
+    kw = dict(strengths=GRID, groups=groups, **FAST)
+    vec = tp.sweep(mlp, (X, y), vectorize=True, **kw)
+    seq = tp.sweep(mlp, (X, y), vectorize=False, **kw)
+    assert vec.settings["chunks"] == 3  # one per batch count, 4 strengths each
+    np.testing.assert_allclose(_vals(vec), _vals(seq), rtol=1e-4)
+
+
 def test_early_stopping_keeps_the_best_epoch(diabetes):
     r = tp.sweep(mlp, diabetes, strengths=[1e-4, 1.0], epochs=40, batch_size=16, lr=0.05,
                  early_stopping=3, progress=False, folds=3, refit=False)  # fmt: skip

@@ -858,6 +858,17 @@ def _keys(tasks: list[Task]) -> list[list[int]]:
     return [[t.i, t.fold] for t in tasks]
 
 
+def _chunks(engine: Engine, tasks: list[Task], size: int) -> list[list[Task]]:
+    """``tasks`` in chunks of at most ``size``, in order, never mixing models whose folds
+    take different numbers of mini-batches per epoch (each trains on its own batches)."""
+    counts = engine.batch_counts(tasks)
+    out: list[list[Task]] = []
+    for c in dict.fromkeys(counts):  # in order of first appearance
+        group = [t for t, k in zip(tasks, counts, strict=True) if k == c]
+        out += [group[j : j + size] for j in range(0, len(group), size)]
+    return out
+
+
 def _run_chunks(
     plan: _Plan,
     done: dict[tuple[int, int], Record],
@@ -870,10 +881,10 @@ def _run_chunks(
     :class:`SweepInterrupted` with the state so far."""
     rank, world_size = world()
     todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
-    chunks = [todo[j : j + plan.chunk_size] for j in range(0, len(todo), plan.chunk_size)]
+    chunks = _chunks(plan.engine, todo, plan.chunk_size)
     mine = chunks[rank::world_size]
     epochs = plan.engine.epochs
-    skipped = -(-len(plan.tasks) // plan.chunk_size) - len(chunks)
+    skipped = len(_chunks(plan.engine, plan.tasks, plan.chunk_size)) - len(chunks)
     bar = _progress(progress and rank == 0, total=(skipped + len(mine)) * epochs,
                     initial=skipped * epochs)  # fmt: skip
     current: dict[str, Any] = {"snapshot": None}
@@ -909,7 +920,7 @@ def _run_chunks(
 
 def _result(plan: _Plan, done: dict[tuple[int, int], Record]) -> SweepResult:
     settings = {**plan.settings, "chunk_size": plan.chunk_size}
-    settings["chunks"] = -(-len(plan.tasks) // plan.chunk_size)
+    settings["chunks"] = len(_chunks(plan.engine, plan.tasks, plan.chunk_size))
     classes = plan.meta["classes"]
     result = SweepResult(
         plan.grid,
