@@ -39,7 +39,7 @@ from ..penalties import L2
 from .engine import Record
 from .folds import Standardizer
 from .result import StandardizedModel, SweepResult, describe_model
-from .stream import StreamedData, merge_scatter, part_scatter
+from .stream import StreamedData, merge, part_scatter
 from .validated import Validated
 
 __all__ = [
@@ -258,7 +258,7 @@ def _merged(parts: list[Scatter], leave_out: int | None) -> Scatter:
     acc: Scatter = (0, np.zeros_like(parts[0][1]), np.zeros_like(parts[0][2]))
     for g, p in enumerate(parts):
         if g != leave_out:
-            acc = merge_scatter(acc, p)
+            acc = merge(acc, p)
     return acc
 
 

@@ -46,7 +46,7 @@ __all__ = [
     "StreamedData",
     "StreamedRows",
     "fold_moments",
-    "merge_scatter",
+    "merge",
     "part_scatter",
     "scan",
 ]
@@ -167,9 +167,10 @@ class Moments:
         return np.asarray(x) * self.std + self.mean
 
 
-def _merge(a: tuple, b: tuple) -> tuple:
-    """Chan, Golub and LeVeque's pairwise update of (count, mean, M2) (M2: the sum of
-    squared deviations from the mean)."""
+def merge(a: tuple, b: tuple) -> tuple:
+    """Chan, Golub and LeVeque's pairwise update of (count, mean, M2): M2 the per-column
+    sums of squared deviations from the mean, ``Sa + Sb + delta**2 na nb / n``, or the
+    scatter matrix, ``Ca + Cb + delta delta^T na nb / n``."""
     na, ma, sa = a
     nb, mb, sb = b
     if nb == 0:
@@ -178,7 +179,8 @@ def _merge(a: tuple, b: tuple) -> tuple:
         return b
     n = na + nb
     delta = mb - ma
-    return n, ma + delta * (nb / n), sa + sb + delta**2 * (na * nb / n)
+    sq = np.outer(delta, delta) if np.ndim(sa) == 2 else delta**2
+    return n, ma + delta * (nb / n), sa + sb + sq * (na * nb / n)
 
 
 def fold_moments(data: StreamedData, part: np.ndarray, k: int) -> list[Moments]:
@@ -198,13 +200,13 @@ def fold_moments(data: StreamedData, part: np.ndarray, k: int) -> list[Moments]:
             for f in np.unique(part[start:stop]):
                 rows = x[part[start:stop] == f]
                 mean = rows.mean(0)
-                parts[f] = _merge(parts[f], (len(rows), mean, ((rows - mean) ** 2).sum(0)))
+                parts[f] = merge(parts[f], (len(rows), mean, ((rows - mean) ** 2).sum(0)))
     out = []
     for f in range(k + 1):
         acc = (0, np.zeros(d), np.zeros(d))
         for g in range(k):
             if g != f:
-                acc = _merge(acc, parts[g])
+                acc = merge(acc, parts[g])
         n, mean, m2 = acc
         with np.errstate(over="ignore", invalid="ignore"):
             std = np.sqrt(m2 / n)
@@ -234,21 +236,8 @@ def part_scatter(
             rows = u[part[start:stop] == f]
             mean = rows.mean(0)
             dev = rows - mean
-            parts[f] = merge_scatter(parts[f], (len(rows), mean, dev.T @ dev))
+            parts[f] = merge(parts[f], (len(rows), mean, dev.T @ dev))
     return parts
-
-
-def merge_scatter(a: tuple, b: tuple) -> tuple:
-    """:func:`_merge` for scatter matrices: ``C = Ca + Cb + delta delta^T na nb / n``."""
-    na, ma, ca = a
-    nb, mb, cb = b
-    if nb == 0:
-        return a
-    if na == 0:
-        return b
-    n = na + nb
-    delta = mb - ma
-    return n, ma + delta * (nb / n), ca + cb + np.outer(delta, delta) * (na * nb / n)
 
 
 class StreamedRows:
