@@ -98,7 +98,8 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
         one = stack.enter_context(engine.timed_stepper(tasks[:1]))
         # a model whose step takes milliseconds is bound by arithmetic, not by per-call
         # overhead: a few stacked copies tell its per-model time as well as a whole chunk
-        m = min(size, max(2, int(PROBE_STACK_S / one())))  # (after a warm-up step)
+        one()  # warm-up: the first step pays one-time costs
+        m = min(size, max(2, int(PROBE_STACK_S / one())))
         many = stack.enter_context(engine.timed_stepper(tasks[:m]))
         many()  # warm-up
         # interleaved, so that a load that comes and goes on a shared machine falls on
