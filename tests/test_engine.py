@@ -127,10 +127,9 @@ def test_probe_stacks_fewer_copies_of_a_slow_model(monkeypatch):
     eng = engine()
     tasks = [Task(i, k, s) for i, s in enumerate([0.01, 0.1, 1.0, 10.0]) for k in range(2)]
     monkeypatch.setattr(plan_mod, "PROBE_STACK_S", 0.0)  # every step counts as slow
-    plan = probe(eng, tasks, chunk_size=8, steps=2)
-    assert plan.chunk_size == 8 and plan.probed_models == 2
+    assert probe(eng, tasks, chunk_size=8, steps=2).chunk_size == 2  # timed, and then used
     monkeypatch.setattr(plan_mod, "PROBE_STACK_S", 1e9)  # every step counts as fast
-    assert probe(eng, tasks, chunk_size=8, steps=2).probed_models == 8
+    assert probe(eng, tasks, chunk_size=8, steps=2).chunk_size == 8
 
 
 @pytest.mark.parametrize(

@@ -32,14 +32,13 @@ class VectorizePlan:
     """The probe's decision and what it measured.
 
     ``stacked_s`` and ``single_s`` are seconds per model per training step (median of the
-    timed steps): ``probed_models`` models stacked (the chunk's ``chunk_size`` models, or
-    fewer for a model whose one step takes more than :data:`PROBE_STACK_S` / that many
-    seconds), and one model at a time. ``vectorize`` is ``stacked_s < single_s``;
-    ``probe_s`` is what probing cost."""
+    timed steps): ``chunk_size`` models stacked, and one model at a time. ``chunk_size`` is
+    the memory budget's chunk, or fewer models for a model whose one step takes more than
+    :data:`PROBE_STACK_S` / that many seconds; stacked chunks are then that size, as
+    timed. ``vectorize`` is ``stacked_s < single_s``; ``probe_s`` is what probing cost."""
 
     vectorize: bool
     chunk_size: int
-    probed_models: int
     stacked_s: float
     single_s: float
     probe_s: float
@@ -62,7 +61,7 @@ class VectorizePlan:
     def __str__(self) -> str:
         return (
             f"{self.choice}: {self.stacked_s * 1e3:.3g} ms per model-step stacked "
-            f"({self.probed_models} models), {self.single_s * 1e3:.3g} ms one at a time"
+            f"({self.chunk_size} models), {self.single_s * 1e3:.3g} ms one at a time"
         )
 
 
@@ -88,7 +87,7 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     """
     size = min(chunk_size, len(tasks))
     if size <= 1:
-        return VectorizePlan(False, 1, 1, math.nan, math.nan, 0.0, 0)
+        return VectorizePlan(False, 1, math.nan, math.nan, 0.0, 0)
     # torch imports its compiler stack when the first optimizer is built (seconds, once
     # per process, paid by any training): not the probe's cost
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
@@ -97,7 +96,8 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     with contextlib.ExitStack() as stack:
         one = stack.enter_context(engine.timed_stepper(tasks[:1]))
         # a model whose step takes milliseconds is bound by arithmetic, not by per-call
-        # overhead: a few stacked copies tell its per-model time as well as a whole chunk
+        # overhead: stacking a few copies is all the probe spends on it, and all that the
+        # sweep then stacks (more copies of wide activations can be slower per model)
         one()  # warm-up: the first step pays one-time costs
         m = min(size, max(2, int(PROBE_STACK_S / one())))
         many = stack.enter_context(engine.timed_stepper(tasks[:m]))
@@ -110,8 +110,7 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     single_s, stacked_s = statistics.median(single), statistics.median(stacked)
     return VectorizePlan(
         vectorize=stacked_s < single_s,
-        chunk_size=size,
-        probed_models=m,
+        chunk_size=m,
         stacked_s=stacked_s,
         single_s=single_s,
         probe_s=time.perf_counter() - t0,
