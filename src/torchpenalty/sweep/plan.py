@@ -33,9 +33,9 @@ class VectorizePlan:
 
     ``stacked_s`` and ``single_s`` are seconds per model per training step (median of the
     timed steps): ``chunk_size`` models stacked, and one model at a time. ``chunk_size`` is
-    the memory budget's chunk, or fewer models for a model whose one step takes more than
-    :data:`PROBE_STACK_S` / that many seconds; stacked chunks are then that size, as
-    timed. ``vectorize`` is ``stacked_s < single_s``; ``probe_s`` is what probing cost."""
+    at most the memory budget's chunk, or fewer models for a model whose one step takes
+    more than :data:`PROBE_STACK_S` / that many seconds, balanced so that the tasks split
+    into chunks of about equal size; stacked chunks are then that size, as timed. ``vectorize`` is ``stacked_s < single_s``; ``probe_s`` is what probing cost."""
 
     vectorize: bool
     chunk_size: int
@@ -99,7 +99,7 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
         # overhead: stacking a few copies is all the probe spends on it, and all that the
         # sweep then stacks (more copies of wide activations can be slower per model)
         one()  # warm-up: the first step pays one-time costs
-        m = min(size, max(2, int(PROBE_STACK_S / one())))
+        m = _balanced(len(tasks), min(size, max(2, int(PROBE_STACK_S / one()))))
         many = stack.enter_context(engine.timed_stepper(tasks[:m]))
         many()  # warm-up
         # interleaved, so that a load that comes and goes on a shared machine falls on
@@ -116,3 +116,13 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
         probe_s=time.perf_counter() - t0,
         steps=steps,
     )
+
+
+def _balanced(n: int, limit: int) -> int:
+    """The chunk size that splits ``n`` tasks into as few chunks of at most ``limit`` as
+    possible, all about equal (65 tasks, limit 56: two chunks of 33 and 32, not 56 and 9).
+
+    >>> _balanced(65, 56), _balanced(65, 65), _balanced(65, 7), _balanced(3, 2)
+    (33, 65, 7, 2)
+    """
+    return math.ceil(n / math.ceil(n / limit))
