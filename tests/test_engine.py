@@ -19,7 +19,7 @@ from torchpenalty.sweep.engine import (
     denormals_flushed,
     flush_denormal,
 )
-from torchpenalty.sweep.plan import VectorizePlan, probe
+from torchpenalty.sweep.plan import STACK_MARGIN, VectorizePlan, probe
 
 
 def engine(make=None, n=48, d=3, batch=8, epochs=2):
@@ -115,7 +115,7 @@ def test_probe_times_both_paths_and_leaves_training_unchanged():
     assert isinstance(plan, VectorizePlan)
     assert plan.chunk_size == 3 and plan.steps == 2  # 6 tasks, at most 4: two chunks of 3
     assert plan.stacked_s > 0 and plan.single_s > 0 and plan.probe_s > 0
-    assert plan.vectorize == (plan.stacked_s < plan.single_s)
+    assert plan.vectorize == (plan.stacked_s < STACK_MARGIN * plan.single_s)
     assert plan.speedup >= 1.0
     d = plan.to_dict()
     assert d["choice"] in ("stacked", "one at a time") and set(d) >= {"stacked_s", "single_s"}
@@ -202,7 +202,7 @@ def test_sweep_auto_vectorize_records_its_plan_and_matches_the_forced_path():
     plan = auto.settings["vectorize_plan"]
     assert plan["choice"] in ("stacked", "one at a time")
     assert plan["stacked_s"] > 0 and plan["single_s"] > 0
-    assert plan["vectorize"] == (plan["stacked_s"] < plan["single_s"])
+    assert plan["vectorize"] == (plan["stacked_s"] < STACK_MARGIN * plan["single_s"])
     assert auto.settings["chunk_size"] == (plan["chunk_size"] if plan["vectorize"] else 1)
     forced = tp.sweep(make, (X, y), vectorize=plan["vectorize"], **kw)
     assert "vectorize_plan" not in forced.settings

@@ -21,10 +21,14 @@ import torch
 
 from .engine import Engine, Task
 
-__all__ = ["PROBE_STACK_S", "VectorizePlan", "probe"]
+__all__ = ["PROBE_STACK_S", "STACK_MARGIN", "VectorizePlan", "probe"]
 
 PROBE_STACK_S = 0.05
 """Seconds of one-model steps that the probe stacks at most (at least 2 models)."""
+
+STACK_MARGIN = 0.9
+"""Stacking is chosen when its time per model-step is below this fraction of one model's:
+a near tie goes to one at a time, which holds one model's activations, not a chunk's."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class VectorizePlan:
     timed steps): ``chunk_size`` models stacked, and one model at a time. ``chunk_size`` is
     at most the memory budget's chunk, or fewer models for a model whose one step takes
     more than :data:`PROBE_STACK_S` / that many seconds, balanced so that the tasks split
-    into chunks of about equal size; stacked chunks are then that size, as timed. ``vectorize`` is ``stacked_s < single_s``; ``probe_s`` is what probing cost."""
+    into chunks of about equal size; stacked chunks are then that size, as timed.
+    ``vectorize`` is ``stacked_s < STACK_MARGIN * single_s``; ``probe_s`` is what probing
+    cost."""
 
     vectorize: bool
     chunk_size: int
@@ -68,7 +74,7 @@ class VectorizePlan:
 def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3) -> VectorizePlan:
     """Time ``steps`` training steps (after a warm-up step) of the first ``chunk_size``
     of ``tasks`` stacked, and of one model alone, in turn; keep the faster per model-step
-    (medians).
+    by the medians (stacked only by the margin :data:`STACK_MARGIN`).
 
     The probe trains copies and restores the random state: the sweep's numbers do not
     depend on it. With one task or a chunk of one model there is nothing to compare and
@@ -109,7 +115,7 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
             stacked.append(many() / m)
     single_s, stacked_s = statistics.median(single), statistics.median(stacked)
     return VectorizePlan(
-        vectorize=stacked_s < single_s,
+        vectorize=stacked_s < STACK_MARGIN * single_s,
         chunk_size=m,
         stacked_s=stacked_s,
         single_s=single_s,
