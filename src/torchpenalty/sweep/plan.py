@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,10 +20,13 @@ import torch
 
 from .engine import Engine, Task
 
-__all__ = ["PROBE_STACK_S", "STACK_MARGIN", "VectorizePlan", "probe"]
+__all__ = ["PROBE_STACK_S", "ROUNDS", "STACK_MARGIN", "VectorizePlan", "probe"]
 
 PROBE_STACK_S = 0.05
 """Seconds of one-model steps that the probe stacks at most (at least 2 models)."""
+
+ROUNDS = 2
+"""Blocks of steps the probe times for each path, in turn."""
 
 STACK_MARGIN = 0.9
 """Stacking is chosen when its time per model-step is below this fraction of one model's:
@@ -35,8 +37,8 @@ a near tie goes to one at a time, which holds one model's activations, not a chu
 class VectorizePlan:
     """The probe's decision and what it measured.
 
-    ``stacked_s`` and ``single_s`` are seconds per model per training step (median of the
-    timed steps): ``chunk_size`` models stacked, and one model at a time. ``chunk_size`` is
+    ``stacked_s`` and ``single_s`` are seconds per model per training step (the fastest of
+    the timed steps): ``chunk_size`` models stacked, and one model at a time. ``chunk_size`` is
     at most the memory budget's chunk, or fewer models for a model whose one step takes
     more than :data:`PROBE_STACK_S` / that many seconds, balanced so that the tasks split
     into chunks of about equal size; stacked chunks are then that size, as timed.
@@ -72,9 +74,10 @@ class VectorizePlan:
 
 
 def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3) -> VectorizePlan:
-    """Time ``steps`` training steps (after a warm-up step) of the first ``chunk_size``
-    of ``tasks`` stacked, and of one model alone, in turn; keep the faster per model-step
-    by the medians (stacked only by the margin :data:`STACK_MARGIN`).
+    """Time ``steps`` training steps of the first ``chunk_size`` of ``tasks`` stacked, and
+    of one model alone, in :data:`ROUNDS` blocks each, in turn, each block after a warm-up
+    step; keep the faster per model-step by the fastest steps (stacked only by the margin
+    :data:`STACK_MARGIN`).
 
     The probe trains copies and restores the random state: the sweep's numbers do not
     depend on it. With one task or a chunk of one model there is nothing to compare and
@@ -107,13 +110,15 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
         one()  # warm-up: the first step pays one-time costs
         m = _balanced(len(tasks), min(size, max(2, int(PROBE_STACK_S / one()))))
         many = stack.enter_context(engine.timed_stepper(tasks[:m]))
-        many()  # warm-up
-        # interleaved, so that a load that comes and goes on a shared machine falls on
-        # both sides alike
-        for _ in range(steps):
-            single.append(one())
-            stacked.append(many() / m)
-    single_s, stacked_s = statistics.median(single), statistics.median(stacked)
+        # blocks in turn (a load that comes and goes on a shared machine falls on both),
+        # each after a step that brings its weights back into the caches (one step right
+        # after a stacked one takes up to twice its time); the fastest step of each path
+        for _ in range(ROUNDS):
+            one()
+            single += [one() for _ in range(steps)]
+            many()
+            stacked += [many() / m for _ in range(steps)]
+    single_s, stacked_s = min(single), min(stacked)
     return VectorizePlan(
         vectorize=stacked_s < STACK_MARGIN * single_s,
         chunk_size=m,
