@@ -137,9 +137,9 @@ def test_probe_stacks_fewer_copies_of_a_slow_model(monkeypatch):
     [
         ([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], 4),  # padding of every model dropped
         ([[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]], 2),  # one model alone: its rows exactly
-        ([[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]], 2),  # but never fewer than two (batch norm)
+        ([[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]], 1),  # one row (batches() never makes one)
         ([[1, 1, 1], [1, 1, 1]], 3),  # no padding: unchanged
-        ([[0, 0, 0], [0, 0, 0]], 2),  # all padding: a (penalty-only) step still taken
+        ([[0, 0, 0], [0, 0, 0]], 1),  # all padding (chunks mixing batch counts only)
     ],
 )
 def test_trimmed_batches_drop_the_padding_every_model_shares(mask, kept):
@@ -168,8 +168,6 @@ def test_a_model_alone_trains_on_exactly_its_rows_like_a_plain_loop():
     X, Y = eng.problem.X[2], eng.problem.Y[2]
     for b in range(idx.shape[1]):
         rows = idx[0, b][mask[0, b]]
-        if len(rows) < 2:
-            rows = idx[0, b][-2:]
         opt.zero_grad()
         nn.functional.mse_loss(model(X[rows]), Y[rows]).backward()
         opt.step()
@@ -296,7 +294,11 @@ def test_every_model_trains_on_its_own_batches_as_a_plain_loop(sizes, bs):
         idx, mask = eng.batches(task, 0)
         n_f = len(pb.train_idx[fold])
         assert eng.batch_counts(task) == [idx.shape[1]] == [math.ceil(n_f / bs)]
-        assert mask[0, 1:].all() and mask[0, 0].any()  # full batches but the first
+        nb, first = idx.shape[1], n_f - (idx.shape[1] - 1) * bs
+        # full batches but the first (a first batch of one row takes one of the second's)
+        want = [first, *[bs] * (nb - 1)] if first > 1 or nb == 1 else [2, bs - 1, *[bs] * (nb - 2)]
+        assert mask[0].sum(1).tolist() == want
+        assert all(m[: bs - k].logical_not().all() for m, k in zip(mask[0], want))  # at front
         assert sorted(idx[0][mask[0]].tolist()) == sorted(pb.train_idx[fold].tolist())
     idx, mask = eng.batches([Task(0, 0, 1.0), Task(0, 1, 1.0)], 0)  # forced together
     assert idx.shape[1] == math.ceil(max(sizes) / bs)

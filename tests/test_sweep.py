@@ -434,3 +434,55 @@ def test_resume_never_duplicates_records(diabetes):
     changed[0] += 1.0
     with pytest.raises(ValueError, match="resume must come from a sweep with the same data"):
         tp.sweep(mlp, (diabetes[0], changed), resume=state, **kw)
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_batch_norm_never_sees_a_padding_row(vectorize):
+    """66 training rows per fold in batches of 65 (a first batch of one row): the padding
+    that keeps batch shapes equal never reaches a batch-norm model's forward pass, so a
+    fold's model does not depend on a row it validates on (padding is row 0 of X)."""
+    from torchpenalty.sweep.folds import kfold
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(99, 3, generator=g)
+    y = X @ torch.tensor([1.0, 0.0, -2.0]) + 0.1 * torch.randn(99, generator=g)
+    fold = next(k for k, (_, va) in enumerate(kfold(99, 3, 0)) if 0 in va)
+
+    def make():
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+
+    def run(X):
+        r = tp.sweep(make, (X, y), strengths=[1e-3, 0.1], folds=3, epochs=2, batch_size=65,
+                     vectorize=vectorize, progress=False, refit=False)  # fmt: skip
+        return {(rec.i, rec.fold): (rec.train_loss, rec.param_norm) for rec in r.records}
+
+    moved = X.clone()
+    moved[0] = 100.0  # a validation row of `fold` only
+    a, b = run(X), run(moved)
+    for i in range(2):
+        assert a[(i, fold)] == b[(i, fold)]
+
+
+def test_resuming_twice_from_one_state_gives_the_same_result(diabetes, monkeypatch):
+    """A resume trains on copies: the state it was given stays as it was."""
+    kw = dict(strengths=[1e-3, 0.1], epochs=6, batch_size=32, folds=2, progress=False,
+              refit=False, early_stopping=3, vectorize=True)  # fmt: skip
+    full = tp.sweep(mlp, diabetes, **kw)
+    real, calls = Engine._penalty_step, {"n": 0}
+
+    def interrupting(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(Engine, "_penalty_step", interrupting)
+        with pytest.raises(tp.SweepInterrupted) as info:
+            tp.sweep(mlp, diabetes, **kw)
+    state = info.value.state
+    assert state["snapshot"] is not None
+    first = tp.sweep(mlp, diabetes, resume=state, **kw)
+    second = tp.sweep(mlp, diabetes, resume=state, **kw)
+    np.testing.assert_allclose(_vals(first), _vals(full), rtol=1e-6)
+    assert _vals(second).tolist() == _vals(first).tolist()

@@ -33,6 +33,7 @@ from ..penalties import Penalty, get, names, resolve
 from . import closed_form
 from .engine import Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold
+from .plan import balanced as _balanced
 from .plan import probe
 from .result import StandardizedModel, SweepResult, describe_model
 from .stream import (
@@ -859,13 +860,16 @@ def _keys(tasks: list[Task]) -> list[list[int]]:
 
 
 def _chunks(engine: Engine, tasks: list[Task], size: int) -> list[list[Task]]:
-    """``tasks`` in chunks of at most ``size``, in order, never mixing models whose folds
-    take different numbers of mini-batches per epoch (each trains on its own batches)."""
-    counts = engine.batch_counts(tasks)
+    """``tasks`` in chunks of at most ``size``, in order, never mixing models that would
+    not train there as they do alone (:meth:`Engine.chunk_keys`: different numbers of
+    mini-batches per epoch; for batch norm, different first batches), each group cut into
+    chunks of about equal size."""
+    keys = engine.chunk_keys(tasks)
     out: list[list[Task]] = []
-    for c in dict.fromkeys(counts):  # in order of first appearance
-        group = [t for t, k in zip(tasks, counts, strict=True) if k == c]
-        out += [group[j : j + size] for j in range(0, len(group), size)]
+    for key in dict.fromkeys(keys):  # in order of first appearance
+        group = [t for t, k in zip(tasks, keys, strict=True) if k == key]
+        step = _balanced(len(group), size)
+        out += [group[j : j + step] for j in range(0, len(group), step)]
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..penalties import Penalty, names
 from ..select import select
@@ -169,6 +170,7 @@ class Engine:
         self.frozen = {n for n, p in base.named_parameters() if not p.requires_grad}
         self.selected = [n for n, _ in select(base)]
         self.buffers = {n: b for n, b in base.named_buffers()}
+        self.couples_rows = any(isinstance(m, _BatchNorm) for m in base.modules())
         if forward == "auto":
             tabular = problem.X.ndim == 3  # (folds, rows, features)
             forward = "bmm" if _is_stackable_mlp(base) and not self.buffers and tabular else "vmap"
@@ -243,10 +245,11 @@ class Engine:
 
         Each fold's training rows are shuffled by (seed, fold, epoch) and cut into
         ``ceil(n_fold / bs)`` batches, padded at the front: every batch full but the first,
-        as a plain loop has them. Tasks whose folds need different numbers of batches
-        should not share a chunk (:func:`batch_counts` tells; the sweep groups its chunks by
-        it): if they do, the shorter folds are spread evenly over the longest's batches.
-        A step drops the padding columns that every model of its chunk shares
+        as a plain loop has them (a first batch of one row takes one row of the second:
+        batch norm cannot train on one row). Tasks whose folds need different numbers of
+        batches should not share a chunk (:meth:`chunk_keys` tells; the sweep groups its
+        chunks by it): if they do, the shorter folds are spread evenly over the longest's
+        batches. A step drops the padding columns that every model of its chunk shares
         (:func:`_trimmed`), so a model alone trains on exactly its rows."""
         bs = self.batch_size
         train = self.problem.train_idx
@@ -263,6 +266,18 @@ class Engine:
     def batch_counts(self, tasks: list[Task]) -> list[int]:
         """Mini-batches per epoch of each task's model: ``ceil(n_train / batch_size)``."""
         return [math.ceil(len(self.problem.train_idx[t.fold]) / self.batch_size) for t in tasks]
+
+    def chunk_keys(self, tasks: list[Task]) -> list[tuple[int, ...]]:
+        """Tasks with equal keys may share a chunk and train there as they would alone:
+        the number of batches, and for a model whose training forward pass mixes rows
+        (batch norm), also the rows of its first batch, so that no padding row (its
+        padding, masked out of the loss, would enter the batch statistics) ever reaches
+        the forward pass."""
+        counts = self.batch_counts(tasks)
+        if not self.couples_rows:
+            return [(c,) for c in counts]
+        sizes = [len(self.problem.train_idx[t.fold]) for t in tasks]
+        return [(c, n - (c - 1) * self.batch_size) for c, n in zip(counts, sizes, strict=True)]
 
     def padded_rows(self, tasks: list[Task], which: str) -> tuple[Tensor, Tensor]:
         """Each task's ``"train"`` or ``"val"`` rows, padded to one length, and a mask."""
@@ -486,10 +501,10 @@ class Engine:
             with torch.no_grad():
                 for n, t in live.items():
                     t.copy_(state["params"][n])
-            opt.load_state_dict(state["opt"])
+            opt.load_state_dict(_clone_state(state["opt"]))  # the caller's state stays as is
             history = {k: [list(r) for r in v] for k, v in state["history"].items()}
             best_val, best_epoch, stopped = (
-                state[k].to(dev) for k in ("best_val", "best_epoch", "stopped")
+                state[k].to(dev, copy=True) for k in ("best_val", "best_epoch", "stopped")
             )
             if best is not None:
                 best = {n: t.clone() for n, t in state["best"].items()}
@@ -621,15 +636,26 @@ def _fused_ok(params: list[Tensor]) -> bool:
 
 def _layout(perm: np.ndarray, nb: int, bs: int) -> np.ndarray:
     """``perm`` laid out in ``nb`` batches of ``bs`` slots (``-1``: padding), flattened:
-    padded at the front when every batch but the first can be full, else spread evenly
-    (each batch gets ``len(perm) // nb`` or one more rows, at its end).
+    padded at the front when every batch but the first can be full (a first batch of one
+    row takes one of the second's), else spread evenly (each batch gets ``len(perm) // nb``
+    or one more rows, at its end).
 
     >>> _layout(np.arange(5), 2, 3).tolist()
     [-1, 0, 1, 2, 3, 4]
     >>> _layout(np.arange(4), 3, 3).tolist()
     [-1, -1, 0, -1, -1, 1, -1, 2, 3]
+    >>> _layout(np.arange(7), 3, 3).tolist()  # not a first batch of one row
+    [-1, 0, 1, -1, 2, 3, 4, 5, 6]
     """
     n = len(perm)
+    if n == (nb - 1) * bs + 1 and nb > 1 and bs > 1:  # first batch of one row: two
+        out = np.full((nb, bs), -1, dtype=np.int64)
+        out[0, -2:], out[1, 1:], out[2:] = (
+            perm[:2],
+            perm[2 : bs + 1],
+            perm[bs + 1 :].reshape(-1, bs),
+        )
+        return out.reshape(-1)
     if n > (nb - 1) * bs:
         return np.concatenate([np.full(nb * bs - n, -1), perm])
     out = np.full((nb, bs), -1, dtype=np.int64)
@@ -651,9 +677,7 @@ def _trimmed(idx: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
     model (they would cost arithmetic and add nothing: one model alone trains on exactly
     its rows, as a plain loop does), and the mask of what padding remains (None: none)."""
     keep = mask.any(0)
-    # at least two rows (batch norm cannot train on one), and a batch that is all
-    # padding for every model still takes its (penalty-only) step
-    keep[-2:] = True
+    keep[-1] = True  # (a batch of padding alone: only where chunks mix batch counts)
     if not bool(keep.all()):
         idx, mask = idx[:, keep], mask[:, keep]
     return idx, None if bool(mask.all()) else mask

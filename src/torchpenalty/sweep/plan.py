@@ -20,7 +20,7 @@ import torch
 
 from .engine import Engine, Task
 
-__all__ = ["PROBE_STACK_S", "ROUNDS", "STACK_MARGIN", "VectorizePlan", "probe"]
+__all__ = ["PROBE_STACK_S", "ROUNDS", "STACK_MARGIN", "VectorizePlan", "balanced", "probe"]
 
 PROBE_STACK_S = 0.05
 """Seconds of one-model steps that the probe stacks at most (at least 2 models)."""
@@ -94,6 +94,10 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     >>> plan.chunk_size, plan.stacked_s > 0, plan.single_s > 0
     (3, True, True)
     """
+    # the largest group of tasks the sweep may stack together (see Engine.chunk_keys)
+    keys = engine.chunk_keys(tasks)
+    common = max(dict.fromkeys(keys), key=keys.count)
+    tasks = [t for t, k in zip(tasks, keys, strict=True) if k == common]
     size = min(chunk_size, len(tasks))
     if size <= 1:
         return VectorizePlan(False, 1, math.nan, math.nan, 0.0, 0)
@@ -108,7 +112,7 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
         # overhead: stacking a few copies is all the probe spends on it, and all that the
         # sweep then stacks (more copies of wide activations can be slower per model)
         one()  # warm-up: the first step pays one-time costs
-        m = _balanced(len(tasks), min(size, max(2, int(PROBE_STACK_S / one()))))
+        m = balanced(len(tasks), min(size, max(2, int(PROBE_STACK_S / one()))))
         many = stack.enter_context(engine.timed_stepper(tasks[:m]))
         # blocks in turn (a load that comes and goes on a shared machine falls on both),
         # each after a step that brings its weights back into the caches (one step right
@@ -129,11 +133,11 @@ def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3)
     )
 
 
-def _balanced(n: int, limit: int) -> int:
+def balanced(n: int, limit: int) -> int:
     """The chunk size that splits ``n`` tasks into as few chunks of at most ``limit`` as
     possible, all about equal (65 tasks, limit 56: two chunks of 33 and 32, not 56 and 9).
 
-    >>> _balanced(65, 56), _balanced(65, 65), _balanced(65, 7), _balanced(3, 2)
+    >>> balanced(65, 56), balanced(65, 65), balanced(65, 7), balanced(3, 2)
     (33, 65, 7, 2)
     """
     return math.ceil(n / math.ceil(n / limit))
