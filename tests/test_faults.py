@@ -363,3 +363,32 @@ def test_broken_run_folder(tmp_path, capsys, monkeypatch, name, content, match):
     assert lines[0].startswith(f"torchpenalty: error: --resume {out}: cannot be resumed: ")
     assert match in lines[0], lines[0]
     assert "weights_only" not in err
+
+
+@pytest.mark.parametrize("fix", [True, False], ids=["exit_with", "sys.exit"])
+def test_an_interrupt_caught_inside_exec_keeps_the_exit_status(tmp_path, fix):
+    """A stop signal handled inside code run by exec of a string (torch's lazy imports make
+    dataclasses that way) marks the interrupt unhandled in CPython 3.11, and a ``python -m``
+    process then exits by SIGINT (-2) whatever ``sys.exit`` says; ``exit_with`` (what
+    ``python -m torchpenalty`` ends with) keeps the status."""
+    exit_line = "exit_with(129)" if fix else "sys.exit(129)"
+    (tmp_path / "stopper.py").write_text(
+        "import os, signal, sys\n"
+        "from torchpenalty.cli import exit_with\n"
+        "def stop(signum, frame):\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGHUP, stop)\n"
+        "try:\n"
+        "    exec('import os, signal\\nos.kill(os.getpid(), signal.SIGHUP)\\nx = 1')\n"
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+        f"{exit_line}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.run([sys.executable, "-m", "stopper"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    if fix:
+        assert proc.returncode == 129, proc.stderr
+    elif sys.version_info[:2] == (3, 11):  # the CPython behaviour the fix is for
+        assert proc.returncode == -signal.SIGINT, proc.stderr

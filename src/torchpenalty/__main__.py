@@ -11,6 +11,6 @@ import sys
 _cwd = os.getcwd()
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _cwd] + [_cwd]
 
-from .cli import main  # noqa: E402
+from .cli import exit_with, main  # noqa: E402
 
-sys.exit(main())
+exit_with(main())

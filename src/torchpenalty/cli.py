@@ -691,5 +691,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def exit_with(code: int) -> None:
+    """``sys.exit(code)``, with the exit status kept ``code``.
+
+    CPython 3.11 marks a ``KeyboardInterrupt`` that leaves code run by ``exec`` of a string
+    (dataclasses and namedtuples are made that way: torch's lazy imports run hundreds) as
+    unhandled even when it is caught later, and a ``python -m`` process so marked kills
+    itself with SIGINT at exit whatever ``sys.exit`` said: a stop signal arriving there
+    turned the resumable exit status 128 + signal into -2. Any later ``exec`` of a string
+    clears the mark; ``main`` has handled every interrupt by now."""
+    exec("pass", {})
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    exit_with(main())
