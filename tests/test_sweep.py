@@ -468,18 +468,10 @@ def test_resuming_twice_from_one_state_gives_the_same_result(diabetes, monkeypat
     kw = dict(strengths=[1e-3, 0.1], epochs=6, batch_size=32, folds=2, progress=False,
               refit=False, early_stopping=3, vectorize=True)  # fmt: skip
     full = tp.sweep(mlp, diabetes, **kw)
-    real, calls = Engine._penalty_step, {"n": 0}
-
-    def interrupting(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "_penalty_step", interrupting)
-        with pytest.raises(tp.SweepInterrupted) as info:
-            tp.sweep(mlp, diabetes, **kw)
+    _interrupt_at(monkeypatch, 15)
+    with pytest.raises(tp.SweepInterrupted) as info:
+        tp.sweep(mlp, diabetes, **kw)
+    monkeypatch.undo()
     state = info.value.state
     assert state["snapshot"] is not None
     first = tp.sweep(mlp, diabetes, resume=state, **kw)
