@@ -221,8 +221,9 @@ def test_sweep_closed_form_refuses_what_it_cannot_solve(diabetes, make, kw, matc
 
 
 @pytest.mark.parametrize(
-    "kw", [{"early_stopping": 3}, {"mode": "decoupled"}, {"penalty": "l1"}, {"solver": "train"}]
-)
+    "kw", [{"early_stopping": 3}, {"mode": "decoupled"}, {"penalty": "l1", "mode": "decoupled"},
+           {"solver": "train"}]
+)  # fmt: skip
 def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
     X, y = diabetes
     r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), strengths=[0.1], folds=2,
@@ -231,7 +232,9 @@ def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
 
 
 def test_solver_is_validated():
-    with pytest.raises(ValueError, match=r"solver must be one of 'auto', 'closed_form', 'train'"):
+    with pytest.raises(
+        ValueError, match=r"solver must be one of 'auto', 'closed_form', 'path', 'train'"
+    ):
         tp.sweep(lambda: nn.Linear(2, 1), (np.eye(4, 2), [1.0, 2, 3, 4]), solver="svd")
 
 

@@ -345,7 +345,7 @@ def chooses_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> bo
     same solution (L2 as a gradient term, no early stopping, no resume); ``"closed_form"``
     insists (``ValueError`` saying what is missing); ``"train"`` never."""
     solver = v.options.get("solver", "auto")
-    if solver == "train":
+    if solver in ("train", "path"):
         return False
     why = not_applicable(make_model, v)
     if solver == "closed_form":

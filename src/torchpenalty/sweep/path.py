@@ -42,6 +42,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,18 +52,24 @@ __all__ = [
     "Softmax",
     "SolveInfo",
     "Terms",
+    "chooses_path",
     "kkt_violation",
+    "not_applicable",
+    "penalty_terms",
     "prox",
     "solve",
+    "sweep_path",
 ]
 
 #: KKT tolerance, relative to the largest gradient coordinate at the null model (the
 #: strength above which every weight is zero, for L1).
-TOL = 1e-9
+TOL = 1e-8
 #: Proximal-gradient steps between two Newton attempts and KKT checks.
 CHECK_EVERY = 10
 #: Most proximal-gradient steps per strength.
 MAX_ITER = 20_000
+#: Most proximal-gradient steps of one proximal-Newton subproblem (it may stop inexact).
+INNER_ITER = 200
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -89,11 +96,7 @@ class Terms:
     def value(self, W: Tensor) -> Tensor:
         """The penalty of each problem's ``W`` (``(P, d, k)``), shape ``(P,)``."""
         gn = W.norm(dim=1 + self.group_dim).sum(-1)
-        return (
-            self.l1 * W.abs().sum((1, 2))
-            + self.l2 / 2 * W.pow(2).sum((1, 2))
-            + self.group * gn
-        )
+        return self.l1 * W.abs().sum((1, 2)) + self.l2 / 2 * W.pow(2).sum((1, 2)) + self.group * gn
 
 
 def _col(t: Tensor) -> Tensor:
@@ -169,9 +172,7 @@ class Quadratic:
     def hessian(self, W: Tensor) -> Tensor:
         P, d, k = W.shape
         eye = torch.eye(k, dtype=W.dtype, device=W.device)
-        return (self.G[:, :, None, :, None] * eye[None, None, :, None, :]).reshape(
-            P, d * k, d * k
-        )
+        return (self.G[:, :, None, :, None] * eye[None, None, :, None, :]).reshape(P, d * k, d * k)
 
     def lipschitz(self) -> Tensor:
         return torch.linalg.eigvalsh(self.G)[:, -1]
@@ -210,7 +211,7 @@ class Softmax:
         """``sum_i w_i (diag(p_i) - p_i p_i^T) kron z_i z_i^T`` in (row, class) order, plus
         ``1/K`` on the bias block's all-ones direction (the softmax's one flat direction:
         the Newton step along it is zero, the gradient has no component there)."""
-        P, n, D = self.Z1.shape
+        P, _, D = self.Z1.shape
         K = self.Y.shape[-1]
         p = self.probs(theta)
         zw = self.Z1 * self.w[:, :, None]
@@ -325,8 +326,10 @@ def _newton(loss, terms: Terms, theta: Tensor, iters: int) -> Tensor:
             new = _backtrack(loss, terms, theta, new)
         theta = new
         exact = isinstance(loss, Quadratic)
-        if bool((t == 1).all()) and not bool(wrong.any()) and (
-            exact or float(step.abs().max()) <= 1e-13 * float(theta.abs().max().clamp_min(1))
+        if (
+            bool((t == 1).all())
+            and not bool(wrong.any())
+            and (exact or float(step.abs().max()) <= 1e-13 * float(theta.abs().max().clamp_min(1)))
         ):
             break
     return theta
@@ -403,15 +406,17 @@ def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, m
     pen = pen.reshape(P, -1)
     rel = _violation(loss, terms, theta) / scale
     steps = torch.zeros(P, dtype=torch.long, device=theta.device)
-    for _ in range(100):
-        if bool((rel <= tol).all()):
+    for _ in range(50):
+        if bool((rel <= tol).all()) or int(steps.max()) >= max_iter:
             break
         g = _smooth_grad(loss, terms, theta).reshape(P, -1, 1)
         H = loss.hessian(theta) + torch.diag_embed(_col(terms.l2)[:, :, 0] * pen)
-        H = H + torch.diag_embed(1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand(P, D * K))
+        H = H + torch.diag_embed(
+            1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand(P, D * K)
+        )
         x0 = theta.reshape(P, -1, 1)
         q = Quadratic(H, H @ x0 - g, penalized=d * K)
-        x, info = solve(q, inner, x0, tol=min(tol, 1e-12), max_iter=max_iter)
+        x, info = solve(q, inner, x0, tol=min(tol, 1e-12), max_iter=INNER_ITER)
         steps += info.steps
         new = _backtrack(loss, terms, theta, x.reshape(P, D, K))
         new_rel = _violation(loss, terms, new) / scale
@@ -461,26 +466,29 @@ def solve(
     step = 1.0 / (loss.lipschitz() + terms.l2)
     P = theta.shape[0]
     done = torch.zeros(P, dtype=torch.bool, device=theta.device)
-    best = theta.clone()
-    rel = torch.full((P,), math.inf, dtype=theta.dtype, device=theta.device)
+    best, low = theta.clone(), objective(loss, terms, theta)
+    rel = _violation(loss, terms, theta) / scale
+    done |= rel <= tol
     steps = torch.zeros(P, dtype=torch.long, device=theta.device)
     state = {"x": theta, "y": theta.clone(), "t": torch.ones(P, dtype=theta.dtype)}
     state["t"] = state["t"].to(theta.device)
     it = 0
-    while True:
-        for cand in (state["x"], _newton(loss, terms, state["x"], 10)):
-            r = _violation(loss, terms, cand) / scale
-            better = ~done & (r < rel)
-            best = torch.where(better[:, None, None], cand, best)
-            rel = torch.where(better, r, rel)
-            done |= rel <= tol
-        if bool(done.all()) or it >= max_iter:
-            break
-        # restart from the best point so far (often the Newton point)
-        state = {"x": best.clone(), "y": best.clone(), "t": torch.ones_like(state["t"])}
-        _fista(loss, terms, state, step, check_every)
+    while not bool(done.all()):
+        if it > 0:
+            _fista(loss, terms, state, step, check_every)
+            steps = torch.where(done, steps, steps + check_every)
         it += check_every
-        steps = torch.where(done, steps, steps + check_every)
+        for cand in (state["x"], _newton(loss, terms, state["x"], 10)):
+            f = objective(loss, terms, cand)
+            better = ~done & (f <= low)
+            best = torch.where(better[:, None, None], cand, best)
+            low = torch.where(better, f, low)
+            rel = torch.where(better, _violation(loss, terms, cand) / scale, rel)
+            done |= rel <= tol
+        if it >= max_iter:
+            break
+        # go on from the lowest point so far (often the Newton point)
+        state = {"x": best.clone(), "y": best.clone(), "t": torch.ones_like(state["t"])}
     return best, SolveInfo(converged=done, kkt=rel, steps=steps)
 
 
@@ -624,3 +632,179 @@ def ce_path(X, codes, n_classes, splits, strengths, coef: dict, *, standardize=T
     if binary:
         theta = torch.cat([-theta / 2, theta / 2], -1)
     return PathFit(theta[:, :, :-1].transpose(2, 3), theta[:, :, -1], *_info(infos))
+
+
+# ---------------------------------------------------------------------------- tp.sweep
+def not_applicable(make_model, v) -> str | None:
+    """Why ``solver="path"`` cannot serve this sweep, or None when it can: 2-D float
+    features in memory, a model that is one trainable ``nn.Linear`` (or an
+    ``nn.Sequential`` of one; with a bias for cross-entropy, one output per class), the
+    penalty L1, L2, elastic net or group lasso and the loss ``"mse"`` or
+    ``"cross_entropy"``."""
+    from .closed_form import is_linear_model, linear_of
+    from .stream import StreamedData
+
+    if isinstance(v.X, StreamedData) or not v.tabular:
+        return "2-D float features X (rows, features) held in memory"
+    if v.loss not in ("mse", "cross_entropy"):
+        return f"loss='mse' or 'cross_entropy' (got {v.loss!r})"
+    if penalty_terms(v.penalty) is None:
+        return f"penalty 'l1', 'l2', 'elastic_net' or 'group_lasso' (got {v.penalty.name!r})"
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    if not is_linear_model(model):
+        return "a model that is one trainable nn.Linear (or nn.Sequential of one)"
+    lin = linear_of(model)
+    if v.loss == "cross_entropy":
+        k = len(set(v.y.tolist()))
+        if lin.bias is None or lin.out_features != k:
+            return f"an nn.Linear with a bias and one output per class ({k})"
+    return None
+
+
+def chooses_path(make_model, v) -> bool:
+    """``solver="auto"``: the path solver when it applies and training would aim at the
+    same minimizer (the penalty as a gradient or proximal term, no early stopping, no
+    resume); ``"path"`` insists (``ValueError`` saying what is missing); ``"train"`` and
+    ``"closed_form"`` never."""
+    solver = v.options.get("solver", "auto")
+    if solver in ("train", "closed_form"):
+        return False
+    why = not_applicable(make_model, v)
+    if solver == "path":
+        if why is not None:
+            raise ValueError(f"solver='path' needs {why}")
+        return True
+    o = v.options
+    return (
+        why is None
+        and v.mode in ("grad", "proximal")
+        and o["early_stopping"] is None
+        and not o["resume"]
+    )
+
+
+def fit_path(v, splits, *, tol: float = TOL, max_iter: int = MAX_ITER, fit_intercept=True):
+    """:func:`mse_path` or :func:`ce_path` of the sweep's data, penalty and grid on
+    ``splits`` (the last one may be the all-rows refit split), on ``v.options["device"]``."""
+    coef = penalty_terms(v.penalty)
+    dev = v.options.get("device", "cpu")
+    X = torch.as_tensor(v.X, dtype=torch.float64, device=dev)
+    tsplits = [(torch.as_tensor(tr, device=dev), torch.as_tensor(va, device=dev))
+               for tr, va in splits]  # fmt: skip
+    std = v.options["standardize"]
+    if v.loss == "mse":
+        return mse_path(X, v.y, tsplits, v.grid, coef, standardize=std, tol=tol,
+                        max_iter=max_iter, fit_intercept=fit_intercept)  # fmt: skip
+    classes, codes = np.unique(v.y, return_inverse=True)
+    return ce_path(X, codes, len(classes), tsplits, v.grid, coef, standardize=std, tol=tol,
+                   max_iter=max_iter)  # fmt: skip
+
+
+def path_records(v, splits, fit: PathFit) -> list:
+    """One :class:`~torchpenalty.sweep.engine.Record` per (strength, fold) of the first
+    ``len(splits)`` folds: validation and training loss in the data's units (mean squared
+    error over rows and outputs, or mean cross-entropy, with accuracy), the weight's norm
+    and fraction of exact zeros."""
+    from .engine import Record
+
+    X = torch.as_tensor(v.X, dtype=torch.float64, device=fit.weight.device)
+    mx, sx = fold_scalings(X, splits, v.options["standardize"])
+    ce = v.loss == "cross_entropy"
+    if ce:
+        target = torch.as_tensor(np.unique(v.y, return_inverse=True)[1], device=X.device)
+    else:
+        target = torch.as_tensor(v.y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
+    records = []
+    for f, (tr, va) in enumerate(splits):
+        out = ((X - mx[f]) / sx[f]) @ fit.weight[:, f].transpose(1, 2) + fit.bias[:, f, None]
+        for i, s in enumerate(v.grid):
+            losses, acc = [], None
+            for rows in (va, tr):
+                o, t = out[i, rows], target[rows]
+                if len(t) == 0:
+                    losses.append(float("nan"))
+                elif ce:
+                    losses.append(float(torch.nn.functional.cross_entropy(o, t)))
+                else:
+                    losses.append(float((o - t).pow(2).mean()))
+            if ce and len(va):
+                acc = float((out[i, va].argmax(-1) == target[va]).double().mean())
+            W = fit.weight[i, f]
+            records.append(Record(i=i, fold=f, strength=float(s), val_loss=losses[0],
+                                  train_loss=losses[1], param_norm=float(W.norm()),
+                                  zero_fraction=float((W == 0).double().mean()), best_epoch=0,
+                                  val_accuracy=acc,
+                                  history={"train": [losses[1]], "val": [losses[0]]}))  # fmt: skip
+    return sorted(records, key=lambda r: (r.i, r.fold))
+
+
+def sweep_path(make_model, v, splits):
+    """The sweep's result solved along the path on the training path's ``splits`` plus
+    the all-rows refit split: the same table and selection rules, ``best_epoch`` 0,
+    one-point learning curves; the refit is the all-rows solution at the chosen strength
+    (no second solve). ``settings`` records ``solver="path"``, ``tol`` and, per strength,
+    whether every fold converged (``converged``); a strength that did not warns."""
+    from .closed_form import linear_of
+    from .result import SweepResult, describe_model
+
+    o = v.options
+    n = len(v.X)
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    has_bias = linear_of(model).bias is not None
+    full = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
+    fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
+    records = path_records(v, splits, fit)
+    converged = fit.converged[:, : len(splits)].all(1).tolist()
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": n,
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "solver": "path",
+        "tol": TOL,
+        "converged": converged,
+        "kkt": [float(k) for k in fit.kkt[:, : len(splits)].amax(1)],
+    }
+    if getattr(v, "groups", None) is not None:
+        settings["groups"] = len(np.unique(v.groups))
+    bad = [s for s, c in zip(v.grid, converged, strict=True) if not c]
+    if bad:
+        warnings.warn(f"the path solver did not reach its KKT tolerance {TOL:g} at strengths "
+                      f"{', '.join(f'{s:.3g}' for s in bad)}", RuntimeWarning, stacklevel=3)  # fmt: skip
+    classes = np.unique(v.y).tolist() if v.loss == "cross_entropy" else None
+    result = SweepResult(v.grid, o["folds"], records, settings, classes=classes,
+                         model_name=describe_model(model))  # fmt: skip
+    X = torch.as_tensor(v.X, dtype=torch.float64)
+    mx, sx = fold_scalings(X, full[-1:], o["standardize"])
+    result.path_fit = {"weight": fit.weight[:, -1].cpu(), "bias": fit.bias[:, -1].cpu(),
+                       "x_mean": mx[0], "x_std": sx[0], "make_model": make_model}  # fmt: skip
+    if o["refit"] and result.chosen_strength is not None:
+        result.refit = o["refit"]
+        result.model = path_model(result, result.chosen_strength)
+    return result
+
+
+def path_model(result, strength: float):
+    """The all-rows solution of a path sweep at ``strength`` (one of its grid) as the
+    trained sweep's refit: a :class:`StandardizedModel` taking raw inputs, around the
+    model ``make_model`` returns; its outputs are in the target's raw units."""
+    from .closed_form import linear_of
+    from .result import StandardizedModel
+
+    pf = result.path_fit
+    i = result.strengths.index(strength)
+    with torch.random.fork_rng(devices=[]):
+        model = pf["make_model"]()
+    lin = linear_of(model)
+    with torch.no_grad():
+        lin.weight.copy_(pf["weight"][i].to(lin.weight.dtype))
+        if lin.bias is not None:
+            lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
+    f32 = torch.float32
+    return StandardizedModel(model, pf["x_mean"].to(f32), pf["x_std"].to(f32)).eval()
