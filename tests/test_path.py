@@ -178,3 +178,42 @@ def test_not_converged_warns(monkeypatch):
         r = tp.sweep(lambda: nn.Linear(30, 2), (X, y), penalty="l1", strengths=[0.01],
                      folds=3, progress=False)  # fmt: skip
     assert r.settings["converged"] == [False] and r.settings["tol"] == 1e-30
+
+
+@pytest.mark.parametrize(("target", "s"), [("raw", 1.0), ("y*1000+5000", 1000.0)])
+def test_trained_l1_sweep_reports_raw_target_units(target, s):
+    """solver="train" trains on the standardized target with L1(s / sd_y) per fold, so
+    the refit equals Lasso(alpha=s/2) on the raw target (was Lasso(alpha=s/2 * sd_y))."""
+    X, y = DIABETES[0], TARGETS[target](DIABETES[1])
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1", strengths=[s], folds=2,
+                 solver="train", epochs=400, batch_size=None, lr=0.05, progress=False)  # fmt: skip
+    assert r.settings["strength_units"] == "raw target"
+    assert all(rec.strength == s for rec in r.records)
+    Z = StandardScaler().fit_transform(X)
+    ref = Lasso(alpha=s / 2, tol=1e-12, max_iter=10**6).fit(Z, y).coef_
+    m = r.model
+    w = m.model.weight.detach().double().numpy()[0] * float(m.y_std)  # raw-target units
+    assert rel(w, ref) < 1e-5 and np.array_equal(w == 0, ref == 0), rel(w, ref)
+
+
+def test_path_sweep_on_an_offset_target_equals_gridsearchcv():
+    X, y = DIABETES[0], DIABETES[1] * 1000 + 5000
+    grid = [3000.0, 1000.0, 300.0, 100.0, 10.0]
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1", strengths=grid, progress=False)
+    pipe = make_pipeline(StandardScaler(), Lasso(tol=1e-12, max_iter=10**6))
+    gs = GridSearchCV(pipe, {"lasso__alpha": [s / 2 for s in grid]}, cv=kfold(len(X), 5, seed=0),
+                      scoring="neg_mean_squared_error").fit(X, y)  # fmt: skip
+    assert rel([row["val_loss_mean"] for row in r.table], -gs.cv_results_["mean_test_score"]) < 1e-8
+    assert r.best_strength == 2 * gs.best_params_["lasso__alpha"]
+
+
+def test_strength_units_of_penalties_without_a_factor():
+    """Elastic net mixes degrees 1 and 2: trained on a standardized target its strength
+    stays in standardized-target units, and the settings say so."""
+    X, y = DIABETES
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), penalty="elastic_net",
+                 strengths=[0.1], folds=2, epochs=2, solver="train", progress=False)  # fmt: skip
+    assert r.settings["strength_units"] == "standardized target"
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), strengths=[0.1], folds=2,
+                 epochs=2, solver="train", progress=False)  # fmt: skip
+    assert r.settings["strength_units"] == "raw target"  # L2 is scale-free

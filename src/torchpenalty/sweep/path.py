@@ -29,11 +29,14 @@ the exact solution once the zero set is right). It stops when the KKT conditions
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
->>> Z = rng.normal(size=(50, 3)); y = Z @ [2.0, 0.0, -1.0] + 0.1 * rng.normal(size=50)
->>> G = torch.tensor(Z.T @ Z / 50)[None]; B = torch.tensor(Z.T @ (y - y.mean()) / 50)[None, :, None]
->>> W, info = solve(Quadratic(G, B), Terms.of(torch.tensor([0.5]), l1=1.0))
->>> bool(info.converged.all()), W[0, :, 0].numpy().round(3).tolist()
-(True, [1.741, 0.0, -0.735])
+>>> from sklearn.linear_model import Lasso
+>>> Z = rng.normal(size=(50, 3)); y = Z @ [2.0, 0.0, -1.0] + rng.normal(size=50)
+>>> Zc, yc = Z - Z.mean(0), y - y.mean()
+>>> G = torch.tensor(Zc.T @ Zc / 50)[None]; B = torch.tensor(Zc.T @ yc / 50)[None, :, None]
+>>> W, info = solve(Quadratic(G, B), Terms.of(torch.tensor([0.4]), l1=1.0))  # L1(0.8), 1/2-scaled
+>>> ref = Lasso(alpha=0.4, tol=1e-12).fit(Z, y).coef_
+>>> bool(info.converged.all()), bool(abs(W[0, :, 0].numpy() - ref).max() < 1e-8)
+(True, True)
 """
 
 from __future__ import annotations
