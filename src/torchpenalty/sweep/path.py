@@ -41,6 +41,7 @@ the exact solution once the zero set is right). It stops when the KKT conditions
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ CHECK_EVERY = 10
 #: Most proximal-gradient steps per strength.
 MAX_ITER = 20_000
 #: Most proximal-gradient steps of one proximal-Newton subproblem (it may stop inexact).
-INNER_ITER = 200
+INNER_ITER = 100
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -419,7 +420,9 @@ def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, m
         )
         x0 = theta.reshape(P, -1, 1)
         q = Quadratic(H, H @ x0 - g, penalized=d * K)
-        x, info = solve(q, inner, x0, tol=min(tol, 1e-12), max_iter=INNER_ITER)
+        # inexact subproblems (a fraction of the outer violation), as in newGLMNET
+        inner_tol = max(1e-13, 0.01 * float(rel[rel > tol].min()))
+        x, info = solve(q, inner, x0, tol=inner_tol, max_iter=INNER_ITER, newton_iters=3)
         steps += info.steps
         new = _backtrack(loss, terms, theta, x.reshape(P, D, K))
         new_rel = _violation(loss, terms, new) / scale
@@ -454,6 +457,7 @@ def solve(
     tol: float = TOL,
     max_iter: int = MAX_ITER,
     check_every: int = CHECK_EVERY,
+    newton_iters: int = 10,
 ) -> tuple[Tensor, SolveInfo]:
     """Minimize ``loss + penalty`` for a batch of problems from ``theta0`` (default the
     null model): proximal-gradient steps, a Newton step on the nonzero coordinates every
@@ -481,7 +485,7 @@ def solve(
             _fista(loss, terms, state, step, check_every)
             steps = torch.where(done, steps, steps + check_every)
         it += check_every
-        for cand in (state["x"], _newton(loss, terms, state["x"], 10)):
+        for cand in (state["x"], _newton(loss, terms, state["x"], newton_iters)):
             f = objective(loss, terms, cand)
             better = ~done & (f <= low)
             best = torch.where(better[:, None, None], cand, best)
@@ -742,6 +746,23 @@ def path_records(v, splits, fit: PathFit) -> list:
     return sorted(records, key=lambda r: (r.i, r.fold))
 
 
+@contextlib.contextmanager
+def _few_threads(v, small: int = 50_000):
+    """One CPU thread for small problems (``rows * features < small``): their cost is
+    per-operation overhead, which a second thread only adds to (and on a loaded machine
+    a thread waiting at every operation's barrier multiplies)."""
+    dev = torch.device(v.options.get("device", "cpu"))
+    if dev.type != "cpu" or v.X.shape[0] * v.X.shape[1] >= small:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sweep_path(make_model, v, splits):
     """The sweep's result solved along the path on the training path's ``splits`` plus
     the all-rows refit split: the same table and selection rules, ``best_epoch`` 0,
@@ -757,7 +778,8 @@ def sweep_path(make_model, v, splits):
         model = make_model()
     has_bias = linear_of(model).bias is not None
     full = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
-    fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
+    with _few_threads(v):
+        fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
     records = path_records(v, splits, fit)
     converged = fit.converged[:, : len(splits)].all(1).tolist()
     settings = {
