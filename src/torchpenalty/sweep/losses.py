@@ -28,7 +28,15 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, type_error
 
-__all__ = ["LOSSES", "CrossEntropy", "MeanSquaredError", "SweepLoss", "UserLoss", "get_loss"]
+__all__ = [
+    "LOSSES",
+    "CrossEntropy",
+    "Huber",
+    "MeanSquaredError",
+    "SweepLoss",
+    "UserLoss",
+    "get_loss",
+]
 
 #: name -> loss class, filled by subclassing.
 LOSSES: dict[str, type[SweepLoss]] = {}
@@ -82,6 +90,20 @@ class CrossEntropy(SweepLoss):
         m, b = out.shape[:2]
         flat = nn.functional.cross_entropy(out.reshape(m * b, -1), y.reshape(-1), reduction="none")
         return flat.view(m, b)
+
+
+class Huber(SweepLoss):
+    """Huber's robust loss, ``torch.nn.functional.huber_loss`` with ``delta = 1`` in the
+    target's own units (squared below ``delta``, linear above), averaged over the target
+    columns; the target is not standardized, so ``delta`` keeps its meaning."""
+
+    name = "huber"
+    delta: ClassVar[float] = 1.0
+
+    def rows(self, out: Tensor, y: Tensor) -> Tensor:
+        y = y.reshape(out.shape) if y.numel() == out.numel() else y
+        err = nn.functional.huber_loss(out, y.to(out.dtype), reduction="none", delta=self.delta)
+        return err.reshape(*out.shape[:2], -1).mean(-1)
 
 
 class UserLoss(SweepLoss):
