@@ -217,3 +217,46 @@ def test_strength_units_of_penalties_without_a_factor():
     r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), strengths=[0.1], folds=2,
                  epochs=2, solver="train", progress=False)  # fmt: skip
     assert r.settings["strength_units"] == "raw target"  # L2 is scale-free
+
+
+def test_selected_features_at_best_and_1se_and_in_json():
+    import json
+
+    X, y = DIABETES
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1", strengths=GRID, progress=False)
+    r.feature_names = names
+    Z = StandardScaler().fit_transform(X)
+    for rule, s in (("best", r.best_strength), ("1se", r.strength_1se)):
+        coef = Lasso(alpha=s / 2, tol=1e-12, max_iter=10**6).fit(Z, y).coef_
+        assert r.selected[rule] == [n for n, c in zip(names, coef, strict=True) if c != 0]
+    assert json.loads(r.to_json())["selected"] == r.selected
+    trained = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1", strengths=[50.0, 1.0],
+                       folds=2, epochs=2, solver="train", progress=False)  # fmt: skip
+    assert set(trained.selected) == {"best", "1se"}  # only the refit's strength is known
+
+
+def test_cli_prints_and_reports_the_kept_features_in_raw_units(tmp_path, capsys):
+    """The command line calls the sweep: its strengths are the raw target's (the L1 path
+    on a CSV with header names), it prints the kept features and report.json has them."""
+    import json
+
+    from torchpenalty import cli
+
+    X, y = DIABETES
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    path_csv = tmp_path / "d.csv"
+    np.savetxt(path_csv, np.c_[X, y], delimiter=",", header=",".join([*names, "y"]), comments="")
+    out = tmp_path / "run"
+    code = cli.main(["sweep", "--data", str(path_csv), "--target", "y", "--model", "linear",
+                     "--penalty", "l1", "--strengths", "10,3,1,0.3,0.1", "--folds", "5",
+                     "--quiet", "--out", str(out)])  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert code == 0
+    rep = json.loads((out / "report.json").read_text())
+    direct = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1",
+                      strengths=[10, 3, 1, 0.3, 0.1], progress=False)  # fmt: skip
+    assert rep["best_strength"] == direct.best_strength and rep["settings"]["solver"] == "path"
+    direct.feature_names = names
+    assert rep["selected"] == direct.selected
+    assert f"kept at the best strength ({len(direct.selected['best'])}): " in stdout
