@@ -24,8 +24,11 @@ cross-entropy keeps the rows. Each strength starts from the previous one's solut
 problems (float64, on the data's device: CPU or GPU). A batch runs accelerated proximal
 gradient steps (FISTA with restarts) and, every few steps, tries a Newton step on the
 nonzero coordinates with their signs fixed (for the squared error, one linear solve:
-the exact solution once the zero set is right). It stops when the KKT conditions hold to
-``tol``: :func:`kkt_violation` over the gradient at the null model is at most ``tol``.
+the exact solution once the zero set is right). Cross-entropy (without a group term)
+runs proximal Newton instead: the loss's second-order model plus the L1 term, solved as
+above, then a backtracking line search on the true objective. It stops when the KKT
+conditions hold to ``tol``: :func:`kkt_violation` over the gradient at the null model is
+at most ``tol``.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
