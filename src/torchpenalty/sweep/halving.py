@@ -96,11 +96,11 @@ def run(
         for chunk in chunks(live):
             keys = [(t.i, t.fold) for t in chunk]
             state = join_states([states[k] for k in keys]) if keys[0] in states else None
-            last: dict[str, Any] = {}
+            last: list[Callable[[], dict[str, Any]]] = []
             out, _ = engine.run(chunk, epochs=end, state=state,
-                                on_epoch=lambda e, snap: last.update(snap=snap))  # fmt: skip
-            if "snap" in last:
-                states.update(zip(keys, split_state(last["snap"](), len(chunk)), strict=True))
+                                on_epoch=lambda e, snap, last=last: last.append(snap))  # fmt: skip
+            if last:  # the state after the rung's last epoch, kept per task
+                states.update(zip(keys, split_state(last[-1](), len(chunk)), strict=True))
             recs.update(((r.i, r.fold), r) for r in out)
         stop = _decide(recs, n_se) if end < ends[-1] else {i for i, _ in recs}
         for key, r in recs.items():

@@ -22,7 +22,6 @@ same on a quiet machine and under load.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -34,8 +33,6 @@ from torch import nn
 from .engine import Engine, Task
 
 __all__ = [
-    "PROBE_STACK_S",
-    "ROUNDS",
     "STACK_MARGIN",
     "VectorizePlan",
     "Work",
@@ -44,17 +41,10 @@ __all__ = [
     "choose",
     "memory_seconds",
     "plan_chunks",
-    "probe",
     "step_seconds",
     "sweep_seconds",
     "work_of",
 ]
-
-PROBE_STACK_S = 0.05
-"""Seconds of one-model steps that the probe stacks at most (at least 2 models)."""
-
-ROUNDS = 2
-"""Blocks of steps the probe times for each path, in turn."""
 
 STACK_MARGIN = 0.9
 """Stacking is chosen when its time per model-step is below this fraction of one model's:
@@ -224,13 +214,12 @@ def plan_chunks(
 class VectorizePlan:
     """The plan and why.
 
-    ``stacked_s`` and ``single_s`` are seconds per model per training step: ``chunk_size``
-    models stacked, and one model at a time -- predicted by the cost model
-    (``source="cost model"``, :func:`plan_chunks`) or timed (``source="probe"``,
-    :func:`probe`: the fastest of the timed steps). ``vectorize`` is ``stacked_s <
-    STACK_MARGIN * single_s``; ``probe_s`` is what deciding cost (a calibration measured
-    for this sweep, or the probe's timing; 0 when the calibration was cached);
-    ``reasons`` say what the decision rests on; ``calibration`` names the cached entry."""
+    ``stacked_s`` and ``single_s`` are seconds per model per training step: in chunks of
+    at most ``chunk_size`` models stacked, and one model at a time, as the cost model
+    predicts them (:func:`plan_chunks`). ``vectorize`` is ``stacked_s < STACK_MARGIN *
+    single_s``; ``probe_s`` is what deciding cost (the calibration, when it was measured
+    for this sweep; 0 when it came from the cache); ``reasons`` say what the decision
+    rests on; ``calibration`` names the cache entry; ``work`` is the :class:`Work`."""
 
     vectorize: bool
     chunk_size: int
@@ -285,67 +274,6 @@ def choose(
     n = sum(1 for k in keys if k == common)
     plan = plan_chunks(work_of(engine), cal, engine.forward_kind, n, limit)
     return replace(plan, probe_s=spent, calibration=cal.get("key"))
-
-
-def probe(engine: Engine, tasks: list[Task], chunk_size: int, *, steps: int = 3) -> VectorizePlan:
-    """Time ``steps`` training steps of the first ``chunk_size`` of ``tasks`` stacked, and
-    of one model alone, in :data:`ROUNDS` blocks each, in turn, each block after a warm-up
-    step; keep the faster per model-step by the fastest steps (stacked only by the margin
-    :data:`STACK_MARGIN`).
-
-    The probe trains copies and restores the random state: the sweep's numbers do not
-    depend on it. With one task or a chunk of one model there is nothing to compare and
-    the plan is one at a time (timings NaN).
-
-    >>> import torch
-    >>> from torchpenalty.sweep.engine import Engine, Problem, Task
-    >>> import numpy as np, torchpenalty as tp
-    >>> X = torch.randn(1, 40, 3); Y = torch.randn(1, 40, 1)
-    >>> pb = Problem(X, Y, torch.ones(1, 1), [np.arange(40)], [np.arange(0)], "mse")
-    >>> eng = Engine(lambda: torch.nn.Linear(3, 1), pb, tp.L2(1.0), epochs=1, batch_size=8,
-    ...              optimizer="adam", lr=0.01, mode="grad", seed=0, early_stopping=None)
-    >>> plan = probe(eng, [Task(i, 0, s) for i, s in enumerate([0.1, 1.0, 10.0])], 3)
-    >>> plan.chunk_size, plan.stacked_s > 0, plan.single_s > 0
-    (3, True, True)
-    """
-    # the largest group of tasks the sweep may stack together (see Engine.chunk_keys)
-    keys = engine.chunk_keys(tasks)
-    common = max(dict.fromkeys(keys), key=keys.count)
-    tasks = [t for t, k in zip(tasks, keys, strict=True) if k == common]
-    size = min(chunk_size, len(tasks))
-    if size <= 1:
-        return VectorizePlan(False, 1, math.nan, math.nan, 0.0, 0, source="probe")
-    # torch imports its compiler stack when the first optimizer is built (seconds, once
-    # per process, paid by any training): not the probe's cost
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    t0 = time.perf_counter()
-    single, stacked = [], []
-    with contextlib.ExitStack() as stack:
-        one = stack.enter_context(engine.timed_stepper(tasks[:1]))
-        # a model whose step takes milliseconds is bound by arithmetic, not by per-call
-        # overhead: stacking a few copies is all the probe spends on it, and all that the
-        # sweep then stacks (more copies of wide activations can be slower per model)
-        one()  # warm-up: the first step pays one-time costs
-        m = balanced(len(tasks), min(size, max(2, int(PROBE_STACK_S / one()))))
-        many = stack.enter_context(engine.timed_stepper(tasks[:m]))
-        # blocks in turn (a load that comes and goes on a shared machine falls on both),
-        # each after a step that brings its weights back into the caches (one step right
-        # after a stacked one takes up to twice its time); the fastest step of each path
-        for _ in range(ROUNDS):
-            one()
-            single += [one() for _ in range(steps)]
-            many()
-            stacked += [many() / m for _ in range(steps)]
-    single_s, stacked_s = min(single), min(stacked)
-    return VectorizePlan(
-        vectorize=stacked_s < STACK_MARGIN * single_s,
-        chunk_size=m,
-        stacked_s=stacked_s,
-        single_s=single_s,
-        probe_s=time.perf_counter() - t0,
-        steps=steps,
-        source="probe",
-    )
 
 
 def balanced(n: int, limit: int) -> int:
