@@ -6,24 +6,31 @@ Adam (lr 1e-2), mini-batches of 64, 100 epochs, L2 on the weights (not the biase
 best strength by mean validation MSE, and the refit on all rows at that strength. Timed
 contenders, interleaved (one repetition of each, then the next), median of ``--repeats``:
 
-- ``tp.sweep``: the library (``vectorize="auto"`` where the installed version has it);
+- ``tp.sweep``: the library's default (``vectorize="auto"``: the cost-model plan, whose
+  calibration is measured once before any timing, as a user's first sweep on a machine
+  caches it);
+- ``tp.sweep`` forced: ``vectorize=True`` (every model stacked, chunks of the memory
+  budget) and ``vectorize=False`` (one at a time): the default should be within 1.25x of
+  the better of the two;
 - plain loop: a loop over strengths and folds, one model at a time, written as a user
   would (StandardScaler, ``torch.randperm`` mini-batches, ``Adam(weight_decay=s)`` on the
   weights) -- not our own ``vectorize=False`` path;
-- torch.func recipe: per fold, the strengths' models stacked with
-  ``torch.func.stack_module_state`` and run with ``vmap(functional_call)`` on a shared
-  mini-batch, as in the torch "model ensembling" tutorial, one Adam over the stacked
-  parameters (equal to one Adam per model: Adam is elementwise);
+- torch.func recipe, the strongest a user would write: all (strength, fold) models stacked
+  at once with ``torch.func.stack_module_state`` and run with ``vmap(functional_call)``,
+  each model reading its own fold's mini-batch (folds standardized on their own training
+  rows), one Adam over the stacked parameters (equal to one Adam per model: Adam is
+  elementwise), the L2 term in the loss;
 - skorch + GridSearchCV (when skorch is installed): ``NeuralNetRegressor`` in a pipeline
   after ``StandardScaler``, ``optimizer__weight_decay`` on the grid (timed once unless
   ``--skorch-repeats`` says otherwise: it is the slowest by far).
 
-Everything is timed with ``torch.set_num_threads(1)`` and with the default thread count.
-Printed: seconds (median) and each contender's time divided by ``tp.sweep``'s (the
-slow-down of the alternative; > 1 means ``tp.sweep`` is faster). Widths 256 and 1024 are
-compared with the plain loop only, for ``--wide-epochs`` epochs (default 10: the per-epoch
-cost is what scales). The last table times the closed form (``solver="closed_form"``, a
-linear model with L2 and MSE) against training the same linear model.
+Widths 256 and 1024 are compared with the plain loop and the forced plans, for
+``--wide-epochs`` epochs (default 10: the per-epoch cost is what scales); the digits CNN
+(8x8 images, conv 8 -> pool -> conv 16 -> pool -> linear, cross-entropy) likewise for
+``--cnn-epochs``. ``--load N`` starts N busy processes for the whole run (a loaded
+machine); ``--threads`` picks the thread counts. Printed: seconds (median) and each
+contender's time divided by ``tp.sweep``'s (> 1 means ``tp.sweep`` is faster). The last
+table times the closed form (``solver="closed_form"``) against training a linear model.
 
 Run: ``python benchmarks/sweep_speed.py`` (``--quick`` for a smoke run of a few seconds).
 """
@@ -47,11 +54,6 @@ import torchpenalty as tp
 from torchpenalty.sweep import core as _core
 from torchpenalty.sweep import default_strengths
 
-try:
-    from torchpenalty.sweep.plan import VectorizePlan as _Plan
-except ImportError:  # an older torchpenalty: no probe
-    _Plan = None
-
 SWEEP_PARAMS = inspect.signature(_core.sweep).parameters
 
 
@@ -62,12 +64,13 @@ def mlp(d: int, width: int) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------------------- contenders
-def run_tp(X, y, cfg):
+def run_tp(X, y, cfg, vectorize="auto"):
     kw = {}
-    if "vectorize" in SWEEP_PARAMS and SWEEP_PARAMS["vectorize"].default == "auto":
-        kw["vectorize"] = cfg.get("vectorize", "auto")
+    if "vectorize" in SWEEP_PARAMS:
+        kw["vectorize"] = vectorize
+    make = cfg.get("make") or (lambda: mlp(X.shape[1], cfg["width"]))
     r = tp.sweep(
-        lambda: mlp(X.shape[1], cfg["width"]),
+        make,
         (X, y),
         strengths=cfg["strengths"],
         folds=cfg["folds"],
@@ -80,7 +83,16 @@ def run_tp(X, y, cfg):
         **kw,
     )
     plan = r.settings.get("vectorize_plan")
-    return r.best_strength, plan and str(_Plan(**{k: v for k, v in plan.items() if k != "choice"}))
+    how = plan and f"{plan['choice']}, chunks of {r.settings['chunk_size']}"
+    return r.best_strength, how
+
+
+def run_tp_stacked(X, y, cfg):
+    return run_tp(X, y, cfg, vectorize=True)
+
+
+def run_tp_single(X, y, cfg):
+    return run_tp(X, y, cfg, vectorize=False)
 
 
 def _scaled(X, y, tr):
@@ -131,42 +143,50 @@ def run_loop(X, y, cfg):
 
 
 def run_func(X, y, cfg):
-    """The torch.func model-ensembling recipe: per fold, the strengths' models stacked with
-    ``stack_module_state``, ``vmap(functional_call)`` on a shared mini-batch, autograd
-    through the vmapped forward, one Adam over the stacked parameters."""
+    """The torch.func model-ensembling recipe, all (strength, fold) models at once: stacked
+    with ``stack_module_state``, ``vmap(functional_call)`` over models, each model on its
+    own fold's mini-batch, one Adam over the stacked parameters, L2 in the loss."""
     from torch.func import functional_call, stack_module_state, vmap
 
     torch.manual_seed(0)
     splits = list(KFold(cfg["folds"], shuffle=True, random_state=0).split(X))
-    s = torch.tensor(cfg["strengths"], dtype=torch.float32)
-    scores = torch.zeros(len(s))
-    for tr, va in splits:
-        Xs, Ys, scale = _scaled(X, y, tr)
-        models = [mlp(X.shape[1], cfg["width"]) for _ in range(len(s))]
-        params, buffers = stack_module_state(models)
-        base = copy.deepcopy(models[0]).to("meta")
+    k = len(splits)
+    scaled = [_scaled(X, y, tr) for tr, _ in splits]
+    Xf = torch.stack([a for a, _, _ in scaled])  # (folds, rows, features)
+    Yf = torch.stack([b for _, b, _ in scaled])
+    scale = torch.tensor([c for _, _, c in scaled])
+    m = len(cfg["strengths"]) * k  # model j: strength j // k, fold j % k
+    fold = torch.arange(m) % k
+    s = torch.tensor(cfg["strengths"], dtype=torch.float32).repeat_interleave(k)
+    params, buffers = stack_module_state([mlp(X.shape[1], cfg["width"]) for _ in range(m)])
+    base = mlp(X.shape[1], cfg["width"]).to("meta")
 
-        def fmodel(p, b, x, base=base):
-            return functional_call(base, (p, b), (x,))
+    def fmodel(p, b, x):
+        return functional_call(base, (p, b), (x,))
 
-        ensemble = vmap(fmodel, in_dims=(0, 0, None))
-        weights = [w for n, w in params.items() if n.endswith("weight")]
-        opt = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
-        Xtr, Ytr = Xs[tr], Ys[tr]
-        n = len(Xtr)
-        for _ in range(cfg["epochs"]):
-            perm = torch.randperm(n)
-            for b in range(0, n, cfg["batch"]):
-                i = perm[b : b + cfg["batch"]]
-                out = ensemble(params, buffers, Xtr[i])  # (models, batch, 1)
-                data = (out - Ytr[i]).pow(2).mean((1, 2))
-                l2 = sum(w.pow(2).sum((1, 2)) for w in weights)
-                opt.zero_grad()
-                (data + s / 2 * l2).sum().backward()
-                opt.step()
-        with torch.no_grad():
-            out = ensemble(params, buffers, Xs[va])
-            scores += ((out - Ys[va]) * scale).pow(2).mean((1, 2)) / len(splits)
+    ensemble = vmap(fmodel)
+    weights = [w for n, w in params.items() if n.endswith("weight")]
+    opt = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
+    train = [torch.as_tensor(tr) for tr, _ in splits]
+    n = min(len(t) for t in train)  # equal batches for every fold (drops <= 1 row per epoch)
+    for _ in range(cfg["epochs"]):
+        rows = torch.stack([t[torch.randperm(len(t))[:n]] for t in train])[fold]  # (m, n)
+        for b in range(0, n, cfg["batch"]):
+            i = rows[:, b : b + cfg["batch"]]
+            out = ensemble(params, buffers, Xf[fold[:, None], i])  # (models, batch, 1)
+            data = (out - Yf[fold[:, None], i]).pow(2).mean((1, 2))
+            l2 = sum(w.pow(2).sum((1, 2)) for w in weights)
+            opt.zero_grad()
+            (data + s / 2 * l2).sum().backward()
+            opt.step()
+    scores = torch.zeros(len(cfg["strengths"]))
+    with torch.no_grad():
+        for f, (_, va) in enumerate(splits):
+            sel = fold == f
+            out = vmap(fmodel, in_dims=(0, 0, None))(
+                {n_: p[sel] for n_, p in params.items()}, {}, Xf[f, va]
+            )
+            scores += ((out - Yf[f, va]) * scale[f]).pow(2).mean((1, 2)) / k
     best = cfg["strengths"][int(scores.argmin())]
     Xs, Ys, _ = _scaled(X, y, np.arange(len(X)))
     _train_one(mlp(X.shape[1], cfg["width"]), Xs, Ys, best, cfg)  # refit

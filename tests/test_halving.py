@@ -99,20 +99,87 @@ def test_join_states_refuses_snapshots_of_different_epochs():
 
 
 def test_the_driver_stops_bad_strengths_and_keeps_the_rest_exact():
-    """Strength 100 is hopeless (weights shrunk to nothing): it stops at the first rung;
-    the others train to the end with the records of the full run."""
+    """Strength 100 is hopeless (weights shrunk to nothing): it stops at a rung;
+    the others (the best and its guarded neighbours) train to the end with the records of
+    the full run."""
     eng = engine(epochs=10)
-    grid = [1e-3, 1e-2, 100.0]
+    grid = [1e-3, 1e-2, 2e-2, 3e-2, 100.0]
     tasks = [Task(i, k, s) for i, s in enumerate(grid) for k in range(2)]
     full = {(r.i, r.fold): r for r in eng.run(tasks)[0]}
     seen = []
     done = H.run(eng, tasks, lambda live: [live[j : j + 3] for j in range(0, len(live), 3)],
                  on_rung=lambda d: seen.append(len(d)))  # fmt: skip
     assert set(done) == set(full)
-    assert [done[(2, k)].stopped_epoch for k in range(2)] == [1, 1]
-    assert len(done[(2, 0)].history["val"]) == 1
-    for i in (0, 1):
+    stopped = [done[(4, k)].stopped_epoch for k in range(2)]
+    assert stopped[0] == stopped[1] and stopped[0] in H.rungs(10)[:-1]
+    assert len(done[(4, 0)].history["val"]) == stopped[0]
+    for i in range(4):
         for k in range(2):
             assert done[(i, k)].stopped_epoch is None
             np.testing.assert_allclose(done[(i, k)].val_loss, full[(i, k)].val_loss, rtol=1e-5)
-    assert seen[0] == 2 and seen[-1] == 6  # the checkpoint grows rung by rung
+    assert seen == sorted(seen) and 2 in seen and seen[-1] == 10  # grows rung by rung
+
+
+# ---------------------------------------------------------------------------- tp.sweep
+@pytest.fixture(scope="module")
+def diabetes_sweeps():
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    kw = dict(epochs=20, progress=False, refit=False, vectorize=True)
+    make = lambda: nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))  # noqa: E731
+    return (X, y, make, kw), tp.sweep(make, (X, y), **kw), tp.sweep(make, (X, y), halving=True, **kw)
+
+
+def test_halving_keeps_the_choices_and_trains_fewer_model_epochs(diabetes_sweeps):
+    _, full, half = diabetes_sweeps
+    assert half.best_strength == full.best_strength
+    assert half.strength_1se == full.strength_1se
+    assert half.settings["model_epochs"] < full.settings["model_epochs"] == 13 * 5 * 20
+    stopped = [r for r in half.table if r["stopped_epoch"] is not None]
+    assert stopped and all(r["stopped_epoch"] in H.rungs(20)[:-1] for r in stopped)
+    assert "stopped_epoch" not in full.table[0]
+    assert half.settings["halving"] == {"n_se": H.N_SE, "rungs": H.rungs(20)}
+    for r in half.records:  # the records of the strengths trained to the end are the full run's
+        if r.stopped_epoch is None:
+            f = next(q for q in full.records if (q.i, q.fold) == (r.i, r.fold))
+            np.testing.assert_allclose(r.val_loss, f.val_loss, rtol=1e-5)
+
+
+def test_halving_interrupted_then_resumed_gives_the_same_table(diabetes_sweeps):
+    (X, y, make, kw), _, half = diabetes_sweeps
+    calls = []
+
+    def stop_after_first_rung(state):
+        calls.append(len(state["records"]))
+        if len(calls) == 2:  # the state before training, then after the first rung
+            raise KeyboardInterrupt
+
+    with pytest.raises(tp.SweepInterrupted) as info:
+        tp.sweep(make, (X, y), halving=True, on_chunk=stop_after_first_rung, **kw)
+    state = info.value.state
+    assert 0 < len(state["records"]) < 65
+    again = tp.sweep(make, (X, y), halving=True, resume=state, **kw)
+    assert [r["stopped_epoch"] for r in again.table] == [r["stopped_epoch"] for r in half.table]
+    np.testing.assert_allclose([r["val_loss_mean"] for r in again.table],
+                               [r["val_loss_mean"] for r in half.table], rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="resume must come from a sweep with the same"):
+        tp.sweep(make, (X, y), resume=state, **kw)  # halving is part of the settings
+
+
+@pytest.mark.parametrize(
+    ("strengths", "expected"),
+    [
+        # best 1e-2: 1e-3 below and 0.1, 1 above are guarded, 10 stops
+        ([1e-3, 1e-2, 1e-1, 1.0, 10.0], [False, False, False, False, True]),
+        ([10.0, 1.0, 1e-1, 1e-2, 1e-3], [True, False, False, False, False]),  # any order
+    ],
+)
+def test_the_neighbours_of_the_best_never_stop_unless_diverged(strengths, expected):
+    order = np.argsort(strengths)
+    means = np.array([3.0, 1.0, 3.0, 3.0, 3.0])  # in increasing strength: best is the 2nd
+    val = np.empty((5, 3))
+    val[order] = means[:, None] + np.array([-0.01, 0.0, 0.01])
+    assert H.to_stop(val, 3.0, strengths).tolist() == expected
+    val[order[2], 0] = np.nan  # a diverged neighbour stops
+    assert H.to_stop(val, 3.0, strengths)[order[2]]

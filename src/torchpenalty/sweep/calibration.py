@@ -52,7 +52,7 @@ CALIBRATION_VERSION = 1
 STACK = 8
 """Models stacked in the stacked calibration steps."""
 
-ROUNDS, STEPS = 3, 4
+ROUNDS, STEPS = 3, 3
 """Each configuration is timed in ``ROUNDS`` blocks (taken in turn) of ``STEPS`` steps."""
 
 
@@ -157,8 +157,8 @@ def _mlp(width: int, depth: int, d_in: int) -> Callable[[], nn.Module]:
 
 
 def _cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(16 * 8 * 8, 1))  # fmt: skip
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 8 * 8, 1))  # fmt: skip
 
 
 def _engine(make: Callable[[], nn.Module], x_shape: tuple[int, ...], batch: int, forward: str,
@@ -196,7 +196,7 @@ def _configs(kind: str) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, .
         "wide_b128": (_mlp(192, 2, 192), (192,), 64),
     }
     if kind == "vmap":
-        out["conv"] = (_cnn, (3, 8, 8), 32)
+        out["conv"] = (_cnn, (3, 8, 8), 16)
     return out
 
 

@@ -120,7 +120,7 @@ def memory_seconds(work: Work, curve: list[list[float]], m: int = 1) -> float:
     ``work.bytes`` times the seconds per byte of ``curve`` (``[[bytes, s/byte], ...]``,
     interpolated log-log, flat beyond its ends) at ``m * work.working_set`` bytes.
 
-    >>> memory_seconds(Work(1, 1000, 0, 0, 1), [[1e3, 1e-11], [1e6, 1e-10]], m=1)
+    >>> memory_seconds(Work(1, 1000, 0, 0, 1), [[1e5, 1e-11], [1e6, 1e-10]], m=1)
     3.2e-07
     """
     xs = [math.log(x) for x, _ in curve]
