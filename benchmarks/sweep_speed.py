@@ -38,7 +38,6 @@ Run: ``python benchmarks/sweep_speed.py`` (``--quick`` for a smoke run of a few 
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import statistics
 import time

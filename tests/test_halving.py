@@ -128,7 +128,11 @@ def diabetes_sweeps():
     X, y = load_diabetes(return_X_y=True)
     kw = dict(epochs=20, progress=False, refit=False, vectorize=True)
     make = lambda: nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))  # noqa: E731
-    return (X, y, make, kw), tp.sweep(make, (X, y), **kw), tp.sweep(make, (X, y), halving=True, **kw)
+    return (
+        (X, y, make, kw),
+        tp.sweep(make, (X, y), **kw),
+        tp.sweep(make, (X, y), halving=True, **kw),
+    )
 
 
 def test_halving_keeps_the_choices_and_trains_fewer_model_epochs(diabetes_sweeps):

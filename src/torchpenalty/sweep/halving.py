@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GUARD", "N_SE", "WARMUP", "rungs", "run", "to_stop"]
+__all__ = ["GUARD", "N_SE", "WARMUP", "run", "rungs", "to_stop"]
 
 N_SE = 3.0
 """A strength stops when its mean validation loss is more than this many standard errors
