@@ -103,7 +103,7 @@ def _scaled(X, y, tr):
     )
 
 
-def _train_one(model, Xt, Yt, s, cfg):
+def _train_one(model, Xt, Yt, s, cfg, loss=nn.functional.mse_loss):
     """The loop a user writes: Adam with weight decay on the weights, shuffled batches."""
     decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
     rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
@@ -116,9 +116,9 @@ def _train_one(model, Xt, Yt, s, cfg):
         perm = torch.randperm(n)
         for b in range(0, n, cfg["batch"]):
             i = perm[b : b + cfg["batch"]]
-            loss = nn.functional.mse_loss(model(Xt[i]), Yt[i])
+            value = loss(model(Xt[i]), Yt[i])
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
     return model
 
@@ -283,70 +283,160 @@ def table(title, med, chosen, ref="tp.sweep"):
         print(f"  {name:34s} {t:8.3f} s   {ratio:7.2f}x tp.sweep's time   best {best:g}{extra}")
 
 
+def cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 10),
+    )  # fmt: skip
+
+
+def run_cnn_loop(X, y, cfg):
+    """The plain loop for the digits CNN: one model per (strength, fold), Adam with weight
+    decay on the weights, shuffled batches, cross-entropy."""
+    from sklearn.model_selection import StratifiedKFold
+
+    torch.manual_seed(0)
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    splits = list(StratifiedKFold(cfg["folds"], shuffle=True, random_state=0).split(X, y))
+    scores = []
+    for s in cfg["strengths"]:
+        losses = []
+        for tr, va in splits:
+            model = _train_one(cnn(), Xt[tr], yt[tr], s, cfg, loss=nn.functional.cross_entropy)
+            with torch.no_grad():
+                losses.append(float(nn.functional.cross_entropy(model(Xt[va]), yt[va])))
+        scores.append(np.mean(losses))
+    best = cfg["strengths"][int(np.argmin(scores))]
+    _train_one(cnn(), Xt, yt, best, cfg, loss=nn.functional.cross_entropy)  # refit
+    return best, None
+
+
+def run_cnn_tp(X, y, cfg, vectorize="auto"):
+    return run_tp(X, y, dict(cfg, make=cnn), vectorize)
+
+
+def busy(n: int) -> list:
+    """``n`` processes that keep a core busy each (a loaded machine), until killed."""
+    import subprocess
+    import sys
+
+    code = "while True:\n    pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def _contenders(skorch_ok: bool, args) -> dict:
+    out = {
+        "tp.sweep": run_tp,
+        "tp.sweep vectorize=True": run_tp_stacked,
+        "tp.sweep vectorize=False": run_tp_single,
+        "plain loop": run_loop,
+        "torch.func recipe (all models, vmap)": run_func,
+    }
+    if skorch_ok and not args.no_skorch:
+        out["skorch + GridSearchCV"] = run_skorch
+    return out
+
+
+def _tables(cfg, widths, repeats, args, skorch_ok, tag, out):
+    """The tables of one thread setting: width 32 (every contender), wide MLPs and the
+    digits CNN (the library's plans and the plain loop), the closed form."""
+    X, y = load_diabetes(return_X_y=True)
+    if not args.only_wide:
+        once = () if args.skorch_repeats > 1 else ("skorch + GridSearchCV",)
+        med, chosen = race(_contenders(skorch_ok, args), X, y, cfg, repeats, once)
+        table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
+        out[(tag, 32)] = med
+    pair = {"tp.sweep": run_tp, "tp.sweep vectorize=True": run_tp_stacked,
+            "tp.sweep vectorize=False": run_tp_single, "plain loop": run_loop}  # fmt: skip
+    for w in widths:
+        wcfg = dict(cfg, width=w, epochs=args.wide_epochs)
+        med, chosen = race(pair, X, y, wcfg, repeats)
+        table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
+        out[(tag, w)] = med
+    if args.cnn_epochs:
+        from sklearn.datasets import load_digits
+
+        Xg, yg = load_digits(return_X_y=True)
+        images = (Xg / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+        ccfg = dict(cfg, epochs=args.cnn_epochs)
+        quad = {"tp.sweep": run_cnn_tp,
+                "tp.sweep vectorize=True": lambda X, y, c: run_cnn_tp(X, y, c, True),
+                "tp.sweep vectorize=False": lambda X, y, c: run_cnn_tp(X, y, c, False),
+                "plain loop": run_cnn_loop}  # fmt: skip
+        med, chosen = race(quad, images, yg, ccfg, repeats)
+        table(f"[{tag}] digits CNN, {ccfg['epochs']} epochs", med, chosen)
+        out[(tag, "cnn")] = med
+    if "solver" in SWEEP_PARAMS and not args.no_linear:
+        lcfg = dict(cfg, epochs=20 if args.quick else 1000)
+        lin = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
+               run_linear_train}  # fmt: skip
+        med, chosen = race(lin, X, y, lcfg, repeats)
+        table(f"[{tag}] linear model, L2, MSE: closed form vs training", med, chosen)
+        out[(tag, "linear")] = med
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny grid, 2 epochs")
     ap.add_argument("--repeats", type=int, default=3, help="timings per contender (median)")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--wide-epochs", type=int, default=10, help="epochs at widths 256, 1024")
+    ap.add_argument("--cnn-epochs", type=int, default=10, help="digits CNN epochs (0: none)")
     ap.add_argument("--widths", default="256,1024", help="wide MLPs against the plain loop")
     ap.add_argument("--no-skorch", action="store_true", help="leave skorch out (slow)")
     ap.add_argument("--skorch-repeats", type=int, default=1, help="skorch runs (1 or repeats)")
-    ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs")
+    ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs and the CNN")
     ap.add_argument("--no-linear", action="store_true", help="leave out the closed-form table")
     ap.add_argument("--threads", default="1,default", help="thread settings to time")
+    ap.add_argument("--load", type=int, default=0, help="busy processes during the run")
     args = ap.parse_args(argv)
-    X, y = load_diabetes(return_X_y=True)
     cfg = dict(width=32, strengths=default_strengths(), folds=5, epochs=args.epochs,
                batch=64, lr=1e-2)  # fmt: skip
     widths = [int(w) for w in args.widths.split(",") if w]
     repeats = args.repeats
     if args.quick:
         cfg.update(strengths=[1e-3, 1e-1, 10.0], folds=3, epochs=2)
-        widths, repeats, args.wide_epochs = [256], 1, 1
-    contenders = {
-        "tp.sweep": run_tp,
-        "plain loop": run_loop,
-        "torch.func recipe (vmap)": run_func,
-    }
+        widths, repeats, args.wide_epochs, args.cnn_epochs = [256], 1, 1, 1
     try:
         import skorch  # noqa: F401
 
-        if not args.no_skorch:
-            contenders["skorch + GridSearchCV"] = run_skorch
+        skorch_ok = True
     except ImportError:
+        skorch_ok = False
         print("note: skorch is not installed; its row is skipped (pip install skorch)")
     default_threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}; {len(cfg['strengths'])} strengths x {cfg['folds']} "
-          f"folds, diabetes ({len(X)} rows), Adam lr {cfg['lr']}, batch {cfg['batch']}, "
-          f"refit included; median of {repeats}")  # fmt: skip
-    run_tp(X, y, dict(cfg, strengths=cfg["strengths"][:2], epochs=1))  # warm-up
-    run_func(X, y, dict(cfg, strengths=cfg["strengths"][:2], epochs=1))
-    out = {}
     counts = [default_threads if th == "default" else int(th) for th in args.threads.split(",")]
-    for n in dict.fromkeys(counts):  # in order, without repeats
-        torch.set_num_threads(n)
-        tag = f"{n} thread{'s' if n > 1 else ''}"
-        if not args.only_wide:
-            once = () if args.skorch_repeats > 1 else ("skorch + GridSearchCV",)
-            med, chosen = race(contenders, X, y, cfg, repeats, once)
-            table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
-            out[(tag, 32)] = med
-        for w in widths:
-            wcfg = dict(cfg, width=w, epochs=args.wide_epochs)
-            pair = {"tp.sweep": run_tp, "plain loop": run_loop}
-            med, chosen = race(pair, X, y, wcfg, repeats)
-            table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
-            out[(tag, w)] = med
-        if "solver" in SWEEP_PARAMS and not args.no_linear:
-            lcfg = dict(cfg, epochs=20 if args.quick else 1000)
-            pair = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
-                    run_linear_train}  # fmt: skip
-            med, chosen = race(pair, X, y, lcfg, repeats)
-            table(f"[{tag}] linear model, L2, MSE: closed form vs training", med, chosen)
-            out[(tag, "linear")] = med
-    torch.set_num_threads(default_threads)
+    print(f"torch {torch.__version__}; {len(cfg['strengths'])} strengths x {cfg['folds']} "
+          f"folds, Adam lr {cfg['lr']}, batch {cfg['batch']}, refit included; median of "
+          f"{repeats}; {args.load} busy processes")  # fmt: skip
+    procs = busy(args.load)
+    try:
+        out = {}
+        for n in dict.fromkeys(counts):  # in order, without repeats
+            torch.set_num_threads(n)
+            _warm_up(cfg)
+            _tables(cfg, widths, repeats, args, skorch_ok, f"{n} thread{'s' * (n > 1)}", out)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        torch.set_num_threads(default_threads)
     return out
+
+
+def _warm_up(cfg):
+    """torch's one-time costs and the plan's calibration for this thread count (a user's
+    first sweep on a machine measures and caches it), outside every timing."""
+    from torchpenalty.sweep.calibration import calibrate
+
+    X, y = load_diabetes(return_X_y=True)
+    calibrate("cpu")
+    small = dict(cfg, strengths=cfg["strengths"][:2], epochs=1)
+    run_tp(X, y, small)
+    run_func(X, y, small)
+    images = torch.zeros(40, 1, 8, 8)
+    run_cnn_tp(images, np.arange(40) % 4, small)  # vmap's first use
 
 
 if __name__ == "__main__":

@@ -121,7 +121,13 @@ def train_chunk(spec: bytes, tasks: list[tuple[int, int, float]]) -> list[dict[s
 
 def workers(executor: Any) -> int | None:
     """How many chunks ``executor`` runs at once, where it says (a ``concurrent.futures``
-    pool's ``_max_workers``, a Dask executor's client threads); None when it does not."""
+    pool's ``_max_workers``, a Dask executor's client threads); None when it does not.
+
+    >>> from concurrent.futures import ThreadPoolExecutor
+    >>> with ThreadPoolExecutor(3) as ex:
+    ...     workers(ex), workers(object())
+    (3, None)
+    """
     n = getattr(executor, "_max_workers", None)
     if isinstance(n, int):
         return n
