@@ -182,15 +182,10 @@ def _sweep_parser(sub: Any) -> None:
                    help="strength to refit on all the data (default: best)")  # fmt: skip
     t.add_argument("--seed", type=int, help="0 .. 2**32-1 (default: 0)")
     t.add_argument("--no-vectorize", action="store_true", default=None,
-                   help="train one model at a time (default: the faster of stacked and "
-                   "one at a time, timed on a few steps)")  # fmt: skip
+                   help="train one model at a time (default: stacked or one at a time, "
+                   "as a cost model calibrated for this device predicts faster)")  # fmt: skip
     t.add_argument("--device", help="where to train: cpu (default), cuda, cuda:1, ...")
-    # issue #17: chunks of stacked models on other processes (not saved with the run)
-    t.add_argument("--workers", type=int, metavar="N",
-                   help="train chunks in N local processes (default: this process)")  # fmt: skip
-    t.add_argument("--executor", metavar="MODULE:FACTORY",
-                   help="train chunks on FACTORY(), a concurrent.futures-style executor "
-                   "(e.g. Dask's client.get_executor()); MODULE is imported only then")  # fmt: skip
+    _executor_options(t)
     o = s.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="report folder (default: runs/<timestamp>/)")
     o.add_argument("--resume", metavar="DIR",
@@ -198,6 +193,15 @@ def _sweep_parser(sub: Any) -> None:
     o.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out")  # fmt: skip
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _executor_options(group: Any) -> None:
+    """Issue #17: chunks of stacked models on other processes (not saved with the run)."""
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="train chunks in N local processes (default: this process)")  # fmt: skip
+    group.add_argument("--executor", metavar="MODULE:FACTORY",
+                       help="train chunks on FACTORY(), a concurrent.futures-style executor "
+                       "(e.g. Dask's client.get_executor()); MODULE is imported only then")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- settings

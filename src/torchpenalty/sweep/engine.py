@@ -450,7 +450,7 @@ class Engine:
         """A function that takes one training step of ``tasks`` stacked together and
         returns its seconds, valid inside the block. It trains copies (nothing is kept)
         and the random state is restored on leaving. Two steppers open at once can be
-        called in turn: what :func:`torchpenalty.sweep.plan.probe` interleaves."""
+        called in turn (:mod:`torchpenalty.sweep.calibration` times its steps so)."""
         dev = self.device
         folds, strengths, params, buffers = self._stacked(tasks)
         live = {**params, **buffers}
