@@ -398,6 +398,7 @@ def main(argv=None):
     if args.quick:
         cfg.update(strengths=[1e-3, 1e-1, 10.0], folds=3, epochs=2)
         widths, repeats, args.wide_epochs, args.cnn_epochs = [256], 1, 1, 1
+        args.threads = "1"
     try:
         import skorch  # noqa: F401
 
