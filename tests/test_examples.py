@@ -60,6 +60,7 @@ def test_torchrun_examples(script, last_lines):
         ("benchmarks/engine_step.py", "x"),
         ("benchmarks/sweep_stream.py", "of stacked"),
         ("benchmarks/halving.py", "model-epochs saved"),
+        ("benchmarks/convex.py", "sk/ours"),
     ],
 )
 def test_benchmarks_quick(script, marker):
