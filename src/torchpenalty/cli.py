@@ -286,6 +286,35 @@ def _penalty(args: dict[str, Any]) -> Any:
     return pen
 
 
+def _import_penalty_module(spec: Any, named: bool, run: str | None) -> None:
+    """Import the module of a user penalty ``module:Class`` before the sweep looks it up.
+    Typed on this command line (``named``): with the working directory last on
+    ``sys.path``. Read from the settings of a run being resumed: never from the working
+    directory, the run folder or the folder holding it (a file there may be anyone's),
+    only from installed packages; else the user must name it again with ``--penalty``."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return
+    mod_name = spec.partition(":")[0]
+    if not _MODULE.fullmatch(mod_name):
+        return  # the sweep's own check says what is wrong with it
+    if named or run is None:
+        with _cwd_last():
+            _import_named(mod_name, "--penalty: ")
+        return
+    import importlib.machinery
+
+    top = mod_name.split(".")[0]
+    path = _path_without(os.getcwd(), run, os.path.dirname(os.path.abspath(run)))
+    known = top in sys.modules or top in sys.builtin_module_names
+    if not known and importlib.machinery.PathFinder.find_spec(top, path) is None:
+        raise CLIError(
+            f"--resume {_shown(run)}: its penalty {spec} is imported only when installed or "
+            f"named (never from a run or working folder): add --penalty {spec}"
+        )
+    with _search_path(path):
+        _import_named(mod_name, "--penalty: ")
+
+
 def _sweep_call(args: dict[str, Any], ds: Any, quiet: bool) -> tuple[Any, tuple, dict]:
     """The arguments of ``tp.sweep`` for these settings and data."""
     import numpy as np
@@ -404,6 +433,7 @@ def _run_folder(out: str, resume: bool, overwrite: bool) -> Iterator[None]:
 def cmd_sweep(ns: argparse.Namespace) -> int:
     saved, state = _resumed(ns.resume) if ns.resume else (None, None)
     args = _settings(ns, None if saved is None else saved["inputs"])
+    _import_penalty_module(args["penalty"], ns.penalty is not None, ns.resume)
     ds = _load_data(args)
     make, data, options = _sweep_call(args, ds, ns.quiet)
     from .sweep.core import validate
@@ -594,21 +624,58 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
+def _shown(path: Any, limit: int = 48) -> str:
+    """``path`` as the user typed it, or its last parts when that is long (messages stay
+    one short line)."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    parts = text.rstrip(os.sep).split(os.sep)
+    return "..." + os.sep + os.sep.join(parts[-2:])[-(limit - 4) :]
+
+
+def _path_without(*folders: str) -> list[str]:
+    """``sys.path`` less every entry that is one of ``folders`` (``""`` is the working
+    directory)."""
+    drop = {os.path.realpath(f) for f in folders}
+    return [p for p in sys.path if os.path.realpath(p or ".") not in drop]
+
+
 @contextlib.contextmanager
-def _cwd_last() -> Iterator[None]:
-    """The working directory moved to the end of ``sys.path`` (restored after): a file
-    there such as ``torch.py`` never shadows an installed package."""
-    cwd = os.getcwd()
+def _search_path(path: list[str]) -> Iterator[None]:
+    """``sys.path`` replaced by ``path`` (restored after)."""
     saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != cwd] + [cwd]
+    sys.path[:] = path
     try:
         yield
     finally:
         sys.path[:] = saved
 
 
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+def _cwd_last() -> contextlib.AbstractContextManager[None]:
+    """The working directory last on ``sys.path``: for a module the user names on the
+    command line (``explain MODULE:FACTORY``, ``--penalty module:Class``) and nothing else;
+    a file there such as ``torch.py`` never shadows an installed package."""
+    cwd = os.getcwd()
+    return _search_path([*_path_without(cwd), cwd])
+
+
+def _import_named(mod_name: str, prefix: str = "") -> Any:
+    """Import ``mod_name``, a module the user named; one line if it fails."""
+    try:
+        return importlib.import_module(mod_name)
+    except ImportError as e:
+        text = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CLIError(f"{prefix}cannot import {mod_name!r}: {text}") from None
+    except (Exception, SystemExit) as e:
+        raise CLIError(
+            f"{prefix}cannot import {mod_name!r}: it raised {_first_line(e, 120)}"
+        ) from None
+
+
+def _first_line(e: BaseException, limit: int = 150) -> str:
+    text = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _import_factory(target: str) -> Callable[[], Any]:
@@ -616,12 +683,8 @@ def _import_factory(target: str) -> Callable[[], Any]:
     if not sep or not _MODULE.fullmatch(mod_name) or not fn_name.isidentifier():
         raise CLIError(f"explain needs MODULE:FACTORY (a dotted module name and a function "
                        f"name, e.g. mymodels:make), got {target!r}")  # fmt: skip
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise CLIError(f"cannot import {mod_name!r}: {e}") from None
-    except (Exception, SystemExit) as e:
-        raise CLIError(f"cannot import {mod_name!r}: it raised {_first_line(e)}") from None
+    with _cwd_last():
+        module = _import_named(mod_name)
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise CLIError(f"{mod_name!r} has no callable {fn_name!r}")
@@ -676,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        with _cwd_last(), _one_line_warnings():
+        # nothing is imported from the working directory unless the user names it
+        with _search_path(_path_without(os.getcwd())), _one_line_warnings():
             commands = {"sweep": cmd_sweep, "predict": cmd_predict, "explain": cmd_explain}
             return commands[ns.command](ns)
     except CLIError as e:
