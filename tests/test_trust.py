@@ -142,3 +142,106 @@ def test_python_m_takes_the_working_directory_off_sys_path(tmp_path, name):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------- 2. files
+def _finished(tmp_path, capsys, name="run", extra=()):
+    data = tmp_path / "d.csv" if (tmp_path / "d.csv").exists() else _data(tmp_path)
+    out = tmp_path / name
+    code, _, err = run(["sweep", *QUICK, "--data", data, "--out", out, *extra], capsys)
+    assert code == 0, err
+    return out, data
+
+
+def _listing(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+def test_only_our_temporary_files_of_dead_processes_are_removed(tmp_path, capsys):
+    """A user's ``.tmp-*`` files survive a run and a refused run; a leftover under our
+    temporary name of a process that is gone is removed; one of a live process stays."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    from torchpenalty import report
+
+    mine = {".tmp-notes": b"user", ".tmp-abc123": b"user", f"{report.TMP_PREFIX}x": b"user",
+            f"{report.TMP_PREFIX}1-0123456789abcdef": b"pid 1 is alive"}  # fmt: skip
+    for name, content in mine.items():
+        (out / name).write_bytes(content)
+    (out / f"{report.TMP_PREFIX}{dead.pid}-0123456789abcdef").write_bytes(b"leftover")
+    _finished(tmp_path, capsys)
+    assert {n: (out / n).read_bytes() for n in mine} == mine
+    assert not (out / f"{report.TMP_PREFIX}{dead.pid}-0123456789abcdef").exists()
+    data = tmp_path / "d.csv"
+    code, _, err = run(["sweep", *QUICK, "--data", data, "--out", out], capsys)  # refused
+    assert code == 2 and "holds a run already" in err
+    assert {n: (out / n).read_bytes() for n in mine} == mine
+
+
+def test_overwrite_removes_only_files_the_manifest_vouches_for(tmp_path, capsys):
+    out, data = _finished(tmp_path, capsys)
+    from torchpenalty import report
+
+    manifest = report.read_manifest(str(out))
+    assert set(manifest) == set(report.RUN_FILES) - {report.CHECKPOINT} | {report.CHECKPOINT}
+    assert report.foreign_files(str(out)) == []
+    (out / "notes.txt").write_text("mine")
+    # a run file replaced by the user's own: --overwrite refuses and removes nothing
+    (out / "model.pt").write_bytes(b"my own model")
+    before = _listing(out)
+    code, _, err = run(["sweep", *QUICK, "--data", data, "--out", out, "--overwrite"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "its model.pt was not written by" in lines[0], err
+    assert _listing(out) == before
+    (out / "model.pt").unlink()
+    code, _, err = run(["sweep", *QUICK, "--data", data, "--out", out, "--overwrite"], capsys)
+    assert code == 0, err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "report.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("name", ["report.json", "sweep.csv", "model.pt"])
+def test_a_folder_with_someone_elses_run_file_is_never_written_over(tmp_path, capsys, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text("not a torchpenalty file")
+    data = _data(tmp_path)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(["sweep", *QUICK, "--data", data, "--out", out, *extra], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and name in lines[0], err
+        assert (out / name).read_text() == "not a torchpenalty file"
+        assert sorted(os.listdir(out)) == [name]
+
+
+def test_predict_out_never_replaces_data_run_files_or_existing_files(tmp_path, capsys):
+    out, data = _finished(tmp_path, capsys)
+    other, _ = _finished(tmp_path, capsys, "other")
+    before = {p: p.read_bytes() for p in [data, *out.iterdir(), *other.iterdir()]}
+    existing = tmp_path / "old.csv"
+    existing.write_text("keep")
+    cases = [
+        (data, "is the --data file"),
+        (out / "report.json", "is in a run folder"),
+        (out / "new.csv", "is in a run folder"),
+        (other / "model.pt", "is in a run folder"),
+        (other / "new.csv", "is in a run folder"),
+        (tmp_path, "is a folder"),
+        (existing, "exists: add --overwrite"),
+    ]
+    for target, message in cases:
+        for extra in ([], ["--overwrite"]):
+            if message.startswith("exists") and extra:
+                continue
+            code, _, err = run(["predict", out, "--data", data, "--out", target, *extra], capsys)
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and message in lines[0], (target, err)
+    assert {p: p.read_bytes() for p in before} == before and existing.read_text() == "keep"
+    code, _, err = run(["predict", out, "--data", data, "--out", existing, "--overwrite"], capsys)
+    assert code == 0, err
+    assert existing.read_text().startswith("prediction\n")
+    fresh = tmp_path / "fresh.csv"
+    assert run(["predict", out, "--data", data, "--out", fresh], capsys)[0] == 0
+    assert fresh.read_text() == existing.read_text()

@@ -117,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("folder", metavar="FOLDER")
     pr.add_argument("--data", metavar="FILE", required=True,
                     help="a .csv or .csv.gz with the training data's feature columns, or a .npz with X")  # fmt: skip
-    pr.add_argument("--out", metavar="FILE", help="write predictions.csv here (default: stdout)")
+    pr.add_argument("--out", metavar="FILE", help="write the predictions (CSV) to this new "
+                    "file (default: stdout); never a file of a run folder or the data")  # fmt: skip
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace --out if it exists (still never a run's file or the data)")  # fmt: skip
     e = sub.add_parser(
         "explain",
         help="show which parameters of a model are regularized, and why",
@@ -253,7 +256,12 @@ def _load_data(args: dict[str, Any]) -> Any:
             groups=args["groups"],
         )  # fmt: skip
     except data_mod.DataError as e:
-        raise CLIError(("--" if str(e).startswith("groups ") else "") + str(e)) from None
+        raise CLIError(("--" if str(e).startswith("groups ") else "") + _for_cli(e)) from None
+
+
+def _for_cli(e: Exception) -> str:
+    """A data error's message without its Python-only hint (the CLI has no encoding=)."""
+    return str(e).replace(" (or pass encoding=, e.g. 'latin-1')", "")
 
 
 def _test_data(args: dict[str, Any], ds: Any) -> tuple | None:
@@ -409,24 +417,45 @@ def _run_folder(out: str, resume: bool, overwrite: bool) -> Iterator[None]:
     from . import report
 
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out} is a file, not a folder")
+        raise CLIError(f"--out {_shown(out)} is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+        raise CLIError(
+            f"--out {_shown(out)}: cannot create the folder ({e.strerror or e})"
+        ) from None
     try:
         with report.RunLock(out):
             report.remove_temporaries(out)  # left by a process killed mid-write
-            if not resume and report.holds_run(out):
-                if not overwrite:
-                    raise CLIError(f"--out {out} holds a run already: continue it with "
-                                   "--resume, or replace it with --overwrite")  # fmt: skip
-                for name in report.RUN_FILES:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(out, name))
+            if not resume:
+                _clear_for_new_run(out, overwrite)
             yield
     except report.ReportError as e:
-        raise CLIError(str(e)) from None
+        text = str(e)
+        raise CLIError(
+            f"--out {_shown(out)}: {text}" if text.startswith("its ") else text
+        ) from None
+
+
+def _clear_for_new_run(out: str, overwrite: bool) -> None:
+    """A new run in ``out``: refuse a folder holding a run unless ``overwrite``, which
+    removes the run's own files only (as its manifest vouches); refuse a file under a
+    run file's name that no run wrote (it would be overwritten)."""
+    from . import report
+
+    shown = _shown(out)
+    foreign = report.foreign_files(out)
+    if foreign:  # someone else's file (or a run's file changed since): never written over
+        raise CLIError(f"--out {shown}: its {foreign[0]} was not written by a torchpenalty "
+                       "run (or changed since): move it away or choose another --out")  # fmt: skip
+    if report.holds_run(out):
+        if not overwrite:
+            raise CLIError(f"--out {shown} holds a run already: continue it with --resume, "
+                           "or replace it with --overwrite")  # fmt: skip
+        try:
+            report.remove_run(out)
+        except report.ReportError as e:
+            raise CLIError(f"--out {shown}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- sweep
@@ -547,63 +576,60 @@ def _print_summary(result: Any, select: str, out: str) -> None:
 # ---------------------------------------------------------------------------- predict
 def _features(path: str, names: list[str]) -> Any:
     """The columns ``names`` of a CSV (other columns, such as the target, are ignored)
-    or the array X of an NPZ file, as float64."""
-    import csv as csv_mod
-
-    import numpy as np
-
+    or the array X of an NPZ file, as float64 (:func:`torchpenalty.data.read_features`)."""
     from . import data as data_mod
 
-    if path.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z.files:
-                raise CLIError(f"--data {path}: no array 'X' (it holds {sorted(z.files)})")
-            X = z["X"]
-        if X.ndim != 2 or X.shape[1] != len(names) or X.dtype.kind not in "biuf":
-            raise CLIError(f"--data {path}: X must be numeric of shape (rows, {len(names)}), "
-                           f"got {X.dtype} {X.shape}")  # fmt: skip
-        return X.astype(np.float64)
     try:
-        with open(path, "rb") as f:
-            text = data_mod.decode_csv(f.read(), path)
+        return data_mod.read_features(path, names)
     except data_mod.DataError as e:
-        raise CLIError(str(e)) from None
-    rows = list(csv_mod.reader(text.splitlines()))
-    if not rows:
-        raise CLIError(f"--data {path}: the CSV file is empty")
-    header = [h.strip() for h in rows[0]]
-    missing = [n for n in names if n not in header]
-    if missing:
-        raise CLIError(f"--data {path}: missing feature columns {missing}")
-    cols = [header.index(n) for n in names]
-    X = np.empty((len(rows) - 1, len(names)))
-    for i, rec in enumerate(rows[1:]):
-        for j, c in enumerate(cols):
-            try:
-                X[i, j] = float(rec[c])
-            except (ValueError, IndexError):
-                cell = rec[c] if c < len(rec) else ""
-                raise CLIError(
-                    f"row {i + 2}, column {names[j]!r}: {cell!r} is not a number"
-                ) from None
-    if not np.isfinite(X).all():
-        r, c = np.argwhere(~np.isfinite(X))[0]
-        raise CLIError(f"row {r + 2}, column {names[c]!r}: not a finite number")
-    return X
+        text = _for_cli(e)
+        raise CLIError(text if path in text else f"--data {_shown(path)}: {text}") from None
+
+
+def _check_predict_out(ns: argparse.Namespace) -> None:
+    """``predict --out``: a new file, or an existing one with ``--overwrite``; never a
+    folder, the ``--data`` file, or any file in a run folder (``FOLDER`` or another)."""
+    from . import report
+
+    out, shown = ns.out, _shown(ns.out)
+    if os.path.isdir(out):
+        raise CLIError(f"--out {shown} is a folder: give a file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.lexists(ns.data) and os.path.lexists(out) and os.path.samefile(out, ns.data):
+        raise CLIError(f"--out {shown} is the --data file: write the predictions elsewhere")
+    in_run = os.path.realpath(parent) == os.path.realpath(ns.folder) or report.holds_run(parent)
+    if in_run or os.path.lexists(os.path.join(parent, report.MANIFEST)):
+        raise CLIError(f"--out {shown} is in a run folder: write the predictions elsewhere")
+    if os.path.lexists(out) and not ns.overwrite:
+        raise CLIError(f"--out {shown} exists: add --overwrite to replace it")
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
     from . import report
 
+    if ns.out:
+        _check_predict_out(ns)
     try:
         result = report.load_sweep(ns.folder)
         saved = report.load_report(ns.folder)
     except report.ReportError as e:
-        raise CLIError(f"{ns.folder}: {e}") from None
+        raise CLIError(f"{_shown(ns.folder)}: {e}") from None
     if result.model is None:
-        raise CLIError(f"{ns.folder}: the run has no refit model (every strength diverged)")
-    X = _features(ns.data, saved["data"]["features"])
-    pred = result.predict(X)
+        raise CLIError(f"{_shown(ns.folder)}: the run has no refit model (every strength diverged)")
+    names = (
+        (saved.get("data") or {}).get("features") if isinstance(saved.get("data"), dict) else None
+    )
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise CLIError(f"{_shown(ns.folder)}: report.json has no feature names (data.features)")
+    X = _features(ns.data, names)
+    try:
+        pred = result.predict(X)
+    except ValueError as e:  # a value the model's dtype cannot take: named by its column
+        m = re.match(r"X column (\d+): (.*)", str(e))
+        if not m or int(m.group(1)) >= len(names):
+            raise CLIError(f"--data {_shown(ns.data)}: {e}") from None
+        raise CLIError(f"--data {_shown(ns.data)}: column {names[int(m.group(1))]!r}: "
+                       f"{m.group(2)}") from None  # fmt: skip
     wide = pred.ndim == 2
     names = [f"prediction_{j}" for j in range(pred.shape[1])] if wide else ["prediction"]
     lines = [",".join(names)]
@@ -624,7 +650,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def _shown(path: Any, limit: int = 48) -> str:
+def _shown(path: Any, limit: int = 100) -> str:
     """``path`` as the user typed it, or its last parts when that is long (messages stay
     one short line)."""
     text = str(path)
@@ -632,6 +658,15 @@ def _shown(path: Any, limit: int = 48) -> str:
         return text
     parts = text.rstrip(os.sep).split(os.sep)
     return "..." + os.sep + os.sep.join(parts[-2:])[-(limit - 4) :]
+
+
+def _one_line(text: str, limit: int = 178) -> str:
+    """The first line of ``text``; past ``limit`` characters its middle gives way to
+    ``...`` (the start says what is wrong, the end what was given)."""
+    line = (text.strip().splitlines() or [""])[0]
+    if len(line) > limit:  # long paths first give way to their last two parts
+        line = re.sub(r"/[^\s:'\"]{40,}", lambda m: _shown(m.group(0), 40), line)
+    return line if len(line) <= limit else line[: limit - 60] + " ... " + line[-55:]
 
 
 def _path_without(*folders: str) -> list[str]:
@@ -744,11 +779,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands = {"sweep": cmd_sweep, "predict": cmd_predict, "explain": cmd_explain}
             return commands[ns.command](ns)
     except CLIError as e:
-        print(f"torchpenalty: error: {e}", file=sys.stderr)
+        print(f"torchpenalty: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # a file that could not be read or written
-        name = f" {e.filename}" if e.filename else ""
-        print(f"torchpenalty: error:{name} {e.strerror or e}", file=sys.stderr)
+        name = f" {_shown(e.filename)}" if e.filename else ""
+        print(f"torchpenalty: error:{name} {_one_line(str(e.strerror or e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
