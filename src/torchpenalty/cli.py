@@ -465,7 +465,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     _import_penalty_module(args["penalty"], ns.penalty is not None, ns.resume)
     ds = _load_data(args)
     make, data, options = _sweep_call(args, ds, ns.quiet)
-    from .sweep.core import validate
+    from .sweep.validate import validate
 
     try:  # the sweep's own checks, before any folder is created
         validate(make, data, **options)
