@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -354,7 +355,7 @@ def _header(args: dict[str, Any], ds: Any) -> dict[str, Any]:
 
     sha = report.file_sha256(args["data"]) if args["data"] else None
     return {
-        "inputs": args,
+        "inputs": _applicable(args),
         "data": {
             "source": ds.source,
             "rows": len(ds.X),
@@ -364,6 +365,31 @@ def _header(args: dict[str, Any], ds: Any) -> dict[str, Any]:
         },
         "fingerprint": {"data": args["data"] or ds.source, "data_sha256": sha},
     }
+
+
+def _applicable(args: dict[str, Any]) -> dict[str, Any]:
+    """The settings that apply to this run (report.json's "inputs"): no ``dataset`` with
+    ``--data``, no ``l1_ratio`` for a penalty without one (a resume reads the rest as the
+    defaults)."""
+    out = dict(args)
+    if out["data"] is not None:
+        out.pop("dataset")
+    if not _takes_l1_ratio(out["penalty"]):
+        out.pop("l1_ratio")
+    return out
+
+
+def _takes_l1_ratio(penalty: str) -> bool:
+    from . import penalties
+
+    try:
+        return "l1_ratio" in penalties.resolve(penalty, 1.0).get_config()
+    except (ValueError, TypeError):
+        return True  # the sweep refuses it, or needs more than a strength: keep the value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------- run folder
@@ -471,7 +497,13 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         validate(make, data, **options)
     except (ValueError, TypeError) as e:
         raise _translate(e) from None
+    except (RuntimeError, MemoryError) as e:  # e.g. a model too large to allocate
+        raise CLIError(f"--model {_shown(args['model'], 40)}: cannot build or run it "
+                       f"({_first_line(e, 90)})") from None  # fmt: skip
     header = _header(args, ds)
+    earlier = (saved or {}).get("time") or {}  # a resumed run keeps its start and run time
+    header["time"] = {"started": earlier.get("started") or _now(),
+                      "run_s": float(earlier.get("run_s") or 0.0)}  # fmt: skip
     out = ns.resume or ns.out or _new_out_dir()
     if saved is not None:
         _check_fingerprint(out, saved, header)
@@ -501,8 +533,11 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
 
     first = (options["resume"] or {}).get("seq", -1) + 1
     seq = itertools.count(first)
+    clock, t0 = header["time"], time.perf_counter()
+    before_s = clock["run_s"]  # earlier sessions of a resumed run
 
     def save(state: dict[str, Any], result: Any = None) -> None:
+        clock["run_s"] = round(before_s + time.perf_counter() - t0, 3)
         n = next(seq)
         report.write_checkpoint(out, state, n, header)
         result = result or _partial(state)
@@ -525,6 +560,8 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
                       f"continue with: torchpenalty sweep --resume {out}", file=sys.stderr)  # fmt: skip
                 return 128 + received[0] if received else EXIT_INTERRUPTED
             result.data_name = header["data"]["source"]
+            clock["run_s"] = round(before_s + time.perf_counter() - t0, 3)
+            clock["finished"] = _now()
             extra = {"test": getattr(result, "test", None)}
             with report.shielded(interrupt_after=False):
                 report.write_outputs(out, result, {**header, **extra},
@@ -567,7 +604,9 @@ def _print_summary(result: Any, select: str, out: str) -> None:
     print(f"\nbest strength: {fmt(result.best_strength)}   1-SE strength: "
           f"{fmt(result.strength_1se)}   refit at: {fmt(result.chosen_strength)} ({select})")  # fmt: skip
     test = getattr(result, "test", None)
-    if test:
+    if test and test.get("loss") is None:
+        print(f"held-out test ({test['rows']} rows): {test.get('missing', 'not scored')}")
+    elif test:
         acc = f", accuracy {test['accuracy']:.4g}" if "accuracy" in test else ""
         print(f"held-out test ({test['rows']} rows): loss {test['loss']:.5g}{acc}")
     print(f"report: {os.path.join(out, 'report.json')}")

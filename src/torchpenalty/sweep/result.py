@@ -369,7 +369,11 @@ class SweepResult:
     def warnings(self) -> list[str]:
         """What to look at before trusting the choice (see :func:`diagnose`): diverged
         strengths, the best strength at an edge of the grid, underfit training."""
-        return diagnose(self.table, self.learning_curves())
+        out = diagnose(self.table, self.learning_curves())
+        test = getattr(self, "test", None)
+        if isinstance(test, dict) and test.get("loss") is None and test.get("missing"):
+            out.append(f"the held-out test set was {test['missing']}")
+        return out
 
     # ------------------------------------------------------------------ predictions
     def predict(self, X: Any) -> np.ndarray:
