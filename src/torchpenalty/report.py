@@ -452,6 +452,9 @@ def load_sweep(folder: str) -> Any:
                              classes=report.get("classes"), data_name=report.get("data_name"),
                              model_name=report.get("model_name"),
                              curves=report.get("learning_curves"))  # fmt: skip
+        if report["settings"]["loss"] not in ("mse", "cross_entropy"):
+            raise ReportError(f"{REPORT} has a bad entry (settings.loss "
+                              f"{str(report['settings']['loss'])[:40]!r})")  # fmt: skip
         model = report.get("model")
         if model:
             result.model = _load_model(folder, model, report["settings"]["loss"])
