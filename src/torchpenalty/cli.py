@@ -210,6 +210,9 @@ def _settings(ns: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str,
             if flag in given and "data" not in given:
                 raise CLIError(f"--{flag} applies to a --data file; a bundled --dataset has "
                                "its own target and no groups")  # fmt: skip
+        if "dataset" in given and "data" in given:
+            raise CLIError("--dataset names bundled data, used when --data is not given: "
+                           "give one of them")  # fmt: skip
         return {**DEFAULTS, **given}
     if ns.out is not None and os.path.abspath(ns.out) != os.path.abspath(ns.resume):
         raise CLIError(f"--out {ns.out} conflicts with --resume {ns.resume}: give one folder")
@@ -252,12 +255,23 @@ def _load_data(args: dict[str, Any]) -> Any:
     from . import data as data_mod
 
     try:
-        return data_mod.load(
+        ds = data_mod.load(
             args["data"], target=args["target"], task=args["task"], dataset=args["dataset"],
             groups=args["groups"],
         )  # fmt: skip
     except data_mod.DataError as e:
         raise CLIError(("--" if str(e).startswith("groups ") else "") + _for_cli(e)) from None
+    if ds.task == "classification":  # e.g. --task classification on a continuous target
+        import numpy as np
+
+        labels, counts = np.unique(ds.y, return_counts=True)
+        if counts.min() < 2:
+            raise CLIError(
+                f"the target column {data_mod.shown(ds.target)}: every class needs 2 rows or "
+                f"more for cross-validation, got {int((counts < 2).sum())} of {len(labels)} "
+                "classes with one row (a continuous target? --task regression)"
+            )
+    return ds
 
 
 def _for_cli(e: Exception) -> str:

@@ -100,7 +100,7 @@ def shown(text: Any, limit: int = 32) -> str:
     one-line message).
 
     >>> shown("x" * 100)
-    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'"
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxx...'"
     """
     r = repr(text)
     return r if len(r) <= limit else r[: limit - 4] + "..." + r[0]
@@ -494,7 +494,7 @@ def _power(v: float) -> float:
 
 
 def read_features(path: str, names: list[str]) -> np.ndarray:
-    """New rows for a trained model, as float64: the columns ``names`` of a CSV (``.csv``,
+    r"""New rows for a trained model, as float64: the columns ``names`` of a CSV (``.csv``,
     ``.csv.gz``; other columns, such as the target, are ignored) or the array ``X`` of an
     ``.npz`` (``names`` gives its width), checked as :func:`load` checks training data:
     every problem raises :class:`DataError` with one line (row and column for a cell).

@@ -441,6 +441,7 @@ def load_sweep(folder: str) -> Any:
     if report.get("complete") is not True:
         raise ReportError("the run is unfinished: finish it with torchpenalty sweep --resume first")
     try:
+        _check_shape(report)
         records = []
         for r in report["records"]:
             r = {**r, **{k: math.nan for k in _FLOAT_FIELDS if r.get(k, 0) is None}}
@@ -466,6 +467,22 @@ def load_sweep(folder: str) -> Any:
         what = f"{type(e).__name__}: {str(e)[:60]}" if str(e) else type(e).__name__
         raise ReportError(f"{REPORT} is missing or has a bad entry ({what})") from None
     return result
+
+
+def _check_shape(report: dict[str, Any]) -> None:
+    """The entries a result is rebuilt from have the types torchpenalty writes."""
+    strengths, folds, records = report["strengths"], report["folds"], report["records"]
+    numbers = isinstance(strengths, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in strengths
+    )
+    if not numbers or not strengths:
+        raise ReportError(f"{REPORT} has a bad entry (strengths: a list of numbers)")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ReportError(f"{REPORT} has a bad entry (folds: an integer >= 2)")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ReportError(f"{REPORT} has a bad entry (records: a list of objects)")
+    if not isinstance(report["settings"], dict):
+        raise ReportError(f"{REPORT} has a bad entry (settings: an object)")
 
 
 def _load_model(folder: str, info: dict[str, Any], loss: str) -> Any:
