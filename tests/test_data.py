@@ -294,7 +294,11 @@ def test_fuzzed_csv_bytes_never_crash_the_loader(tmp_path, raw, ext, task):
     ("column", "scale", "match"),
     [
         (1, 1e155, r"column 1: values as large as .*e\+155 overflow its variance in float64"),
-        ("y", 1e300, r"^y must have a standard deviation in \[1e-15, 1e\+15\] .*got an overflow \(values up to .*e\+300\)"),
+        (
+            "y",
+            1e300,
+            r"^y must have a standard deviation in \[1e-15, 1e\+15\] .*got an overflow \(values up to .*e\+300\)",
+        ),
     ],
 )
 def test_the_python_api_refuses_columns_whose_variance_overflows(column, scale, match):
