@@ -443,7 +443,10 @@ def test_zero_size_parameters_add_nothing(mode, penalty):
     and steps as the model without it (GroupLasso/Orthogonal raised torch's errors)."""
     import torch
 
-    pen = eval(f"tp.{penalty}")
+    import torchpenalty as tp
+
+    name, _, args = penalty.partition("(")
+    pen = getattr(tp, name)(0.1, **({"dim": 1} if "dim=1" in args else {}))
     if mode == "proximal" and not pen.has_prox:
         return
     torch.manual_seed(0)
