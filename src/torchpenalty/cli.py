@@ -578,6 +578,7 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
             result.data_name = header["data"]["source"]
             clock["run_s"] = round(before_s + time.perf_counter() - t0, 3)
             clock["finished"] = _now()
+            result.feature_names = header["data"]["features"]  # issue #16: result.selected
             extra = {"test": getattr(result, "test", None)}
             with report.shielded(interrupt_after=False):
                 report.write_outputs(out, result, {**header, **extra},
@@ -619,6 +620,11 @@ def _print_summary(result: Any, select: str, out: str) -> None:
 
     print(f"\nbest strength: {fmt(result.best_strength)}   1-SE strength: "
           f"{fmt(result.strength_1se)}   refit at: {fmt(result.chosen_strength)} ({select})")  # fmt: skip
+    selected = result.selected  # issue #16: features an L1-type linear model keeps
+    if selected is not None and result.settings["penalty"]["name"] != "l2":
+        for rule, names in selected.items():
+            if names is not None:
+                print(f"kept at the {rule} strength ({len(names)}): {', '.join(names)}")
     test = getattr(result, "test", None)
     if test and test.get("loss") is None:
         print(f"held-out test ({test['rows']} rows): {test.get('missing', 'not scored')}")
