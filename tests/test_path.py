@@ -260,3 +260,26 @@ def test_cli_prints_and_reports_the_kept_features_in_raw_units(tmp_path, capsys)
     direct.feature_names = names
     assert rep["selected"] == direct.selected
     assert f"kept at the best strength ({len(direct.selected['best'])}): " in stdout
+
+
+def test_wide_problem_solves_with_two_threads():
+    """torch 2.13's CPU build aborts in a two-thread batched LU solve of 200 x 200 float64
+    systems (oneMKL DLASWP error): the path solver's Newton solves run in one thread."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    src = pathlib.Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    code = (
+        "import numpy as np, torch; torch.set_num_threads(2)\n"
+        "from torchpenalty.sweep.path import mse_path\n"
+        "from torchpenalty.sweep.folds import kfold\n"
+        "rng = np.random.default_rng(0); X = rng.normal(size=(600, 200))\n"
+        "y = X[:, :5].sum(1) + rng.normal(size=600)\n"
+        "fit = mse_path(X, y, kfold(600, 5, 0), [0.1], {'l1': 1.0})\n"
+        "print(bool(fit.converged.all()))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr[-500:]

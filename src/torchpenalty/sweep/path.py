@@ -397,7 +397,21 @@ def _newton_step(loss, terms: Terms, theta: Tensor, sign: Tensor) -> Tensor:
     m[:, :d] = (sign != 0).to(theta.dtype)
     m = m.reshape(P, -1)
     Hm = H * m[:, :, None] * m[:, None, :] + torch.diag_embed(1 - m)
-    return torch.linalg.solve(Hm, (g.reshape(P, -1) * m)[..., None])[..., 0]
+    return _batched_solve(Hm, (g.reshape(P, -1) * m)[..., None])[..., 0]
+
+
+def _batched_solve(A: Tensor, b: Tensor) -> Tensor:
+    """``torch.linalg.solve`` of a batch, on the CPU in one thread: torch 2.13's CPU build
+    aborts the process in a multi-threaded batched LU solve of 200 x 200 float64 systems
+    (oneMKL "Parameter 6 was incorrect on entry to DLASWP")."""
+    if A.device.type != "cpu" or torch.get_num_threads() == 1:
+        return torch.linalg.solve(A, b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.solve(A, b)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, max_iter: int):
