@@ -20,7 +20,7 @@ from .decay_rules import bind_rule, cautious_rule  # also registers mode="correc
 from .distributed import local
 from .updates import RULES, Batch, UpdateRule, make_rule
 
-__all__ = ["AttachHandle", "attach"]
+__all__ = ["AttachHandle", "attach", "handles_on"]
 
 
 class _Reg(Protocol):  # what the hooks need from a Regularizer
@@ -29,6 +29,8 @@ class _Reg(Protocol):  # what the hooks need from a Regularizer
     step_count: int
 
     def step(self) -> None: ...
+
+    def batch_strength(self, index: int) -> Any: ...
 
 
 # optimizer -> live handles attached to it (for the double-attach guards)
@@ -93,7 +95,10 @@ class AttachHandle:
     def _lr0(self, group: dict[str, Any]) -> float:
         """The group's initial lr: ``initial_lr`` (set by LR schedulers) or its lr when
         first seen."""
-        return self._initial_lr.setdefault(id(group), float(group.get("initial_lr", _lr(group))))
+        key = id(group)
+        if key not in self._initial_lr:  # read once, in eager code (attach, first step)
+            self._initial_lr[key] = float(group.get("initial_lr", _lr(group)))
+        return self._initial_lr[key]
 
     # ------------------------------------------------------------------ planning
     def _groups(self) -> list[tuple[dict[str, Any], list[tuple[int, list[int]]]]]:
@@ -145,7 +150,7 @@ class AttachHandle:
         the regularized parameters that have a gradient (as torch.optim: no grad, no
         update), as local shards for DTensors (no communication)."""
         bindings = self._reg.bindings
-        step = self._reg.step_count
+        step = self._reg._step  # host count: only Sum's parts read it (eager)
         out = []
         for g, items in self._groups():
             for b, positions in items:
@@ -164,6 +169,7 @@ class AttachHandle:
                         optimizer=self.optimizer,
                         group=g,
                         step=step,
+                        strength=self._reg.batch_strength(b),
                         lr0=self._lr0(g),
                         grad_scale=scale,
                     )
@@ -260,6 +266,15 @@ class AttachHandle:
     def __repr__(self) -> str:
         state = "attached" if self._handles else "removed"
         return f"AttachHandle(mode={self.mode!r}, {state})"
+
+
+def handles_on(optimizer: Any, reg: Any = None) -> list[AttachHandle]:
+    """The live handles attached to ``optimizer`` (those of ``reg`` only, if given)."""
+    return [
+        h
+        for h in _ATTACHED.get(optimizer, [])
+        if h.active and (reg is None or h.regularizer is reg)
+    ]
 
 
 def _check_same(reg: _Reg, optimizer: torch.optim.Optimizer) -> None:
