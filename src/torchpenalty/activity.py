@@ -151,7 +151,10 @@ class ActivityHooks:
         """The sum of the pending values (then cleared), or ``None``."""
         if not self._pending:
             return None
-        vals, self._pending = self._pending, []
+        # cleared in place: under torch.compile a list left holding values would make
+        # them outputs of the graph (leaked, after backward consumed them)
+        vals = list(self._pending)
+        self._pending.clear()
         total = vals[0]
         for v in vals[1:]:
             total = total + v.to(total.device)

@@ -268,6 +268,16 @@ class AttachHandle:
         return f"AttachHandle(mode={self.mode!r}, {state})"
 
 
+def _prepare(rule: Any, optimizer: Any) -> None:
+    """Call ``prepare(optimizer)`` on ``rule`` and the rules it wraps, where defined
+    (device state a compiled or captured step updates in place)."""
+    while rule is not None:
+        fn = getattr(type(rule), "prepare", None)
+        if fn is not None:
+            fn(rule, optimizer)
+        rule = getattr(rule, "inner", None)
+
+
 def handles_on(optimizer: Any, reg: Any = None) -> list[AttachHandle]:
     """The live handles attached to ``optimizer`` (those of ``reg`` only, if given)."""
     return [
@@ -322,6 +332,7 @@ def attach(
     mode, options = cautious_rule(mode, options.pop("cautious", False), options)
     rule = make_rule(mode, rounding=rounding, **options)
     bind_rule(rule, reg)
+    _prepare(rule, optimizer)
     if isinstance(optimizer, torch.optim.LBFGS) and rule.name != "loss":
         raise ValueError(
             "mode must be 'loss' for torch.optim.LBFGS, whose closure recomputes the gradients "
