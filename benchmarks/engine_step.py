@@ -19,7 +19,7 @@ import torch
 from sklearn.datasets import load_diabetes
 from torch import nn
 
-from torchpenalty.sweep import core
+from torchpenalty.sweep import core, run
 
 
 def mlp(width: int) -> nn.Sequential:
@@ -67,7 +67,7 @@ def main(argv=None):
         torch.set_num_threads(n)
         for w in widths:
             v = core.validate(lambda w=w: mlp(w), (Xn, yn), vectorize=True, solver="train")
-            plan = core._plan(lambda w=w: mlp(w), v)
+            plan = run._plan(lambda w=w: mlp(w), v)
             tasks = plan.tasks[: min(65, plan.chunk_size)]
             res = {"plain": [], "one": [], "stacked": []}
             for _ in range(repeats):

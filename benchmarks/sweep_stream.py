@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import torchpenalty as tp
-from torchpenalty.sweep import core
+from torchpenalty.sweep import run as core
 
 
 class Batched(Dataset):

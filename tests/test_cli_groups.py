@@ -41,7 +41,7 @@ def sweep(args, tmp_path, name, capsys):
 
 @pytest.fixture
 def spy(monkeypatch):
-    import torchpenalty.sweep.core as core
+    import torchpenalty.sweep.run as core
 
     seen = []
     real = core.group_kfold

@@ -112,7 +112,7 @@ def test_load_sweep_regression_equals_the_sweeps_model(tmp_path, capsys):
 
 
 def test_groups_column_keeps_groups_in_one_fold(tmp_path, capsys, monkeypatch):
-    import torchpenalty.sweep.core as core
+    import torchpenalty.sweep.run as core
 
     rng = np.random.default_rng(0)
     subject = np.repeat(np.arange(12), 5)

@@ -287,7 +287,7 @@ def test_plots(diabetes, tmp_path):
 
 
 def test_interrupt_during_refit_keeps_the_cross_validation(diabetes, monkeypatch):
-    import torchpenalty.sweep.core as core
+    import torchpenalty.sweep.run as core
 
     kw = dict(strengths=GRID, **FAST)
     full = tp.sweep(mlp, diabetes, **kw)

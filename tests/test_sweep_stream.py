@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import torchpenalty as tp
-from torchpenalty.sweep import core
+from torchpenalty.sweep import run, validate
 from torchpenalty.sweep.engine import Engine, Problem, Task
 from torchpenalty.sweep.folds import Standardizer, group_kfold, kfold, stratified_kfold
 from torchpenalty.sweep.result import StandardizedModel
@@ -102,7 +102,7 @@ def chunks_of(monkeypatch):
     """Fix the chunk size (a tiny budget alone would give chunks of one model)."""
 
     def fix(size):
-        monkeypatch.setattr(core, "_chunk_size", lambda *a, **k: size)
+        monkeypatch.setattr(run, "_chunk_size", lambda *a, **k: size)
 
     return fix
 
@@ -205,7 +205,7 @@ def test_streamed_fingerprint_equals_the_stacked_one():
     data, ys = scan(Watched(X, y), block=7)
     assert (len(data), data.shape, data.ndim) == (30, (30, 1, 6, 6), 4)
     torch.testing.assert_close(ys, y)
-    assert core._fingerprint(data, ys.numpy()) == core._fingerprint(X.numpy(), ys.numpy())
+    assert validate._fingerprint(data, ys.numpy()) == validate._fingerprint(X.numpy(), ys.numpy())
 
 
 @settings(max_examples=30, deadline=None)

@@ -59,7 +59,7 @@ _EXPORTS = {
     "explain": "select",
     "select": "select",
     "muon_param_groups": "muon",
-    "normalized_weights": "decay_rules",
+    "normalized_weights": "updates",
     "Timescale": "timescale",
     "timescale": "timescale",
     "transfer_strength": "timescale",
@@ -145,7 +145,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import activity, functional, schedules, updates
     from .compact import compact
-    from .decay_rules import normalized_weights
     from .evidence import Evidence, fit_evidence
     from .muon import muon_param_groups
     from .optim import MODES, AttachHandle, param_groups
@@ -181,3 +180,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .stats import DecayStats, stats
     from .sweep import SweepInterrupted, SweepResult, default_strengths, sweep
     from .timescale import Timescale, timescale, transfer_strength
+    from .updates import normalized_weights

@@ -406,7 +406,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     args = _settings(ns, None if saved is None else saved["inputs"])
     ds = _load_data(args)
     make, data, options = _sweep_call(args, ds, ns.quiet)
-    from .sweep.core import validate
+    from .sweep.validate import validate
 
     try:  # the sweep's own checks, before any folder is created
         validate(make, data, **options)

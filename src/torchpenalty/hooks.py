@@ -16,9 +16,8 @@ from typing import Any, Protocol
 import torch
 
 from ._validation import check_choice, type_error
-from .decay_rules import bind_rule, cautious_rule  # also registers mode="corrected"
 from .distributed import local
-from .updates import RULES, Batch, UpdateRule, make_rule
+from .updates import RULES, Batch, UpdateRule, bind_rule, cautious_rule, make_rule
 
 __all__ = ["AttachHandle", "attach", "handles_on"]
 

@@ -51,9 +51,9 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive, type_error
-from .decay_rules import Cautious, Corrected
 from .distributed import local
 from .timescale import TIMESCALE_MODES, _lr, _regularized, decay_per_step, l2_rate
+from .updates import Cautious, Corrected
 
 __all__ = ["DecayStats", "GroupStats", "TensorStats", "stats"]
 
