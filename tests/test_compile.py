@@ -56,7 +56,9 @@ def net(dtype=torch.float32):
 
 def data(dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(16, 4, generator=g, dtype=dtype), torch.randn(16, 2, generator=g, dtype=dtype)
+    return torch.randn(16, 4, generator=g, dtype=dtype), torch.randn(
+        16, 2, generator=g, dtype=dtype
+    )
 
 
 def setup(mode, opt_cls=torch.optim.SGD, dtype=torch.float32, penalty=None, **opt_kw):
@@ -141,7 +143,7 @@ def test_compiled_loss_fullgraph_without_recompiles():
 
     compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
     x, y = torch.randn(4, 5), torch.randn(4, 5)
-    for i in range(4):
+    for _ in range(4):
         model.zero_grad()
         loss = compiled(x, y)
         loss.backward()
@@ -312,7 +314,10 @@ def _reg_with(strength=SCHEDULE, mode="decoupled", lr=None, opt_cls=torch.optim.
             {"strength": lambda k: 0.1 / (1 + k)},
             r"the strength of L2\(.*\) for '0.weight' is a callable without a tensor\(step\)",
         ),
-        ({"lr": 0.05}, r"optimizer.param_groups\[0\]\['lr'\] must be a tensor for mode='decoupled'"),
+        (
+            {"lr": 0.05},
+            r"optimizer.param_groups\[0\]\['lr'\] must be a tensor for mode='decoupled'",
+        ),
         (
             {"mode": "proximal", "opt_cls": torch.optim.RAdam},
             r"mode='proximal' with RAdam reads the rectification term on the host",

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from . import _fuse
 from ._validation import check_choice, type_error
 from .distributed import local
 from .updates import RULES, Batch, UpdateRule, bind_rule, cautious_rule, make_rule
@@ -132,7 +133,14 @@ class AttachHandle:
                     out.update(id(bindings[b].params[i]) for i in positions)
         return out
 
+    @property
+    def fused(self) -> bool:
+        """True when the optimizer's own ``weight_decay`` applies the penalty (``fuse=True``)."""
+        return isinstance(self.rule, _fuse.Fused)
+
     def _warn_double_decay(self) -> None:
+        if self.fused:
+            return
         for g, items in self._groups():
             if items and g.get("weight_decay", 0):
                 warnings.warn(
@@ -249,6 +257,8 @@ class AttachHandle:
 
     # ------------------------------------------------------------------ handle
     def remove(self) -> None:
+        if self._handles and self.fused:
+            self.rule.undo()  # type: ignore[attr-defined]
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -264,7 +274,8 @@ class AttachHandle:
 
     def __repr__(self) -> str:
         state = "attached" if self._handles else "removed"
-        return f"AttachHandle(mode={self.mode!r}, {state})"
+        how = ", fused into weight_decay" if self.fused else ""
+        return f"AttachHandle(mode={self.mode!r}{how}, {state})"
 
 
 def _prepare(rule: Any, optimizer: Any) -> None:
@@ -328,7 +339,10 @@ def attach(
         raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
     if not isinstance(mode, UpdateRule):
         check_choice("mode", mode, list(RULES))
+    fuse = options.pop("fuse", False)
     mode, options = cautious_rule(mode, options.pop("cautious", False), options)
+    if not isinstance(fuse, bool):
+        raise type_error("fuse", "a bool", fuse)
     rule = make_rule(mode, rounding=rounding, **options)
     bind_rule(rule, reg)
     _prepare(rule, optimizer)
@@ -340,6 +354,8 @@ def attach(
     for b in reg.bindings:
         rule.check(b.penalty)
     _check_same(reg, optimizer)
+    if fuse:
+        rule = _fuse.fuse(reg, optimizer, rule, rounding)
     handle = AttachHandle(reg, optimizer, rule, advance_schedule)
     _warn_overlap(optimizer, handle)
     _ATTACHED.setdefault(optimizer, []).append(handle)
