@@ -18,6 +18,10 @@ under ``no_grad`` between the step hooks, exactly as ``Optimizer.step`` runs the
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,6 +359,21 @@ def test_callable_schedule_inside_compile_raises_a_clear_error():
     fn = torch.compile(reg.step, backend="eager", fullgraph=True)
     with pytest.raises(Exception, match=r"callable without a tensor\(step\) form"):
         fn()
+
+
+def test_gpu_step_benchmark_runs_or_refuses_without_cuda():
+    """benchmarks/gpu_step.py: on a GPU its quick run prints the table; on CPU it exits 2
+    with the reason on stderr (and nothing measured)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    res = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--quick"], cwd=root,
+                         capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+    if torch.cuda.is_available():
+        assert res.returncode == 0, res.stderr
+        assert "fuse decoupled" in res.stdout and "x" in res.stdout
+    else:
+        assert res.returncode == 2 and res.stdout == ""
+        assert "needs a CUDA device" in res.stderr
 
 
 # ----------------------------------------------------------------------- CUDA graphs
