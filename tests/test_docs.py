@@ -30,7 +30,7 @@ def test_the_guide_has_pages_with_code():
     assert {"index.md", "conventions.md", "decay.md", "parameters.md", "strength.md",
             "scale.md", "integrations.md", "compiled.md"} <= names  # fmt: skip
     for page in PAGES:
-        if page.name != "index.md":
+        if page.name not in ("index.md", "performance.md"):  # tables of measurements
             assert blocks(page), f"{page.name} has no python block"
 
 

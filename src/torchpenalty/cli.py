@@ -86,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
 #: ``torchpenalty.penalties.names(sweepable=True)`` of the built-in penalties, written out
 #: so that ``--help`` does not import torch (tests/test_cli.py checks the two agree).
 SWEEPABLE_PENALTIES = ("l2", "l1", "elastic_net", "group_lasso", "berhu")
+#: ``torchpenalty.updates.modes(sweepable=True)``, written out for the same reason (tested).
+SWEEP_MODES = ("grad", "decoupled", "proximal")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,7 +167,7 @@ def _sweep_parser(sub: Any) -> None:
     m.add_argument("--l1-ratio", type=float, help="elastic net mixing (default: 0.5)")
     m.add_argument("--strengths", help="LO:HI:N log grid or a comma list (default: "
                    f"{D['strengths']})")  # fmt: skip
-    m.add_argument("--mode", choices=["grad", "decoupled", "proximal"],
+    m.add_argument("--mode", choices=SWEEP_MODES,
                    help="default: proximal for sparse penalties, else grad")  # fmt: skip
     t = s.add_argument_group("training")
     t.add_argument("--folds", type=int, help=f"K-fold cross-validation (default: {D['folds']})")

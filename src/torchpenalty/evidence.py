@@ -271,7 +271,7 @@ def set_strengths(reg: Regularizer, strengths: Mapping[str, float]) -> None:
 
 def _check_l2(group: tuple[Penalty, list[str], list[nn.Parameter]]) -> None:
     pen, names, _ = group
-    if getattr(pen, "name", None) != "l2":
+    if not getattr(pen, "gaussian_prior", False):
         raise ValueError(f"reg must apply tp.L2 penalties for the evidence, got {pen!r} on {names}")
 
 

@@ -23,12 +23,15 @@ from torch import nn
 from ._validation import check_strength
 from .hooks import AttachHandle
 from .select import Matcher, select, trainable
-from .updates import ROUNDINGS
+from .updates import ROUNDINGS, modes
 
-__all__ = ["MODES", "ROUNDINGS", "AttachHandle", "param_groups"]
+__all__ = ["MODES", "ROUNDINGS", "AttachHandle", "param_groups"]  # noqa: F822 (MODES: __getattr__)
 
-#: Modes of ``Regularizer.attach`` (the built-in update rules' names).
-MODES = ("grad", "decoupled", "independent", "corrected", "proximal", "loss")
+
+def __getattr__(name: str) -> Any:
+    if name == "MODES":  # the modes of ``Regularizer.attach``, read from the registry
+        return tuple(modes())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def param_groups(

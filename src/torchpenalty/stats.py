@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ._validation import check_positive, type_error
 from .distributed import local
-from .timescale import TIMESCALE_MODES, _lr, _regularized, decay_per_step, l2_rate
+from .timescale import _lr, _regularized, decay_per_step, l2_rate, shrinking_modes
 from .updates import Cautious, Corrected
 
 __all__ = ["DecayStats", "GroupStats", "TensorStats", "stats"]
@@ -265,7 +265,7 @@ def _decays(rows: list, step: int, rule: _Rule) -> list[float]:
             if c.names is not None and name not in c.names:
                 mode = "decoupled"
             lr_max = lr_max if lr_max is not None else c.seen_peak(g)
-        if g is None or rate is None or mode not in TIMESCALE_MODES:
+        if g is None or rate is None or mode not in shrinking_modes():
             out.append(_NAN)
         else:
             out.append(decay_per_step(rate, g, mode, lr_max=lr_max))

@@ -43,12 +43,33 @@ from typing import Any, NamedTuple
 import torch
 
 from ._validation import check_choice, check_positive, check_strength, type_error
-from .penalties import L2, L2SP, ElasticNet, Penalty, Sum
+from .penalties import Penalty
+from .updates import RULES, Decoupled
 
-__all__ = ["TIMESCALE_MODES", "Timescale", "decay_per_step", "timescale", "transfer_strength"]
+__all__ = [
+    "TIMESCALE_MODES",  # noqa: F822 (module __getattr__)
+    "Timescale",
+    "decay_per_step",
+    "shrinking_modes",
+    "timescale",
+    "transfer_strength",
+]
 
-#: Modes whose decay is a multiplicative shrink of the weights once per step.
-TIMESCALE_MODES = ("decoupled", "independent", "corrected")
+
+def shrinking_modes() -> tuple[str, ...]:
+    """The modes whose decay shrinks the weights once per step: the registered rules of the
+    decoupled family (``TIMESCALE_MODES`` reads this).
+
+    >>> shrinking_modes()
+    ('decoupled', 'independent', 'corrected')
+    """
+    return tuple(n for n, cls in RULES.items() if issubclass(cls, Decoupled))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TIMESCALE_MODES":
+        return shrinking_modes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Timescale(NamedTuple):
@@ -68,14 +89,7 @@ def l2_rate(penalty: Penalty, step: int = 0) -> float | None:
     """The rate ``r`` of the multiplicative shrink ``w <- w - lr * r * w`` that ``penalty``
     applies at ``step``, or ``None`` when the penalty is not of that kind (L1, group lasso,
     orthogonality: no timescale). A sum of penalties has the sum of its parts' rates."""
-    if isinstance(penalty, Sum):
-        rates = [r for r in (l2_rate(p, step) for p in penalty.parts) if r is not None]
-        return sum(rates) if rates else None
-    if isinstance(penalty, (L2, L2SP)):
-        return penalty.strength_at(step)
-    if isinstance(penalty, ElasticNet):
-        return penalty.strength_at(step) * (1.0 - penalty.l1_ratio)
-    return None
+    return penalty.shrink_rate(step)
 
 
 def _lr(group: dict[str, Any]) -> float:
@@ -97,7 +111,7 @@ def decay_per_step(
     >>> decay_per_step(0.1, {"lr": 0.5, "initial_lr": 1.0}, "corrected")   # 0.1 * 0.25 / 1
     0.025
     """
-    check_choice("mode", mode, TIMESCALE_MODES)
+    check_choice("mode", mode, shrinking_modes())
     lr = _lr(group)
     lr0 = float(group.get("initial_lr", lr))
     if mode == "decoupled":
@@ -148,7 +162,7 @@ def timescale(
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
     m = check_positive("steps_per_epoch", steps_per_epoch)
-    check_choice("mode", mode, TIMESCALE_MODES)
+    check_choice("mode", mode, shrinking_modes())
     if lr_max is not None:
         lr_max = check_positive("lr_max", lr_max)
     step = reg.step_count

@@ -53,10 +53,11 @@ from typing import Any
 import torch
 
 from .._validation import check_choice, check_config, type_error
-from ..optim import MODES, ROUNDINGS, AttachHandle
+from ..optim import ROUNDINGS, AttachHandle
 from ..penalties import Penalty
 from ..regularizer import Regularizer
 from ..select import Matcher
+from ..updates import UpdateRule, modes
 from . import require
 
 __all__ = ["Regularize"]
@@ -107,7 +108,7 @@ class Regularize(_pl.Callback):
         if not isinstance(log, bool):
             raise type_error("log", "a bool", log)
         self.penalty = penalty
-        self.mode = check_choice("mode", mode, MODES)
+        self.mode = mode if isinstance(mode, UpdateRule) else check_choice("mode", mode, modes())
         self.rounding = check_choice("rounding", rounding, ROUNDINGS)
         self.include, self.exclude = include, exclude
         self._log, self.name = log, name

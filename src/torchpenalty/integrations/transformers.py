@@ -53,10 +53,11 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .._validation import check_choice, type_error
-from ..optim import MODES, ROUNDINGS, AttachHandle
+from ..optim import ROUNDINGS, AttachHandle
 from ..penalties import Penalty
 from ..regularizer import Regularizer
 from ..select import Matcher, explain
+from ..updates import UpdateRule, modes
 from . import require
 
 __all__ = ["DecayDiff", "Regularize", "compare_decay_rule", "trainer_decay_names"]
@@ -92,7 +93,7 @@ class Regularize(_tf.TrainerCallback):
         if not isinstance(penalty, (Penalty, Mapping)):
             raise type_error("penalty", "a Penalty or a dict of patterns to penalties", penalty)
         self.penalty = penalty
-        self.mode = check_choice("mode", mode, MODES)
+        self.mode = mode if isinstance(mode, UpdateRule) else check_choice("mode", mode, modes())
         self.rounding = check_choice("rounding", rounding, ROUNDINGS)
         self.include, self.exclude = include, exclude
         self.regularizer: Regularizer | None = None

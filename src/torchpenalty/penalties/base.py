@@ -82,7 +82,12 @@ class Penalty:
       accept a 1-D strength, one value per model along dim 0; the default ones do);
     * ``sweep_mode``: the sweep's default mode for it;
     * ``has_prox``: has a proximal operator (computed from the methods if not set);
-    * ``is_constraint``: a projection with no value or gradient (see :class:`Constraint`).
+    * ``is_constraint``: a projection with no value or gradient (see :class:`Constraint`);
+    * ``gaussian_prior``: exactly ``strength/2 * sum w**2`` (a zero-mean Gaussian prior:
+      what the evidence, :mod:`torchpenalty.evidence`, can tune).
+
+    And one method: :meth:`shrink_rate` (the rate of the multiplicative shrink the penalty
+    applies, read by :mod:`torchpenalty.timescale`).
 
     >>> import torch
     >>> class Cubic(Penalty):
@@ -103,6 +108,7 @@ class Penalty:
     sweep_mode: ClassVar[str] = "grad"
     has_prox: ClassVar[bool] = False
     is_constraint: ClassVar[bool] = False
+    gaussian_prior: ClassVar[bool] = False
     #: constructor arguments not stored in configs (L2SP's ``reference``)
     config_exclude: ClassVar[tuple[str, ...]] = ()
 
@@ -120,6 +126,12 @@ class Penalty:
     def strength_at(self, step: int = 0) -> float:
         """The strength at optimizer step ``step`` (schedules are called, floats returned)."""
         return evaluate(self.strength, step)
+
+    def shrink_rate(self, step: int = 0) -> float | None:
+        """The rate ``r`` of the shrink ``w <- w - lr * r * w`` that decoupled decay with this
+        penalty applies at ``step``, or ``None`` when its decay is not a multiplicative
+        shrink (L1, group lasso, orthogonality: no timescale)."""
+        return None
 
     def _s(self, step: int, strength: float | Tensor | None) -> float | Tensor:
         return self.strength_at(step) if strength is None else strength
@@ -410,6 +422,10 @@ class Sum(Penalty):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sum) and other.parts == self.parts
+
+    def shrink_rate(self, step: int = 0) -> float | None:
+        rates = [r for r in (p.shrink_rate(step) for p in self.parts) if r is not None]
+        return sum(rates) if rates else None
 
     def __hash__(self) -> int:
         return hash(self.parts)

@@ -32,6 +32,11 @@ class L2(Penalty):
     name = "l2"
     aliases = ("ridge", "weight_decay")
 
+    gaussian_prior = True
+
+    def shrink_rate(self, step: int = 0) -> float | None:
+        return self.strength_at(step)
+
     def term(self, w):
         return 0.5 * w.abs().square().sum()
 
@@ -93,6 +98,9 @@ class ElasticNet(Penalty):
     name = "elastic_net"
     aliases = ("elasticnet", "enet")
     sweep_mode = "proximal"
+
+    def shrink_rate(self, step: int = 0) -> float | None:
+        return self.strength_at(step) * (1.0 - self.l1_ratio)
 
     def __init__(self, strength: StrengthLike, l1_ratio: float = 0.5) -> None:
         super().__init__(strength)
@@ -187,6 +195,9 @@ class L2SP(Penalty):
     needs_full_tensors = True
     whole_what = "whole tensors (its reference tensors are not sharded)"
     config_exclude = ("reference",)
+
+    def shrink_rate(self, step: int = 0) -> float | None:
+        return self.strength_at(step)
 
     def __init__(
         self, strength: StrengthLike, reference: nn.Module | Mapping[str, Tensor] | None = None

@@ -187,7 +187,7 @@ class Engine:
             raise TypeError(f"make_model must return an nn.Module, got {model!r}")
         return model
 
-    build_model = _module  # public name for sweep/core.py: the model of ``fold``, on the CPU
+    build_model = _module  # public name for sweep/run.py: the model of ``fold``, on the CPU
 
     def init(self, fold: int) -> dict[str, Tensor]:
         """Initial parameters and buffers of every model of ``fold`` (the same for every
@@ -208,7 +208,7 @@ class Engine:
         finally:
             self.base.train(was)
 
-    train_mode = _mode  # public name for sweep/core.py
+    train_mode = _mode  # public name for sweep/run.py
 
     def forward(self, state: dict[str, Tensor], x: Tensor) -> Tensor:
         """Outputs ``(M, rows, ...)`` of the M stacked models in ``state`` (parameters and

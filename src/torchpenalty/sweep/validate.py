@@ -22,6 +22,7 @@ from .._validation import (
     value_error,
 )
 from ..penalties import Penalty, get, names, resolve
+from ..updates import modes
 from .stream import (
     READ_ROWS,
     StreamedData,
@@ -202,7 +203,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "batch_size": _optional(_int(1)),
     "optimizer": _choice("adam", "sgd"),
     "lr": check_positive,
-    "mode": _optional(_choice("grad", "decoupled", "proximal")),
+    "mode": _optional(lambda name, v: check_choice(name, v, modes(sweepable=True))),
     "vectorize": _vectorize,
     "solver": _choice("auto", "closed_form", "train"),
     "seed": _int(0, MAX_SEED),

@@ -49,7 +49,7 @@ tensor([ 0., -1.])
 
 from __future__ import annotations
 
-from .base import ROUNDINGS, RULES, Batch, UpdateRule, bind_rule
+from .base import ROUNDINGS, RULES, Batch, UpdateRule, bind_rule, modes
 from .basic import Decoupled, Grad, Independent, Loss
 from .cautious import Cautious, cautious_decay_, cautious_rule
 from .corrected import Corrected, normalized_weights
@@ -74,6 +74,7 @@ __all__ = [
     "cautious_decay_",
     "cautious_rule",
     "make_rule",
+    "modes",
     "normalized_weights",
     "step_metric",
 ]

@@ -70,10 +70,12 @@ class UpdateRule:
     Class attributes: ``writes_weights`` (changes weights in place: :class:`Rounded`
     wraps it for float16/bfloat16), ``applies_penalty`` (False only for ``"loss"``: the
     penalty is then expected in the loss), ``needs_prox`` (the penalty must have a
-    proximal operator).
+    proximal operator), ``sweepable`` (:func:`torchpenalty.sweep` can train with it:
+    a rule that needs nothing but the batch and the optimizer's group).
     """
 
     name: ClassVar[str] = ""
+    sweepable: ClassVar[bool] = False
     writes_weights: ClassVar[bool] = False
     applies_penalty: ClassVar[bool] = True
     needs_prox: ClassVar[bool] = False
@@ -110,6 +112,17 @@ class UpdateRule:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def modes(*, sweepable: bool = False) -> list[str]:
+    """The registered rules' names (``Regularizer.attach``'s modes), in registration order;
+    ``sweepable=True``: only those the sweep trains with. Read from :data:`RULES` at each
+    call, so a rule registered by subclassing is listed at once.
+
+    >>> modes(sweepable=True)
+    ['grad', 'decoupled', 'proximal']
+    """
+    return [n for n, cls in RULES.items() if cls.sweepable or not sweepable]
 
 
 def bind_rule(rule: UpdateRule, reg: Any) -> None:

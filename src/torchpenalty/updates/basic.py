@@ -16,6 +16,7 @@ class Grad(UpdateRule):
     """Coupled: add the penalty's gradient to ``.grad`` before the step (= loss mode)."""
 
     name = "grad"
+    sweepable = True
 
     def pre(self, b: Batch) -> None:
         if b.grad_scale is None:
@@ -32,6 +33,7 @@ class Decoupled(UpdateRule):
     (AdamW-style; ``L2`` is exactly ``w * (1 - lr * s)``). Subclasses change :meth:`rate`."""
 
     name = "decoupled"
+    sweepable = True
     writes_weights = True
 
     def rate(self, b: Batch) -> float:
@@ -49,6 +51,7 @@ class Independent(Decoupled):
     """lr-independent decay: ``rate = lr / initial_lr`` (the schedule's shape only)."""
 
     name = "independent"
+    sweepable = False  # the sweep has no lr schedule: it would equal "decoupled"
 
     def rate(self, b: Batch) -> float:
         return b.lr / b.lr0 if b.lr0 else 0.0

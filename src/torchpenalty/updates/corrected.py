@@ -113,6 +113,7 @@ class Corrected(Decoupled):
     """
 
     name = "corrected"
+    sweepable = False  # needs the model's structure (bind)
 
     def __init__(self, normalized: Any = None, lr_max: float | None = None) -> None:
         self.normalized = normalized

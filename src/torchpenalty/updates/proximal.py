@@ -23,6 +23,7 @@ class Proximal(UpdateRule):
     lasso takes the exact prox in that metric, constraints project (Euclidean)."""
 
     name = "proximal"
+    sweepable = True
     writes_weights = True
     needs_prox = True
 
