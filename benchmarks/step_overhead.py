@@ -8,7 +8,9 @@ full SGD training step (zero_grad, forward, MSE, backward, step) for:
 * ``reg() in loss``:   ``loss + reg()``;
 * ``attach <mode>``:   ``reg.attach(opt, mode=...)`` for grad, decoupled, independent,
   corrected, cautious (decoupled, ``cautious=True``) and proximal (all with ``L2``);
-* ``fuse grad``:       ``reg.attach(opt, mode="grad", fuse=True)`` (SGD's own weight_decay);
+* ``fuse grad``:       ``reg.attach(opt, mode="grad", fuse=True)`` (SGD's own weight_decay;
+  foreach SGD adds it out of place, a copy of the gradients);
+* ``fuse grad fused``: the same with ``SGD(fused=True)`` (ratio to ``none fused``);
 * ``none fused``:      no regularization, ``SGD(fused=True)``;
 * ``param_groups fused``: ``SGD(tp.param_groups(model, s), fused=True)`` (ratio to ``none fused``).
 
@@ -61,10 +63,13 @@ MODES = {  # variant -> (mode, attach options)
     "attach cautious": ("decoupled", {"cautious": True}),
     "attach proximal": ("proximal", {}),
     "fuse grad": ("grad", {"fuse": True}),
+    "fuse grad fused": ("grad", {"fuse": True}),  # SGD(fused=True): ratio to "none fused"
 }
 VARIANTS = ["none", "tutorial", "reg() in loss", *MODES, "none fused", "param_groups fused"]
 #: variants timed compiled (fused SGD is eager-only here)
-COMPILED = ["none", "tutorial", "reg() in loss", *MODES]
+COMPILED = ["none", "tutorial", "reg() in loss", *(m for m in MODES if m != "fuse grad fused")]
+#: variants whose baseline is the unregularized fused-SGD step
+ON_FUSED = ("param_groups fused", "fuse grad fused")
 
 
 def mlp(sizes):
@@ -92,7 +97,8 @@ def build(variant, sizes, batch, device="cpu", compiled=None):
     if variant == "param_groups fused":
         opt = torch.optim.SGD(tp.param_groups(model, S), lr=lr, fused=True)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=lr, fused=variant == "none fused")
+        fused = variant in ("none fused", "fuse grad fused")
+        opt = torch.optim.SGD(model.parameters(), lr=lr, fused=fused)
     if variant in MODES:
         mode, options = MODES[variant]
         reg.attach(opt, mode=mode, **options)
@@ -201,7 +207,7 @@ def _ratios(med):
     """variant -> ratio to its own run's unregularized step."""
     out = {}
     for v, t in med.items():
-        out[v] = t / (med["none fused"] if v == "param_groups fused" else med["none"])
+        out[v] = t / (med["none fused"] if v in ON_FUSED else med["none"])
     return out
 
 
