@@ -96,7 +96,9 @@ def sweep(
         strengths: the grid (default :func:`default_strengths`: 1e-5 .. 10, 13 values).
         penalty: ``"l2"``, ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or such a
             penalty object (its strength is ignored) applied by the default parameter rule.
-        loss: ``"mse"``, ``"cross_entropy"`` (folds are then stratified) or ``None``
+        loss: ``"mse"``, ``"cross_entropy"`` (folds are then stratified), ``"huber"``
+            (robust regression, ``delta = 1`` in the target's units; the target is then
+            not standardized) or any loss registered in :mod:`torchpenalty.sweep.losses`, or ``None``
             (default): inferred as the command line does, classification for text,
             boolean or at most 10 distinct integer labels; recorded as ``result.loss``.
             ``loss="mse"`` on such labels warns. Or a callable ``(output, target) -> mean

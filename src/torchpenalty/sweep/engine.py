@@ -30,6 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..penalties import Penalty, names
 from ..select import select
+from .losses import SweepLoss, get_loss
 
 __all__ = ["ACTIVATIONS", "Engine", "Problem", "Task", "denormals_flushed", "flush_denormal"]
 
@@ -64,9 +65,11 @@ class Problem:
     loss: str | Callable[[Tensor, Tensor], Tensor]  # or (output, target) -> mean loss
     n_max: int = 0
     eval_rows: int | None = None
+    objective: SweepLoss = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.n_max = max(len(t) for t in self.train_idx)
+        self.objective = get_loss(self.loss)
 
     def inputs(self, folds: Tensor, idx: Tensor) -> Tensor:
         """``X[folds[:, None], idx]``: the inputs ``(M, r, ...)`` of M models (model ``j``
@@ -291,30 +294,12 @@ class Engine:
         return idx.to(self.device), mask.to(self.device)
 
     def _row_losses(self, out: Tensor, y: Tensor) -> Tensor:
-        """Loss of every row ``(M, rows)``. A callable loss ``(output, target) -> mean``
-        is applied to each row alone (``torch.func.vmap`` over models and rows), so padded
-        rows can be masked out; it must be written with torch operations vmap supports."""
-        if callable(self.problem.loss):
-            from torch.func import vmap
-
-            fn = self.problem.loss
-
-            def one(o: Tensor, t: Tensor) -> Tensor:
-                return fn(o.unsqueeze(0), t.unsqueeze(0))
-
-            return vmap(vmap(one))(out, y)
-        if self.problem.loss == "cross_entropy":
-            m, b = out.shape[:2]
-            return nn.functional.cross_entropy(
-                out.reshape(m * b, -1), y.reshape(-1), reduction="none"
-            ).view(m, b)
-        if out.ndim == 2:
-            out = out.unsqueeze(-1)
-        return (out - y).pow(2).mean(-1)
+        """Loss of every row ``(M, rows)`` (:meth:`~torchpenalty.sweep.losses.SweepLoss.rows`)."""
+        return self.problem.objective.rows(out, y)
 
     def _gather(self, folds: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = self.problem.inputs(folds, idx)
-        if self.problem.loss != "mse":  # targets shared by every fold (not standardized)
+        if not self.problem.objective.standardized:  # targets shared by every fold
             return x, self.problem.Y[idx]
         return x, self.problem.Y[folds[:, None], idx]
 
@@ -352,11 +337,12 @@ class Engine:
         x, y = self._gather(folds, idx)
         with self._mode(False):
             out = self.forward(state, x)
-        if self.problem.loss == "mse":
+        objective = self.problem.objective
+        if objective.standardized:  # errors scaled back to the data's units
             o = out if out.ndim == 3 else out.unsqueeze(-1)
-            return ((o - y) * self.problem.y_scale[folds].unsqueeze(1)).pow(2).mean(-1), None
-        hits = out.argmax(-1) == y if self.problem.loss == "cross_entropy" else None
-        return self._row_losses(out, y), hits
+            scale = self.problem.y_scale[folds].unsqueeze(1)
+            return objective.rows(o * scale, y * scale), None
+        return objective.rows(out, y), objective.hits(out, y)
 
     @torch.no_grad()
     def evaluate(
@@ -512,7 +498,7 @@ class Engine:
 
         val_rows = self.padded_rows(tasks, "val")
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
-        if self.problem.loss != "mse":
+        if not self.problem.objective.standardized:
             scale2 = torch.ones_like(scale2)
         for epoch in range(start, epochs):
             train_loss = self._epoch(tasks, epoch, live, opt, sel, strengths, folds) * scale2

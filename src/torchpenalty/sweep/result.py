@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .engine import Record
+from .losses import LOSSES
 
 __all__ = [
     "StandardizedModel",
@@ -301,7 +302,8 @@ class SweepResult:
     @property
     def task(self) -> str:
         """``"classification"`` (cross-entropy loss) or ``"regression"``."""
-        return "classification" if self.settings.get("loss") == "cross_entropy" else "regression"
+        kind = LOSSES.get(str(self.settings.get("loss", "mse")))
+        return "classification" if kind is not None and kind.labels else "regression"
 
     @property
     def table(self) -> list[dict[str, Any]]:

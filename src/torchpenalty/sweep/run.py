@@ -18,6 +18,7 @@ from .._validation import (
 from ..distributed import all_gather_objects, world
 from .engine import Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold
+from .losses import UserLoss, get_loss
 from .plan import balanced as _balanced
 from .plan import probe
 from .result import StandardizedModel, SweepResult, describe_model
@@ -27,7 +28,7 @@ from .stream import (
     StreamedRows,
     fold_moments,
 )
-from .validate import _CE, _as_array, _tensor, loss_name
+from .validate import _as_array, _tensor, loss_name
 from .validated import Validated
 
 
@@ -70,13 +71,13 @@ def _prepare(
     training rows only. Only tabular float features (2-D X taken as float32) and ``"mse"``
     targets are standardized; other inputs (images, token ids) and the targets of a
     callable loss pass through, one view shared by every fold (no copies)."""
-    n = len(X)
+    n, objective = len(X), get_loss(loss)
     splits, classes, y_codes = _folds(y, loss, folds, seed, groups)
     if isinstance(X, StreamedData):
         return _prepare_streamed(X, y, loss, splits, standardize, x_dtype, classes, y_codes)
-    if X.ndim != 2 or x_dtype != torch.float32 or callable(loss):
+    if X.ndim != 2 or x_dtype != torch.float32 or not (objective.labels or objective.standardized):
         return _prepare_passthrough(X, y, loss, splits, standardize, x_dtype, classes, y_codes)
-    Y2 = None if loss == _CE else y.reshape(n, -1)
+    Y2 = None if objective.labels else y.reshape(n, -1)
     xs, ys, scales, stats = [], [], [], []
     for tr, _ in splits:
         sx = Standardizer(X[tr] if standardize else np.zeros((1, X.shape[1])), name="X")
@@ -109,11 +110,11 @@ def _folds(
     """The (train, val) splits (grouped with ``groups``, else stratified for
     ``loss="cross_entropy"``) plus the all-rows refit split, the classes and the class
     codes of ``y`` (None unless cross-entropy)."""
-    n = len(y)
-    classes, y_codes = np.unique(y, return_inverse=True) if loss == _CE else (None, None)
+    n, labels = len(y), get_loss(loss).labels
+    classes, y_codes = np.unique(y, return_inverse=True) if labels else (None, None)
     if groups is not None:
         splits = group_kfold(groups, folds, seed)
-    elif loss == _CE:
+    elif labels:
         splits = stratified_kfold(y_codes, folds, seed)
     else:
         splits = kfold(n, folds, seed)
@@ -158,11 +159,11 @@ def _targets(
     """Targets as the engine reads them, their per-fold scales back to the data's units
     and their per-fold standardizers: "mse" targets standardized per fold,
     cross-entropy targets as class codes, a callable loss's targets as given."""
-    k1 = len(splits)
-    if callable(loss):
-        return _tensor(y), torch.ones(k1, 1), [None] * k1
-    if loss == _CE:
+    k1, objective = len(splits), get_loss(loss)
+    if objective.labels:
         return torch.tensor(y_codes), torch.ones(k1, 1), [None] * k1
+    if not objective.standardized:  # a user's loss sees y as given
+        return _tensor(y), torch.ones(k1, 1), [None] * k1
     Y2 = y.reshape(len(y), -1)
     sys_ = [Standardizer(Y2[tr] if standardize else np.zeros((1, Y2.shape[1])), name="y")
             for tr, _ in splits]  # fmt: skip
@@ -193,7 +194,7 @@ def _prepare_streamed(
         for f, (_, va) in enumerate(splits[:-1]):
             part[va] = f
         moments = fold_moments(X, part, k1 - 1)
-    elif tabular and not callable(loss):  # as in memory: Standardizer of zeros
+    elif tabular and not isinstance(get_loss(loss), UserLoss):  # as in memory: zeros
         moments = [Moments(np.zeros(d), np.ones(d))] * k1
     Y, scales, sys_ = _targets(y, loss, splits, standardize, y_codes)
     rows = StreamedRows(X, k1, x_dtype, moments if tabular and standardize else None)
@@ -480,14 +481,17 @@ def held_out_scores(
         out = result.model(Xt)
         if callable(loss):
             return {"rows": len(Xt), "loss": float(loss(out, _tensor(np.asarray(y_test))))}
-    if result.settings["loss"] == _CE:
-        codes = torch.as_tensor(np.searchsorted(np.asarray(result.classes), y_test))
-        loss = nn.functional.cross_entropy(out, codes).item()
-        acc = (out.argmax(-1) == codes).double().mean().item()
-        return {"rows": len(Xt), "loss": loss, "accuracy": acc}
-    yt = torch.as_tensor(np.asarray(y_test, dtype=np.float64)).reshape(len(Xt), -1)
-    err = (out.double().reshape(len(Xt), -1) - yt).pow(2).mean().item()
-    return {"rows": len(Xt), "loss": err}
+        objective = get_loss(result.settings["loss"])
+        if objective.labels:
+            y = torch.as_tensor(np.searchsorted(np.asarray(result.classes), y_test))
+        else:  # a numeric target, in float64
+            y = torch.as_tensor(np.asarray(y_test, dtype=np.float64)).reshape(len(Xt), -1)
+            out = out.double().reshape(len(Xt), -1)
+        scores = {"rows": len(Xt), "loss": objective.rows(out[None], y[None]).mean().item()}
+        hits = objective.hits(out, y)
+    if hits is not None:
+        scores["accuracy"] = hits.double().mean().item()
+    return scores
 
 
 def _refit(plan: _Plan, result: SweepResult) -> nn.Module:

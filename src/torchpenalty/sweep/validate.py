@@ -23,6 +23,7 @@ from .._validation import (
 )
 from ..penalties import Penalty, get, names, resolve
 from ..updates import modes
+from .losses import LOSSES, UserLoss, get_loss
 from .stream import (
     READ_ROWS,
     StreamedData,
@@ -98,7 +99,7 @@ def _callable(name: str, v: Any) -> Any:
 
 def _loss(name: str, v: Any) -> str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if isinstance(v, str):
-        return check_choice(name, v, (_MSE, _CE))
+        return check_choice(name, v, list(LOSSES))
     if not callable(v):
         raise type_error(
             name, "'mse', 'cross_entropy' or a callable (output, target) -> mean loss", v
@@ -115,10 +116,7 @@ def loss_name(loss: str | Callable[..., Any]) -> str:
     >>> loss_name(torch.nn.L1Loss())
     'L1Loss()'
     """
-    if isinstance(loss, str):
-        return loss
-    qual, mod = getattr(loss, "__qualname__", None), getattr(loss, "__module__", None)
-    return f"{mod}.{qual}" if qual and mod else repr(loss)
+    return loss if isinstance(loss, str) else get_loss(loss).name
 
 
 def _strengths(name: str, v: Any) -> list[float]:
@@ -281,7 +279,8 @@ def _check_groups(groups: np.ndarray | None, n: int, folds: int) -> np.ndarray |
 def _check_test(test: tuple[Any, Any], X: np.ndarray, y: np.ndarray, loss: str) -> tuple:
     """A held-out ``(X_test, y_test)`` like the data: same width, labels it has seen."""
     Xt = _as_array("test X", test[0])
-    yt = _as_array("test y", test[1], labels=loss == _CE)
+    objective = get_loss(loss)
+    yt = _as_array("test y", test[1], labels=objective.labels)
     if Xt.ndim != X.ndim or Xt.shape[1:] != X.shape[1:] or len(Xt) == 0:
         want = ", ".join(str(d) for d in X.shape[1:])
         raise described_error("test", f"(X_test, y_test) with X_test of shape (rows, {want})",
@@ -292,9 +291,9 @@ def _check_test(test: tuple[Any, Any], X: np.ndarray, y: np.ndarray, loss: str) 
         )
     if not np.isfinite(Xt).all():
         raise described_error("test", "finite X_test (no NaN or inf)", "non-finite values")
-    if callable(loss):
+    if isinstance(objective, UserLoss):
         return Xt, yt
-    if loss == _CE:
+    if objective.labels:
         unseen = np.setdiff1d(yt, np.unique(y))
         if len(unseen):
             raise described_error("test", "labels that appear in y", f"{unseen[:5].tolist()!r}")
@@ -371,7 +370,7 @@ def _check_data(
     X = data[0] if streamed else _as_array("X", data[0])
     if streamed:
         _as_array("X", X.head)  # real numbers (finite: checked by the scan)
-    y = _as_array("y", data[1], labels=loss is None or loss == _CE)
+    y = _as_array("y", data[1], labels=loss is None or get_loss(loss).labels)
     if X.ndim < 2:
         raise described_error("X", "a 2-D array (rows, features) or rows of any shape (rows, ...)",
                               f"shape {X.shape}")  # fmt: skip
@@ -389,14 +388,14 @@ def _check_data(
     looks_like_classes = y.ndim == 1 and infer_task(y) == "classification"
     if loss is None:
         loss = _CE if looks_like_classes else _MSE
-    elif loss == _MSE and looks_like_classes and y.dtype.kind in "biuf":
+    elif get_loss(loss).standardized and looks_like_classes and y.dtype.kind in "biuf":
         warnings.warn(
             f"y holds {len(np.unique(y))} distinct integer values: if these are classes, use "
             "loss='cross_entropy' (loss=None infers it)",
             UserWarning,
             stacklevel=4,
         )
-    if loss == _CE:
+    if get_loss(loss).labels:
         return X, _check_labels(y), loss
     if y.dtype.kind not in "biuf":
         raise described_error("y", "numeric for loss='mse'", f"dtype {y.dtype}")
@@ -470,7 +469,7 @@ def _check_model(
     width = 1 if out.ndim == 1 else out.shape[1]
     if callable(loss):
         _check_loss(loss, out, _tensor(y[:2]))
-    elif loss == _CE:
+    elif get_loss(loss).labels:
         k = len(np.unique(y))
         if width < k:
             raise described_error("make_model", f"a model with one output per class ({k})",
