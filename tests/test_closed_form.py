@@ -10,6 +10,7 @@ from torch import nn
 from torchpenalty.sweep.closed_form import (
     fit_linear,
     is_linear_model,
+    ridge_loo,
     ridge_solutions,
     sweep_records,
 )
@@ -221,8 +222,9 @@ def test_sweep_closed_form_refuses_what_it_cannot_solve(diabetes, make, kw, matc
 
 
 @pytest.mark.parametrize(
-    "kw", [{"early_stopping": 3}, {"mode": "decoupled"}, {"penalty": "l1"}, {"solver": "train"}]
-)
+    "kw", [{"early_stopping": 3}, {"mode": "decoupled"}, {"penalty": "l1", "mode": "decoupled"},
+           {"solver": "train"}]
+)  # fmt: skip
 def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
     X, y = diabetes
     r = tp.sweep(lambda: nn.Linear(10, 1), (X[:100], y[:100]), strengths=[0.1], folds=2,
@@ -231,7 +233,9 @@ def test_sweep_auto_trains_when_training_aims_elsewhere(diabetes, kw):
 
 
 def test_solver_is_validated():
-    with pytest.raises(ValueError, match=r"solver must be one of 'auto', 'closed_form', 'train'"):
+    with pytest.raises(
+        ValueError, match=r"solver must be one of 'auto', 'closed_form', 'path', 'train'"
+    ):
         tp.sweep(lambda: nn.Linear(2, 1), (np.eye(4, 2), [1.0, 2, 3, 4]), solver="svd")
 
 
@@ -252,3 +256,32 @@ def test_linear_probe_recipe(diabetes):
     ours = probe(torch.tensor(X, dtype=torch.float32)).detach().double().numpy()[:, 0]
     # float32 features and weights: errors small against the spread of the predictions
     assert np.max(np.abs(ours - ref.predict(f64))) < 1e-3 * np.std(y)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(442, 10, 1), (30, 60, 1), (50, 4, 3)])
+def test_ridge_loo_equals_brute_force_and_ridgecv(n, d, k):
+    """Exact leave-one-out residuals equal n refits without each row to 1e-10, down to
+    strengths of 1e-10, and RidgeCV(store_cv_results=True) to 1e-8 (n >= d: at every
+    strength; n < d: from 1e-3 up -- below, RidgeCV's own rounding reaches 1e-4 at 1e-10
+    against the brute force, ours 1e-15)."""
+    from sklearn.linear_model import RidgeCV
+
+    if n == 442:
+        from sklearn.datasets import load_diabetes
+
+        X, Y = load_diabetes(return_X_y=True)
+        Y = Y[:, None]
+    else:
+        X, Y = data(n=n, d=d, k=k)
+    Z = (X - X.mean(0)) / X.std(0)
+    lams = [1e-10, 1e-6, 1e-3, 1.0, 100.0]
+    loo = ridge_loo(Z, Y, lams)
+    for j, lam in enumerate(lams):
+        for i in range(0, n, max(1, n // 25)):
+            W, b = ridge_solutions(np.delete(Z, i, 0), np.delete(Y, i, 0), [lam])
+            assert rel(loo[j, i], Y[i] - Z[i] @ W[0] - b[0]) < 1e-10
+    ref = RidgeCV(alphas=lams, store_cv_results=True).fit(Z, Y if k > 1 else Y[:, 0])
+    cv = ref.cv_results_.reshape(n, k, len(lams))  # squared LOO errors
+    ours = np.moveaxis(loo**2, 0, -1)
+    first = 0 if n >= d else 2
+    assert rel(ours[..., first:], cv[..., first:]) < 1e-8

@@ -59,6 +59,7 @@ def test_torchrun_examples(script, last_lines):
         ("benchmarks/denormal_scaling.py", "x"),
         ("benchmarks/engine_step.py", "x"),
         ("benchmarks/sweep_stream.py", "of stacked"),
+        ("benchmarks/convex.py", "sk/ours"),
     ],
 )
 def test_benchmarks_quick(script, marker):

@@ -468,6 +468,7 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
                       f"continue with: torchpenalty sweep --resume {out}", file=sys.stderr)  # fmt: skip
                 return 128 + received[0] if received else EXIT_INTERRUPTED
             result.data_name = header["data"]["source"]
+            result.feature_names = header["data"]["features"]  # issue #16: result.selected
             extra = {"test": getattr(result, "test", None)}
             with report.shielded(interrupt_after=False):
                 report.write_outputs(out, result, {**header, **extra},
@@ -509,6 +510,11 @@ def _print_summary(result: Any, select: str, out: str) -> None:
 
     print(f"\nbest strength: {fmt(result.best_strength)}   1-SE strength: "
           f"{fmt(result.strength_1se)}   refit at: {fmt(result.chosen_strength)} ({select})")  # fmt: skip
+    selected = result.selected  # issue #16: features an L1-type linear model keeps
+    if selected is not None and result.settings["penalty"]["name"] != "l2":
+        for rule, names in selected.items():
+            if names is not None:
+                print(f"kept at the {rule} strength ({len(names)}): {', '.join(names)}")
     test = getattr(result, "test", None)
     if test:
         acc = f", accuracy {test['accuracy']:.4g}" if "accuracy" in test else ""

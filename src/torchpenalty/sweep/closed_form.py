@@ -48,6 +48,7 @@ __all__ = [
     "is_linear_model",
     "linear_of",
     "not_applicable",
+    "ridge_loo",
     "ridge_solutions",
     "sweep_closed_form",
     "sweep_records",
@@ -181,6 +182,54 @@ def fit_linear(
         torch.tensor(sy.mean, dtype=f32),
         torch.tensor(sy.std, dtype=f32),
     ).eval()
+
+
+def ridge_loo(Z: np.ndarray, T: np.ndarray, lams: Sequence[float]) -> np.ndarray:
+    """Exact leave-one-out residuals of ridge with an unpenalized intercept for every
+    ``lam``, shape ``(len(lams), n, k)``: ``(t_i - fit_i) / (1 - h_ii)`` with the hat matrix
+    ``H = 11^T/n + Zc (Zc^T Zc + lam I)^-1 Zc^T`` (the intercept column is orthogonal to the
+    centered ``Zc``). From the Gram matrix's eigendecomposition when ``n >= d``, else from
+    ``Zc Zc^T`` (``n x n``): ``Zc = U S V^T`` gives ``H = 11^T/n + U diag(S^2/(S^2 + lam))
+    U^T``. Equal to scikit-learn ``RidgeCV(alphas=lams, store_cv_results=True)``'s
+    ``cv_results_`` (squared) on the same ``Z``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> Z = rng.normal(size=(20, 3)); T = Z @ [[1.0], [2.0], [0.0]] + rng.normal(size=(20, 1))
+    >>> e = ridge_loo(Z, T, [0.5])[0, 3]
+    >>> W, b = ridge_solutions(np.delete(Z, 3, 0), np.delete(T, 3, 0), [0.5])
+    >>> bool(np.allclose(e, T[3] - Z[3] @ W[0] - b[0]))
+    True
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64).reshape(len(Z), -1)
+    n, d = Z.shape
+    Zc, Tc = Z - Z.mean(0), T - T.mean(0)
+    lam = np.asarray(lams, dtype=np.float64)[:, None]
+    if n < d:
+        return _loo_kernel(Zc, Tc, lam)
+    e, V = np.linalg.eigh(Zc.T @ Zc)
+    keep = e > e.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+    U = (Zc @ V[:, keep]) / np.sqrt(e[keep])  # left singular vectors
+    shrink = e[keep] / (e[keep] + lam)  # (L, r)
+    fit = T.mean(0) + np.einsum("ir,lr,rk->lik", U, shrink, U.T @ Tc)
+    h = 1.0 / n + np.einsum("ir,lr->li", U**2, shrink)
+    return (T - fit) / (1.0 - h)[:, :, None]
+
+
+def _loo_kernel(Zc: np.ndarray, Tc: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """:func:`ridge_loo` for ``n < d``: in the centered subspace ``I - H = lam (K + lam)^-1``
+    with ``K = Zc Zc^T``, so the LOO residual is ``(K + lam)^-1 Tc`` over the diagonal of
+    ``(K + lam)^-1`` without the all-ones direction (both finite as ``lam -> 0``, where
+    ``1 - h`` cancels). That direction is given eigenvalue ``c`` and its known share
+    ``(1/n) / (c + lam)`` taken off the diagonal."""
+    n = len(Zc)
+    K = Zc @ Zc.T
+    c = float(np.trace(K)) + 1.0
+    e, Q = np.linalg.eigh(K + c / n)
+    inv = 1.0 / (np.clip(e, 0.0, None) + lam)  # (L, n)
+    num = np.einsum("ir,lr,rk->lik", Q, inv, Q.T @ Tc)
+    den = np.einsum("ir,lr->li", Q**2, inv) - (1.0 / n) / (c + lam)
+    return num / den[:, :, None]
 
 
 # ---------------------------------------------------------------------------- streamed data
@@ -345,7 +394,7 @@ def chooses_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> bo
     same solution (L2 as a gradient term, no early stopping, no resume); ``"closed_form"``
     insists (``ValueError`` saying what is missing); ``"train"`` never."""
     solver = v.options.get("solver", "auto")
-    if solver == "train":
+    if solver in ("train", "path"):
         return False
     why = not_applicable(make_model, v)
     if solver == "closed_form":

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..distributed import world
 from ..penalties import Penalty
-from . import closed_form
+from . import closed_form, path
 from .engine import Record
 from .result import SweepResult
 from .run import (
@@ -124,7 +124,13 @@ def sweep(
             stopping) is solved in closed form per fold
             (:mod:`torchpenalty.sweep.closed_form`, equal to scikit-learn's ``Ridge`` with
             ``alpha = s * n_train / 2``), anything else is trained; ``"closed_form"``
-            insists (``ValueError`` if it does not apply); ``"train"`` always trains.
+            insists (``ValueError`` if it does not apply). Likewise a model that is one
+            ``nn.Linear`` with ``"l1"``, ``"elastic_net"``, ``"group_lasso"`` or ``"l2"``
+            under ``"mse"`` or ``"cross_entropy"`` (``mode`` ``"grad"`` or ``"proximal"``)
+            is solved along the grid to a stated KKT tolerance
+            (:mod:`torchpenalty.sweep.path`, equal to scikit-learn's ``Lasso``,
+            ``ElasticNet`` and ``LogisticRegression``); ``"path"`` insists on that solver;
+            ``"train"`` always trains.
         seed: an integer in [0, 2**32 - 1] for the folds, initializations and batches.
         early_stopping: patience in epochs; each model keeps its parameters from its best
             validation epoch. ``None`` trains every model for ``epochs``.
@@ -177,6 +183,10 @@ def sweep(
         o = v.options
         splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
         result = closed_form.sweep_closed_form(make_model, v, splits[:-1])
+    elif path.chooses_path(make_model, v):
+        o = v.options
+        splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
+        result = path.sweep_path(make_model, v, splits[:-1])
     else:
         plan = _plan(make_model, v)
         done: dict[tuple[int, int], Record] = {}

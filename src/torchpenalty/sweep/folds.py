@@ -118,3 +118,34 @@ class Standardizer:
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x) * self.std + self.mean
+
+
+def strength_factors(penalty: Any, loss: Any, stats: list) -> tuple[list[float], str]:
+    """Per-fold factors turning a strength in the raw target's units into the strength a
+    model trained on the fold's standardized target ``t = (y - mean) / sd`` needs, and the
+    units the reported strengths are in (``"raw target"`` or ``"standardized target"``).
+
+    With weights ``w = sd * u`` of a linear model, ``mean((Zw + b - y)**2) + s * P(w)`` is
+    ``sd**2 * (mean((Zu + c - t)**2) + s * sd**(p - 2) * P(u))`` for a penalty homogeneous of
+    degree ``p`` (``P(a w) = a**p P(w)``): the factor is ``sd**(p - 2)``, ``1/sd`` for L1 and
+    group lasso, ``1`` for L2 (scale-free). Several targets use ``sd = sqrt(mean(sd_k**2))``
+    (exact when their spreads are equal). Elastic net (degrees 1 and 2 mixed), BerHu and user
+    penalties have no such factor: their strengths stay in standardized-target units. A
+    cross-entropy or callable loss has no target scale: factors 1, ``"raw target"``.
+
+    >>> from torchpenalty.penalties import L1, L2
+    >>> st = [(None, Standardizer(np.array([[0.0], [4.0]])))]  # sd 2
+    >>> strength_factors(L1(1.0), "mse", st), strength_factors(L2(1.0), "mse", st)
+    (([0.5], 'raw target'), ([1.0], 'raw target'))
+    """
+    from ..penalties import L1, L2, GroupLasso
+
+    ones = [1.0] * len(stats)
+    if loss != "mse" or any(sy is None for _, sy in stats):
+        return ones, "raw target"
+    degree = {L1: 1, GroupLasso: 1, L2: 2}.get(type(penalty))
+    if degree is None:
+        return ones, "standardized target"
+    return [float(np.sqrt(np.mean(np.square(sy.std)))) ** (degree - 2) for _, sy in stats], (
+        "raw target"
+    )

@@ -287,6 +287,7 @@ class SweepResult:
     data_name: str | None = None
     model_name: str | None = None
     curves: dict[str, list[float]] | None = None
+    feature_names: list[str] | None = None
 
     # ------------------------------------------------------------------ table
     @property
@@ -348,6 +349,42 @@ class SweepResult:
         for key in ("train", "val"):
             n = min(len(r.history.get(key, [])) for r in recs)
             out[key] = [float(np.mean([r.history[key][e] for r in recs])) for e in range(n)]
+        return out
+
+    @property
+    def selected(self) -> dict[str, list[str] | None] | None:
+        """The input features a linear model keeps (a nonzero weight for some output) on
+        all rows, at the best and at the 1-SE strength: ``{"best": [...], "1se": [...]}``,
+        named by ``feature_names`` (the CSV header on the command line), else ``"x0"``,
+        ``"x1"``, ... A path sweep (``settings["solver"] == "path"``) holds every
+        strength's all-rows solution; otherwise only the refit model's strength is known
+        (the other rule is None). None when there is no such linear model.
+
+        >>> import numpy as np, torch, torchpenalty as tp
+        >>> X = np.random.default_rng(0).normal(size=(80, 3)); y = 3 * X[:, 0]
+        >>> r = tp.sweep(lambda: torch.nn.Linear(3, 1), (X, y), penalty="l1",
+        ...              strengths=[1.0, 0.01], folds=2, progress=False)
+        >>> r.selected["best"]
+        ['x0']
+        """
+        weights = {}
+        fit = getattr(self, "path_fit", None)
+        for rule, s in (("best", self.best_strength), ("1se", self.strength_1se)):
+            if s is not None and fit is not None:
+                weights[rule] = fit["weight"][self.strengths.index(s)]
+            elif s is not None and s == self.chosen_strength and self.model is not None:
+                lin = getattr(self.model, "model", self.model)
+                lin = lin[0] if isinstance(lin, nn.Sequential) and len(lin) == 1 else lin
+                if isinstance(lin, nn.Linear):
+                    weights[rule] = lin.weight.detach()
+        if not weights:
+            return None
+        d = next(iter(weights.values())).shape[-1]
+        names = self.feature_names or [f"x{j}" for j in range(d)]
+        out: dict[str, list[str] | None] = {"best": None, "1se": None}
+        for rule, W in weights.items():
+            keep = (torch.as_tensor(W) != 0).any(0).tolist()
+            out[rule] = [str(n) for n, k in zip(names, keep, strict=True) if k]
         return out
 
     @property
@@ -436,6 +473,9 @@ class SweepResult:
             out["refit"] = self.refit
             out["learning_curves"] = self.learning_curves() if self.complete else None
             out["warnings"] = self.warnings
+            selected = self.selected
+            if selected is not None:
+                out["selected"] = selected
         if self.classes is not None:
             out["classes"] = np.asarray(self.classes).tolist()
         for key in ("data_name", "model_name"):

@@ -17,7 +17,7 @@ from .._validation import (
 )
 from ..distributed import all_gather_objects, world
 from .engine import Engine, Problem, Record, Task
-from .folds import Standardizer, group_kfold, kfold, stratified_kfold
+from .folds import Standardizer, group_kfold, kfold, stratified_kfold, strength_factors
 from .losses import UserLoss, get_loss
 from .plan import balanced as _balanced
 from .plan import probe
@@ -269,7 +269,10 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
                     batch_size=o["batch_size"], optimizer=o["optimizer"], lr=o["lr"],
                     mode=v.mode, seed=o["seed"], early_stopping=o["early_stopping"],
                     forward=o["forward"], device=dev)  # fmt: skip
-    tasks = [Task(i, k, s) for i, s in enumerate(v.grid) for k in range(o["folds"])]
+    # the engine trains on standardized targets: strengths converted per fold (issue #16)
+    factors, units = strength_factors(v.penalty, v.loss, meta["stats"])
+    meta["factors"] = factors
+    tasks = [Task(i, k, s * factors[k]) for i, s in enumerate(v.grid) for k in range(o["folds"])]
     rows, row_bytes = len(v.X), 0
     if streamed:  # fold-major: the models of a chunk mostly share their rows
         tasks.sort(key=lambda t: (t.fold, t.i))
@@ -286,6 +289,8 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
         "data_sha256": v.fingerprint,
         "forward": engine.forward_kind,
     }
+    if v.loss == "mse":
+        settings["strength_units"] = units
     if v.groups is not None:
         settings["groups"] = len(np.unique(v.groups))
     size = 1
@@ -414,6 +419,8 @@ def _run_chunks(
             if use is not None and bar is not None:
                 bar.update(use["epoch"])
             recs, _ = plan.engine.run(chunk, state=use, on_epoch=on_epoch)
+            for r in recs:  # the engine ran at per-fold converted strengths
+                r.strength = plan.grid[r.i]
             snap = current["snapshot"] = None
             if bar is not None and plan.engine.early_stopping and recs:
                 bar.update(epochs - len(recs[0].history["val"]))
@@ -504,7 +511,8 @@ def _refit(plan: _Plan, result: SweepResult) -> nn.Module:
     epochs = engine.epochs
     if engine.early_stopping:
         epochs = int(np.median([r.best_epoch for r in result.records if r.i == i])) + 1
-    _, params = engine.run([Task(i, k, s)], epochs=epochs, early_stopping=False)
+    factor = plan.meta.get("factors", [1.0] * (k + 1))[k]
+    _, params = engine.run([Task(i, k, s * factor)], epochs=epochs, early_stopping=False)
     model = engine.build_model(k)  # on the CPU
     model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
     sx, sy = plan.meta["stats"][k]

@@ -203,7 +203,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "lr": check_positive,
     "mode": _optional(lambda name, v: check_choice(name, v, modes(sweepable=True))),
     "vectorize": _vectorize,
-    "solver": _choice("auto", "closed_form", "train"),
+    "solver": _choice("auto", "closed_form", "path", "train"),
     "seed": _int(0, MAX_SEED),
     "progress": _bool,
     "early_stopping": _optional(_int(1)),

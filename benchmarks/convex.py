@@ -1,0 +1,141 @@
+"""Convex problems: ``tp.sweep`` (path solver, ridge closed form) against scikit-learn's
+cross-validated estimators, on the same grid and the same folds.
+
+Rows (``--quick``: diabetes L1 and L2 only, one repetition):
+
+- diabetes (442 x 10), raw target: ``LassoCV``, ``ElasticNetCV(l1_ratio=0.5)`` against
+  ``penalty="l1"`` / ``"elastic_net"``; ``GridSearchCV(Ridge)`` against ``penalty="l2"``;
+- breast cancer (569 x 30): ``LogisticRegressionCV`` (liblinear, saga; L1) against
+  ``penalty="l1"`` with ``nn.Linear(30, 2)``;
+- synthetic regression, 20,000 x 200 (``--n``/``--d``): ``LassoCV``, ``GridSearchCV(Ridge)``.
+
+Grid: 13 strengths from 1e-3 to 10 (x the target's variance for regressions), 5 folds:
+the sweep's own folds passed to scikit-learn as ``cv=``. The conversions: ``Lasso(alpha=s/2)``,
+``ElasticNet(alpha=s/2)``, ``Ridge(alpha=s*n_train/2)`` (``n_train`` is the same for every
+fold when 5 divides n; otherwise it differs by one row and ``GridSearchCV(Ridge)`` solves a
+slightly different problem per fold), logistic L1 ``C = 1/(s*n_train)`` (liblinear also
+penalizes the intercept: its choice may differ). scikit-learn runs at its default ``tol``;
+ours at its KKT tolerance (``1e-8`` relative).
+
+Each contender is timed in turn (interleaved), the median of ``--repeats`` (3), with one
+thread (``torch.set_num_threads(1)`` and threadpoolctl for NumPy/scikit-learn) and with the
+defaults. Printed: seconds, the ratio scikit-learn / ours (> 1: we are faster) and whether
+the chosen strengths are equal. On a loaded machine the figures move: quote them with the
+load. Run: ``python benchmarks/convex.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.linear_model import ElasticNetCV, LassoCV, LogisticRegressionCV, Ridge
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+import torchpenalty as tp
+from torchpenalty.sweep.folds import kfold, stratified_kfold
+
+
+def grid(scale: float = 1.0) -> list[float]:
+    return [float(f"{v:.3g}") * scale for v in np.logspace(1, -3, 13)]
+
+
+def ours(X, y, penalty, strengths, classes=None):
+    k = 1 if classes is None else classes
+    r = tp.sweep(lambda: nn.Linear(X.shape[1], k), (X, y), penalty=penalty,
+                 strengths=strengths, folds=5, progress=False)  # fmt: skip
+    return r.best_strength, r.settings.get("solver")
+
+
+def rows(quick: bool, n: int, d: int):
+    """(name, X, y, penalty, grid, classes, {contender: fit -> chosen strength})."""
+    Xd, yd = load_diabetes(return_X_y=True)
+    out = []
+    S = grid(1.0)
+    splits = kfold(len(Xd), 5, seed=0)
+    pipe = lambda est: make_pipeline(StandardScaler(), est)  # noqa: E731
+    out.append(("diabetes", Xd, yd, "l1", S, None, {
+        "LassoCV": lambda: 2 * pipe(LassoCV(alphas=[s / 2 for s in S], cv=splits)).fit(Xd, yd)[-1].alpha_}))  # fmt: skip
+    out.append(("diabetes", Xd, yd, "elastic_net", S, None, {
+        "ElasticNetCV": lambda: 2 * pipe(ElasticNetCV(alphas=[s / 2 for s in S], l1_ratio=0.5,
+                                                      cv=splits)).fit(Xd, yd)[-1].alpha_}))  # fmt: skip
+    ntr = len(splits[0][0])
+    out.append(("diabetes", Xd, yd, "l2", S, None, {
+        "GridSearchCV(Ridge)": lambda: 2 / ntr * GridSearchCV(
+            pipe(Ridge()), {"ridge__alpha": [s * ntr / 2 for s in S]}, cv=splits,
+            scoring="neg_mean_squared_error").fit(Xd, yd).best_params_["ridge__alpha"]}))  # fmt: skip
+    if quick:
+        return [out[0], out[2]]
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    Sc = grid(0.1)
+    csplits = stratified_kfold(np.unique(yc, return_inverse=True)[1], 5, seed=0)
+    nc = len(csplits[0][0])
+    for solver in ("liblinear", "saga"):
+        out.append(("breast cancer", Xc, yc, "l1", Sc, 2, {
+            f"LogisticRegressionCV({solver})": (lambda solver=solver: 1 / (nc * pipe(
+                LogisticRegressionCV(Cs=[1 / (s * nc) for s in Sc], l1_ratios=(1.0,),
+                                     solver=solver, cv=csplits, max_iter=10_000)
+            ).fit(Xc, yc)[-1].C_[0]))}))  # fmt: skip
+    rng = np.random.default_rng(0)
+    Xs = rng.normal(size=(n, d))
+    ys = Xs[:, :20] @ rng.normal(size=20) + rng.normal(size=n) * 3
+    ssplits = kfold(n, 5, seed=0)
+    Ss = grid(float(ys.var()) / 100)
+    out.append((f"synthetic {n}x{d}", Xs, ys, "l1", Ss, None, {
+        "LassoCV": lambda: 2 * pipe(LassoCV(alphas=[s / 2 for s in Ss], cv=ssplits)).fit(Xs, ys)[-1].alpha_}))  # fmt: skip
+    nts = len(ssplits[0][0])
+    out.append((f"synthetic {n}x{d}", Xs, ys, "l2", Ss, None, {
+        "GridSearchCV(Ridge)": lambda: 2 / nts * GridSearchCV(
+            pipe(Ridge()), {"ridge__alpha": [s * nts / 2 for s in Ss]}, cv=ssplits,
+            scoring="neg_mean_squared_error").fit(Xs, ys).best_params_["ridge__alpha"]}))  # fmt: skip
+    return out
+
+
+def timed(fn, *args):
+    t = time.perf_counter()
+    value = fn(*args)
+    return time.perf_counter() - t, value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--d", type=int, default=200)
+    a = ap.parse_args()
+    repeats = 1 if a.quick else a.repeats
+    warnings.simplefilter("ignore")  # scikit-learn's convergence warnings at default tol
+    from threadpoolctl import threadpool_limits
+
+    default_threads = torch.get_num_threads()
+    print(f"{'problem':<20} {'penalty':<12} {'scikit-learn':<30} {'thr':>3} {'ours s':>8} "
+          f"{'sk s':>8} {'sk/ours':>8}  same choice  solver")  # fmt: skip
+    for name, X, y, pen, S, classes, contenders in rows(a.quick, a.n, a.d):
+        for threads in (1, default_threads):
+            torch.set_num_threads(threads)
+            with threadpool_limits(limits=threads):
+                for label, fn in contenders.items():
+                    mine, theirs = [], []
+                    for _ in range(repeats):  # interleaved
+                        t, (best, solver) = timed(ours, X, y, pen, S, classes)
+                        mine.append(t)
+                        t, chosen = timed(fn)
+                        theirs.append(t)
+                    m, s = statistics.median(mine), statistics.median(theirs)
+                    same = bool(np.isclose(best, chosen, rtol=1e-6))
+                    print(f"{name:<20} {pen:<12} {label:<30} {threads:>3} {m:>8.3f} {s:>8.3f} "
+                          f"{s / m:>8.2f}  {same!s:<11}  {solver}")  # fmt: skip
+    torch.set_num_threads(default_threads)
+
+
+if __name__ == "__main__":
+    main()

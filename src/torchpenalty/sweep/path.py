@@ -1,0 +1,838 @@
+"""Exact sweeps for convex linear problems: one ``nn.Linear`` with L1, elastic net, group
+lasso or L2 under mean squared error or cross-entropy, solved along the strength grid.
+
+The problem of one (strength, fold) is, with ``Z`` the fold's standardized inputs (``n``
+training rows), ``W`` the weight as a ``(d, k)`` matrix and ``b`` the unpenalized bias,
+
+    minimize  loss(Z W + b, y) + s * P(W),
+    P(W) = a * sum|W| + c/2 * sum W**2 + g * sum_groups ||W_group||_2
+
+with ``loss`` the mean over rows (and outputs) of the squared error on the *raw* target,
+or the mean cross-entropy; ``L1(s)`` is ``a=1``, ``L2(s)`` is ``c=1``, ``ElasticNet(s, r)``
+is ``a=r, c=1-r`` and ``GroupLasso(s, dim)`` is ``g=1`` (:func:`penalty_terms`). This is
+the problem the user's own loop solves with ``tp.L1(s)`` on the raw target, so the
+strength needs no conversion: ``L1(s)`` = scikit-learn ``Lasso(alpha=s/2)``,
+``ElasticNet(s, r)`` = ``ElasticNet(alpha=s/2, l1_ratio=r)``, and for ``K >= 3`` classes
+``LogisticRegression(C=1/(s*n))`` with the same penalty (see :mod:`torchpenalty.penalties`'
+conversions; a two-output binary model is the logistic model of ``v = w_1 - w_0``, see
+:func:`binary_terms`).
+
+How: the mean squared error is a quadratic in ``W`` (its Gram matrix ``G = Zc^T Zc / n``
+and ``B = Zc^T yc / n`` per fold: one matrix product per fold, then nothing of size ``n``);
+cross-entropy keeps the rows. Each strength starts from the previous one's solution
+(warm start, from the largest strength down), every fold at once as one batch of
+problems (float64, on the data's device: CPU or GPU). A batch runs accelerated proximal
+gradient steps (FISTA with restarts) and, every few steps, tries a Newton step on the
+nonzero coordinates with their signs fixed (for the squared error, one linear solve:
+the exact solution once the zero set is right). Cross-entropy (without a group term)
+runs proximal Newton instead: the loss's second-order model plus the L1 term, solved as
+above, then a backtracking line search on the true objective. It stops when the KKT
+conditions hold to ``tol``: :func:`kkt_violation` over the gradient at the null model is
+at most ``tol``.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> from sklearn.linear_model import Lasso
+>>> Z = rng.normal(size=(50, 3)); y = Z @ [2.0, 0.0, -1.0] + rng.normal(size=50)
+>>> Zc, yc = Z - Z.mean(0), y - y.mean()
+>>> G = torch.tensor(Zc.T @ Zc / 50)[None]; B = torch.tensor(Zc.T @ yc / 50)[None, :, None]
+>>> W, info = solve(Quadratic(G, B), Terms.of(torch.tensor([0.4]), l1=1.0))  # L1(0.8), 1/2-scaled
+>>> ref = Lasso(alpha=0.4, tol=1e-12).fit(Z, y).coef_
+>>> bool(info.converged.all()), bool(abs(W[0, :, 0].numpy() - ref).max() < 1e-8)
+(True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Logistic",
+    "Quadratic",
+    "Softmax",
+    "SolveInfo",
+    "Terms",
+    "chooses_path",
+    "kkt_violation",
+    "not_applicable",
+    "penalty_terms",
+    "prox",
+    "solve",
+    "sweep_path",
+]
+
+#: KKT tolerance, relative to the largest gradient coordinate at the null model (the
+#: strength above which every weight is zero, for L1).
+TOL = 1e-8
+#: Proximal-gradient steps between two Newton attempts and KKT checks.
+CHECK_EVERY = 10
+#: Most proximal-gradient steps per strength.
+MAX_ITER = 20_000
+#: Most proximal-gradient steps of one proximal-Newton subproblem (it may stop inexact).
+INNER_ITER = 100
+
+
+# ---------------------------------------------------------------------------- penalty terms
+@dataclass
+class Terms:
+    """Per-problem coefficients of ``a*sum|W| + c/2*sum W**2 + g*sum_groups ||W_g||``:
+    ``l1``, ``l2``, ``group`` of shape ``(P,)``. ``group_dim`` is the axis of ``W``
+    (``(d, k)``: 0 runs over inputs, 1 over outputs) along which one group's entries lie:
+    ``group_dim=0`` groups are output columns, ``1`` are input rows."""
+
+    l1: Tensor
+    l2: Tensor
+    group: Tensor
+    group_dim: int = 0
+
+    @staticmethod
+    def of(s: Tensor, *, l1: float = 0.0, l2: float = 0.0, group: float = 0.0, group_dim=0):
+        s = torch.as_tensor(s, dtype=torch.float64)
+        return Terms(s * l1, s * l2, s * group, group_dim)
+
+    def scaled(self, factor: float) -> Terms:
+        return Terms(self.l1 * factor, self.l2 * factor, self.group * factor, self.group_dim)
+
+    def value(self, W: Tensor) -> Tensor:
+        """The penalty of each problem's ``W`` (``(P, d, k)``), shape ``(P,)``."""
+        gn = W.norm(dim=1 + self.group_dim).sum(-1)
+        return self.l1 * W.abs().sum((1, 2)) + self.l2 / 2 * W.pow(2).sum((1, 2)) + self.group * gn
+
+
+def _col(t: Tensor) -> Tensor:
+    return t[:, None, None]
+
+
+def prox(V: Tensor, step: Tensor, terms: Terms) -> Tensor:
+    """The proximal operator of ``step * (a*|W| + g*sum ||W_g||)`` at ``V`` (``(P, d, k)``,
+    ``step`` of shape ``(P,)``): soft-thresholding by ``step*a``, then each group shrunk
+    toward zero by ``step*g`` (the sparse-group-lasso prox; the L2 part is smooth).
+
+    >>> V = torch.tensor([[[3.0], [-0.5]]], dtype=torch.float64)
+    >>> prox(V, torch.tensor([1.0]), Terms.of(torch.tensor([1.0]), l1=1.0))[0, :, 0].tolist()
+    [2.0, -0.0]
+    """
+    t = _col(step)
+    W = V.sign() * (V.abs() - t * _col(terms.l1)).clamp_min(0)
+    if bool((terms.group > 0).any()):
+        dim = 1 + terms.group_dim
+        norm = W.norm(dim=dim, keepdim=True)
+        shrink = (1 - t * _col(terms.group) / norm.clamp_min(1e-300)).clamp_min(0)
+        W = W * shrink
+    return W
+
+
+def kkt_violation(W: Tensor, grad: Tensor, terms: Terms) -> Tensor:
+    """Largest distance of ``-grad`` (the smooth part's gradient, L2 term included) to the
+    penalty's subdifferential at ``W`` over the coordinates, shape ``(P,)``: 0 exactly at a
+    minimizer. A nonzero weight needs ``grad + a*sign(w) + g*w/||w_g|| = 0``; a zero weight
+    outside a zero group ``|grad| <= a``; a zero group ``||soft(grad, a)|| <= g``.
+
+    >>> W = torch.tensor([[[1.0], [0.0]]], dtype=torch.float64)
+    >>> g = torch.tensor([[[-1.0], [0.4]]], dtype=torch.float64)
+    >>> kkt_violation(W, g, Terms.of(torch.tensor([1.0]), l1=1.0)).tolist()
+    [0.0]
+    """
+    a, gr = _col(terms.l1), _col(terms.group)
+    nz = W != 0
+    soft = (grad.abs() - a).clamp_min(0)
+    if bool((terms.group > 0).any()):
+        dim = 1 + terms.group_dim
+        norm = W.norm(dim=dim, keepdim=True)
+        live = norm > 0
+        on = torch.where(nz, grad + a * W.sign() + gr * W / norm.clamp_min(1e-300), 0.0)
+        off = torch.where(nz, 0.0, soft)
+        dead = (soft.norm(dim=dim, keepdim=True) - gr).clamp_min(0)
+        per = torch.where(live, on.abs() + off, dead.expand_as(W))
+        return per.amax((1, 2))
+    on = (grad + a * W.sign()).abs()
+    return torch.where(nz, on, soft).amax((1, 2))
+
+
+# ---------------------------------------------------------------------------- smooth losses
+class Quadratic:
+    """Half the mean squared error up to a constant, ``1/2 tr(W^T G W) - tr(W^T B)`` per
+    problem (``G`` ``(P, d, d)``, ``B`` ``(P, d, k)`` from centered data: the bias is
+    eliminated). Its minimizer with the penalty ``s*k/2 * P`` is that of the mean squared
+    error (mean over rows and the ``k`` outputs) with ``s * P``."""
+
+    def __init__(self, G: Tensor, B: Tensor, penalized: int | None = None) -> None:
+        self.G, self.B = G, B
+        self.penalized = G.shape[-1] if penalized is None else penalized  # rows of W
+
+    def null(self) -> Tensor:
+        return torch.zeros_like(self.B)
+
+    def value(self, W: Tensor) -> Tensor:
+        return ((self.G @ W) * W).sum((1, 2)) / 2 - (self.B * W).sum((1, 2))
+
+    def grad(self, W: Tensor) -> Tensor:
+        return self.G @ W - self.B
+
+    def hessian(self, W: Tensor) -> Tensor:
+        P, d, k = W.shape
+        eye = torch.eye(k, dtype=W.dtype, device=W.device)
+        return (self.G[:, :, None, :, None] * eye[None, None, :, None, :]).reshape(P, d * k, d * k)
+
+    def lipschitz(self) -> Tensor:
+        return torch.linalg.eigvalsh(self.G)[:, -1]
+
+
+class Softmax:
+    """Mean cross-entropy ``sum_i w_i CE(z_i Theta, y_i)`` over ``K`` classes with row
+    weights ``w`` (``(P, n)``, 1/n_train on each problem's training rows, else 0); ``Z1``
+    ``(P, n, d+1)`` ends with a column of ones, so the last row of ``Theta`` is the
+    (unpenalized) bias; ``Y`` one-hot ``(n, K)``."""
+
+    def __init__(self, Z1: Tensor, Y: Tensor, w: Tensor) -> None:
+        self.Z1, self.Y, self.w = Z1, Y, w
+        self.penalized = Z1.shape[-1] - 1
+
+    def null(self) -> Tensor:
+        prior = (self.w[:, :, None] * self.Y).sum(1).clamp_min(1e-300)  # (P, K)
+        theta = torch.zeros(self.Z1.shape[0], self.Z1.shape[-1], self.Y.shape[-1],
+                            dtype=self.Z1.dtype, device=self.Z1.device)  # fmt: skip
+        theta[:, -1] = prior.log() - prior.log().mean(-1, keepdim=True)
+        return theta
+
+    def probs(self, theta: Tensor) -> Tensor:
+        return torch.softmax(self.Z1 @ theta, -1)
+
+    def value(self, theta: Tensor) -> Tensor:
+        u = self.Z1 @ theta
+        per = torch.logsumexp(u, -1) - (u * self.Y).sum(-1)
+        return (self.w * per).sum(1)
+
+    def grad(self, theta: Tensor) -> Tensor:
+        R = (self.probs(theta) - self.Y) * self.w[:, :, None]
+        return self.Z1.transpose(1, 2) @ R
+
+    def hessian(self, theta: Tensor) -> Tensor:
+        """``sum_i w_i (diag(p_i) - p_i p_i^T) kron z_i z_i^T`` in (row, class) order, plus
+        ``1/K`` on the bias block's all-ones direction (the softmax's one flat direction:
+        the Newton step along it is zero, the gradient has no component there)."""
+        P, _, D = self.Z1.shape
+        K = self.Y.shape[-1]
+        p = self.probs(theta)
+        zw = self.Z1 * self.w[:, :, None]
+        diag = torch.einsum("pia,pib,pik->pakb", zw, self.Z1, p)
+        A = self.Z1[:, :, :, None] * p[:, :, None, :]  # (P, n, D, K)
+        H = torch.diag_embed(diag.permute(0, 1, 3, 2)).permute(0, 1, 3, 2, 4)  # (P,D,K,D,K)
+        H = H - torch.einsum("piak,pi,pibl->pakbl", A, self.w, A)
+        H[:, -1, :, -1, :] += 1.0 / K
+        return H.reshape(P, D * K, D * K)
+
+    def lipschitz(self) -> Tensor:
+        M = self.Z1.transpose(1, 2) @ (self.Z1 * self.w[:, :, None])
+        return 0.5 * torch.linalg.eigvalsh(M)[:, -1]
+
+
+class Logistic(Softmax):
+    """Binary logistic loss ``sum_i w_i (softplus(u_i) - y_i u_i)``, ``u = z_i theta``,
+    ``Y`` ``(n, 1)`` of 0/1, ``theta`` ``(P, d+1, 1)``."""
+
+    def null(self) -> Tensor:
+        m = (self.w * self.Y[:, 0]).sum(1).clamp(1e-300, 1 - 1e-16)
+        theta = torch.zeros(self.Z1.shape[0], self.Z1.shape[-1], 1, dtype=self.Z1.dtype,
+                            device=self.Z1.device)  # fmt: skip
+        theta[:, -1, 0] = (m / (1 - m)).log()
+        return theta
+
+    def probs(self, theta: Tensor) -> Tensor:
+        return torch.sigmoid(self.Z1 @ theta)
+
+    def value(self, theta: Tensor) -> Tensor:
+        u = (self.Z1 @ theta)[..., 0]
+        return (self.w * (torch.nn.functional.softplus(u) - self.Y[:, 0] * u)).sum(1)
+
+    def hessian(self, theta: Tensor) -> Tensor:
+        p = self.probs(theta)[..., 0]
+        return self.Z1.transpose(1, 2) @ (self.Z1 * (self.w * p * (1 - p))[:, :, None])
+
+    def lipschitz(self) -> Tensor:
+        return super().lipschitz() / 2
+
+
+# ---------------------------------------------------------------------------- the solver
+@dataclass
+class SolveInfo:
+    """Per problem: whether the KKT conditions held to ``tol`` (``converged``), the
+    relative violation reached (``kkt``) and the proximal-gradient steps taken."""
+
+    converged: Tensor
+    kkt: Tensor
+    steps: Tensor
+
+
+def _smooth_grad(loss, terms: Terms, theta: Tensor) -> Tensor:
+    """Gradient of the loss plus the L2 part ``c/2 * sum W**2`` (penalized rows)."""
+    g = loss.grad(theta)
+    d = loss.penalized
+    g[:, :d] = g[:, :d] + _col(terms.l2) * theta[:, :d]
+    return g
+
+
+def _violation(loss, terms: Terms, theta: Tensor) -> Tensor:
+    """:func:`kkt_violation` of the penalized rows, and the bias rows' gradient."""
+    g = _smooth_grad(loss, terms, theta)
+    d = loss.penalized
+    v = kkt_violation(theta[:, :d], g[:, :d], terms)
+    if d < theta.shape[1]:
+        v = torch.maximum(v, g[:, d:].abs().amax((1, 2)))
+    return v
+
+
+def _group_hessian(W: Tensor, terms: Terms) -> Tensor:
+    """Hessian of ``g * sum ||W_g||`` at ``W`` ``(P, d, k)`` in (row, column) order, for
+    groups with a nonzero norm: ``g (I - u u^T) / ||W_g||`` with ``u = W_g / ||W_g||``."""
+    P, d, k = W.shape
+    gd = terms.group_dim
+    norm = W.norm(dim=1 + gd, keepdim=True).clamp_min(1e-300)
+    u = W / norm
+    inv = (terms.group[:, None, None] / norm).expand(P, d, k)
+    eye_d = torch.eye(d, dtype=W.dtype, device=W.device)
+    eye_k = torch.eye(k, dtype=W.dtype, device=W.device)
+    if gd == 0:  # groups are columns: couple rows a, b within one column
+        H = torch.einsum("ab,kl,pak->pakbl", eye_d, eye_k, inv)
+        H = H - torch.einsum("pak,pbk,kl,pak->pakbl", u, u, eye_k, inv)
+    else:  # groups are rows: couple columns k, l within one row
+        H = torch.einsum("ab,kl,pak->pakbl", eye_d, eye_k, inv)
+        H = H - torch.einsum("pak,pal,ab,pak->pakbl", u, u, eye_d, inv)
+    return H.reshape(P, d * k, d * k)
+
+
+def _newton(loss, terms: Terms, theta: Tensor, iters: int) -> Tensor:
+    """Newton steps on the active weights (signs fixed) and the bias: an active-set
+    method. Active are the nonzero weights and the zero weights whose gradient exceeds
+    the L1 threshold (entering with the sign that lowers the objective). A step that
+    would flip a nonzero weight's sign stops where the first one reaches zero (it leaves
+    the set); an entering weight that would move the wrong way stays zero. For the
+    squared error each full step is the exact minimizer on its active set."""
+    P, D, K = theta.shape
+    d = loss.penalized
+    for _ in range(iters):
+        sign = _active_signs(loss, terms, theta)
+        step = _newton_step(loss, terms, theta, sign).reshape(P, D, K)
+        W, S = theta[:, :d], step[:, :d]
+        crossing = (W != 0) & ((W - S).sign() != W.sign())
+        ratio = torch.where(crossing, W / torch.where(crossing, S, 1.0), math.inf)
+        t = ratio.amin((1, 2)).clamp(max=1.0)
+        t = torch.where(torch.isfinite(step).all(2).all(1), t, 0.0)
+        new = theta - _col(t) * step
+        hit = crossing & (ratio <= _col(t) * (1 + 1e-12))
+        wrong = (W == 0) & (new[:, :d].sign() != sign)
+        new[:, :d] = torch.where(hit | wrong, 0.0, new[:, :d])
+        if not isinstance(loss, Quadratic):
+            new = _backtrack(loss, terms, theta, new)
+        theta = new
+        exact = isinstance(loss, Quadratic)
+        if (
+            bool((t == 1).all())
+            and not bool(wrong.any())
+            and (exact or float(step.abs().max()) <= 1e-13 * float(theta.abs().max().clamp_min(1)))
+        ):
+            break
+    return theta
+
+
+def objective(loss, terms: Terms, theta: Tensor) -> Tensor:
+    """Loss plus penalty of each problem, shape ``(P,)``."""
+    return loss.value(theta) + terms.value(theta[:, : loss.penalized])
+
+
+def _backtrack(loss, terms: Terms, theta: Tensor, new: Tensor, halvings: int = 30) -> Tensor:
+    """``theta + t (new - theta)`` with ``t`` halved from 1 until the objective does not
+    increase (per problem); ``theta`` itself when no such ``t`` is found."""
+    f0 = objective(loss, terms, theta)
+    t = torch.ones_like(f0)
+    for _ in range(halvings):
+        cand = theta + _col(t) * (new - theta)
+        bad = ~(objective(loss, terms, cand) <= f0 + 1e-15 * f0.abs())
+        if not bool(bad.any()):
+            return cand
+        t = torch.where(bad, t / 2, t)
+    return torch.where(bad[:, None, None], theta, cand)
+
+
+def _active_signs(loss, terms: Terms, theta: Tensor) -> Tensor:
+    """Signs of the active weights: ``sign(w)`` where nonzero, ``-sign(grad)`` where zero
+    and ``|grad| > a`` (not for group penalties: their groups enter through the
+    proximal-gradient steps), 0 elsewhere."""
+    d = loss.penalized
+    W = theta[:, :d]
+    sign = W.sign()
+    if bool((terms.group > 0).any()):
+        return sign
+    g = _smooth_grad(loss, terms, theta)[:, :d]
+    enter = (W == 0) & (g.abs() > _col(terms.l1) * (1 + 1e-9))
+    return torch.where(enter, -g.sign(), sign)
+
+
+def _newton_step(loss, terms: Terms, theta: Tensor, sign: Tensor) -> Tensor:
+    """The Newton step ``H^-1 g`` of loss + penalty restricted to the active weights
+    (``sign != 0``) and the bias (flattened, ``(P, D*K)``; zero elsewhere)."""
+    P, D, K = theta.shape
+    d = loss.penalized
+    W = theta[:, :d]
+    g = _smooth_grad(loss, terms, theta)
+    g[:, :d] += _col(terms.l1) * sign
+    H = loss.hessian(theta)
+    pen = torch.zeros(P, D, K, dtype=theta.dtype, device=theta.device)
+    pen[:, :d] = 1.0
+    H = H + torch.diag_embed((_col(terms.l2) * pen).reshape(P, -1))
+    if bool((terms.group > 0).any()):
+        norm = W.norm(dim=1 + terms.group_dim, keepdim=True).clamp_min(1e-300)
+        g[:, :d] += _col(terms.group) * W / norm
+        H = H.reshape(P, D, K, D, K)
+        H[:, :d, :, :d, :] += _group_hessian(W, terms).reshape(P, d, K, d, K)
+        H = H.reshape(P, D * K, D * K)
+    m = torch.ones_like(theta)
+    m[:, :d] = (sign != 0).to(theta.dtype)
+    m = m.reshape(P, -1)
+    Hm = H * m[:, :, None] * m[:, None, :] + torch.diag_embed(1 - m)
+    return torch.linalg.solve(Hm, (g.reshape(P, -1) * m)[..., None])[..., 0]
+
+
+def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, max_iter: int):
+    """Proximal Newton (as newGLMNET): minimize the loss's second-order model plus the
+    L1 term exactly (:func:`solve` on a :class:`Quadratic` in the flattened
+    coordinates, the bias unpenalized), then backtrack on the true objective; until the
+    KKT violation relative to ``scale`` is at most ``tol``."""
+    P, D, K = theta.shape
+    d = loss.penalized
+    inner = Terms(terms.l1, torch.zeros_like(terms.l1), torch.zeros_like(terms.l1))
+    pen = torch.zeros(P, D, K, dtype=theta.dtype, device=theta.device)
+    pen[:, :d] = 1.0
+    pen = pen.reshape(P, -1)
+    rel = _violation(loss, terms, theta) / scale
+    steps = torch.zeros(P, dtype=torch.long, device=theta.device)
+    for _ in range(50):
+        if bool((rel <= tol).all()) or int(steps.max()) >= max_iter:
+            break
+        g = _smooth_grad(loss, terms, theta).reshape(P, -1, 1)
+        H = loss.hessian(theta) + torch.diag_embed(_col(terms.l2)[:, :, 0] * pen)
+        H = H + torch.diag_embed(
+            1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand(P, D * K)
+        )
+        x0 = theta.reshape(P, -1, 1)
+        q = Quadratic(H, H @ x0 - g, penalized=d * K)
+        # inexact subproblems (a fraction of the outer violation), as in newGLMNET
+        inner_tol = max(1e-13, 0.01 * float(rel[rel > tol].min()))
+        x, info = solve(q, inner, x0, tol=inner_tol, max_iter=INNER_ITER, newton_iters=3)
+        steps += info.steps
+        new = _backtrack(loss, terms, theta, x.reshape(P, D, K))
+        new_rel = _violation(loss, terms, new) / scale
+        keep = rel <= tol
+        theta = torch.where(keep[:, None, None], theta, new)
+        rel = torch.where(keep, rel, new_rel)
+    return theta, SolveInfo(converged=rel <= tol, kkt=rel, steps=steps)
+
+
+def _fista(loss, terms: Terms, state: dict, step: Tensor, n: int) -> None:
+    """``n`` accelerated proximal-gradient steps with gradient-based restarts (O'Donoghue
+    and Candes 2015) on ``state`` (``x``, ``y``, ``t``), in place."""
+    d = loss.penalized
+    x, y, t = state["x"], state["y"], state["t"]
+    for _ in range(n):
+        v = y - _col(step) * _smooth_grad(loss, terms, y)
+        xn = v.clone()
+        xn[:, :d] = prox(v[:, :d], step, terms)
+        restart = ((y - xn) * (xn - x)).sum((1, 2)) > 0
+        tn = torch.where(restart, 1.0, (1 + torch.sqrt(1 + 4 * t * t)) / 2)
+        beta = torch.where(restart, 0.0, (t - 1) / tn)
+        y = xn + _col(beta) * (xn - x)
+        x, t = xn, tn
+    state.update(x=x, y=y, t=t)
+
+
+def solve(
+    loss,
+    terms: Terms,
+    theta0: Tensor | None = None,
+    *,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+    check_every: int = CHECK_EVERY,
+    newton_iters: int = 10,
+) -> tuple[Tensor, SolveInfo]:
+    """Minimize ``loss + penalty`` for a batch of problems from ``theta0`` (default the
+    null model): proximal-gradient steps, a Newton step on the nonzero coordinates every
+    ``check_every`` steps, until :func:`kkt_violation` (with the bias gradient) is at most
+    ``tol`` times the largest gradient coordinate at the null model, or ``max_iter``."""
+    null = loss.null()
+    theta = null.clone() if theta0 is None else theta0.clone()
+    d = loss.penalized
+    scale = _smooth_grad(loss, Terms.of(torch.zeros_like(terms.l1)), null)[:, :d]
+    scale = scale.abs().amax((1, 2)).clamp_min(1e-300)
+    if not isinstance(loss, Quadratic) and not bool((terms.group > 0).any()):
+        return _prox_newton(loss, terms, theta, scale, tol, max_iter)
+    step = 1.0 / (loss.lipschitz() + terms.l2)
+    P = theta.shape[0]
+    done = torch.zeros(P, dtype=torch.bool, device=theta.device)
+    best, low = theta.clone(), objective(loss, terms, theta)
+    rel = _violation(loss, terms, theta) / scale
+    done |= rel <= tol
+    steps = torch.zeros(P, dtype=torch.long, device=theta.device)
+    state = {"x": theta, "y": theta.clone(), "t": torch.ones(P, dtype=theta.dtype)}
+    state["t"] = state["t"].to(theta.device)
+    it = 0
+    while not bool(done.all()):
+        if it > 0:
+            _fista(loss, terms, state, step, check_every)
+            steps = torch.where(done, steps, steps + check_every)
+        it += check_every
+        for cand in (state["x"], _newton(loss, terms, state["x"], newton_iters)):
+            f = objective(loss, terms, cand)
+            better = ~done & (f <= low)
+            best = torch.where(better[:, None, None], cand, best)
+            low = torch.where(better, f, low)
+            rel = torch.where(better, _violation(loss, terms, cand) / scale, rel)
+            done |= rel <= tol
+        if it >= max_iter:
+            break
+        # go on from the lowest point so far (often the Newton point)
+        state = {"x": best.clone(), "y": best.clone(), "t": torch.ones_like(state["t"])}
+    return best, SolveInfo(converged=done, kkt=rel, steps=steps)
+
+
+# ---------------------------------------------------------------------------- sweep problems
+def penalty_terms(penalty) -> dict:
+    """The coefficients of :class:`Terms` of one of the sweep's penalty objects at strength
+    1: ``L1`` -> ``l1=1``, ``L2`` -> ``l2=1``, ``ElasticNet(r)`` -> ``l1=r, l2=1-r``,
+    ``GroupLasso(dim)`` -> ``group=1`` (``dim=0``, groups are a Linear's output units:
+    columns of ``W``; ``dim=1``: its inputs, rows of ``W``). None for anything else."""
+    from ..penalties import L1, L2, ElasticNet, GroupLasso
+
+    kind = type(penalty)
+    if kind is L1:
+        return {"l1": 1.0}
+    if kind is L2:
+        return {"l2": 1.0}
+    if kind is ElasticNet:
+        r = float(penalty.l1_ratio)
+        return {"l1": r, "l2": 1.0 - r}
+    if kind is GroupLasso and penalty.dim in (0, 1, -1, -2):
+        return {"group": 1.0, "group_dim": 0 if penalty.dim in (0, -2) else 1}
+    return None
+
+
+def binary_terms(coef: dict) -> dict:
+    """:func:`penalty_terms` of a two-output softmax model ``W = [-v/2, v/2]`` (the
+    minimizer splits evenly) written as terms of the logistic model of ``v``:
+    ``|v/2| + |v/2| = |v|`` (L1 unchanged), ``(v/2)**2 * 2 = v**2 / 2`` (L2 halved), a
+    group of the two outputs' columns ``||v/2|| * 2 = ||v||`` (unchanged) and a group per
+    input ``||(v_j/2, v_j/2)|| = |v_j| / sqrt(2)`` (L1 of ``1/sqrt(2)``). So binary
+    ``L1(s)`` is ``LogisticRegression(C=1/(s*n))`` and ``L2(s)`` ``C=2/(s*n)``.
+
+    >>> binary_terms({"l1": 0.5, "l2": 0.5})
+    {'l1': 0.5, 'l2': 0.25}
+    """
+    out = {"l1": coef.get("l1", 0.0), "l2": coef.get("l2", 0.0) / 2}
+    if coef.get("group"):
+        if coef.get("group_dim", 0) == 0:  # one group: the whole of v
+            out.update(group=coef["group"], group_dim=0)
+        else:
+            out["l1"] += coef["group"] / math.sqrt(2)
+    return out
+
+
+@dataclass
+class PathFit:
+    """Solutions along the path in the model's layout: ``weight`` ``(S, F, k, d)`` and
+    ``bias`` ``(S, F, k)`` per (strength, fold) (float64, inputs standardized per fold),
+    and per (strength, fold) ``converged``, ``kkt`` and ``steps`` (see :class:`SolveInfo`)."""
+
+    weight: Tensor
+    bias: Tensor
+    converged: Tensor
+    kkt: Tensor
+    steps: Tensor
+
+
+def _standardized(X: Tensor, rows: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
+    """Mean and population std (0 -> 1) of ``X[rows]`` (0 and 1 without ``standardize``),
+    as :class:`~torchpenalty.sweep.folds.Standardizer` fits them."""
+    if not standardize:
+        return torch.zeros_like(X[0]), torch.ones_like(X[0])
+    Xr = X[rows]
+    mean = Xr.mean(0)
+    std = (Xr - mean).pow(2).mean(0).sqrt()
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def fold_scalings(X: Tensor, splits, standardize: bool) -> tuple[Tensor, Tensor]:
+    """Per-fold input means and stds ``(F, d)`` fitted on each fold's training rows."""
+    stats = [_standardized(X, tr, standardize) for tr, _ in splits]
+    return torch.stack([m for m, _ in stats]), torch.stack([s for _, s in stats])
+
+
+def _path(loss, base: Terms, strengths, theta0, tol, max_iter):
+    """Solve ``loss`` at every strength, largest first, each warm-started from the
+    previous solution; ``base`` holds the per-problem coefficients at strength 1."""
+    order = sorted(range(len(strengths)), key=lambda i: -strengths[i])
+    out, infos = [None] * len(strengths), [None] * len(strengths)
+    theta = theta0
+    for i in order:
+        s = float(strengths[i])
+        terms = Terms(base.l1 * s, base.l2 * s, base.group * s, base.group_dim)
+        theta, info = solve(loss, terms, theta, tol=tol, max_iter=max_iter)
+        out[i], infos[i] = theta, info
+    return torch.stack(out), infos
+
+
+def _info(infos) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(torch.stack([getattr(i, k) for i in infos]) for k in ("converged", "kkt", "steps"))
+
+
+def mse_path(X, Y, splits, strengths, coef: dict, *, standardize=True, fit_intercept=True,
+             tol=TOL, max_iter=MAX_ITER) -> PathFit:  # fmt: skip
+    """The path of ``mean((Z W^T + b - Y)**2) + s * P(W)`` (mean over rows and the ``k``
+    outputs, ``Y`` raw) on every split: per fold ``G = Zc^T Zc / n`` and ``B = Zc^T Yc / n``
+    of its training rows, then :func:`solve` with the penalty scaled by ``k/2``."""
+    X = torch.as_tensor(X, dtype=torch.float64)
+    Y = torch.as_tensor(Y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
+    k = Y.shape[1]
+    mx, sx = fold_scalings(X, splits, standardize)
+    Gs, Bs, bias = [], [], []
+    for f, (tr, _) in enumerate(splits):
+        Z = (X[tr] - mx[f]) / sx[f]
+        zm = Z.mean(0) if fit_intercept else torch.zeros_like(Z[0])
+        ym = Y[tr].mean(0) if fit_intercept else torch.zeros_like(Y[0])
+        Zc = Z - zm
+        Gs.append(Zc.T @ Zc / len(tr))
+        Bs.append(Zc.T @ (Y[tr] - ym) / len(tr))
+        bias.append((zm, ym))
+    loss = Quadratic(torch.stack(Gs), torch.stack(Bs))
+    base = Terms.of(torch.ones(len(splits), dtype=torch.float64, device=X.device), **coef)
+    W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
+    zm = torch.stack([z for z, _ in bias])
+    ym = torch.stack([y for _, y in bias])
+    b = ym - torch.einsum("fd,sfdk->sfk", zm, W)
+    return PathFit(W.transpose(2, 3), b, *_info(infos))
+
+
+def ce_path(X, codes, n_classes, splits, strengths, coef: dict, *, standardize=True,
+            tol=TOL, max_iter=MAX_ITER) -> PathFit:  # fmt: skip
+    """The path of ``mean cross-entropy + s * P(W)`` on every split, for a model with one
+    output per class; two classes are solved as the logistic model of ``v = w_1 - w_0``
+    (:func:`binary_terms`) and returned as ``W = [-v/2, v/2]``."""
+    X = torch.as_tensor(X, dtype=torch.float64)
+    codes = torch.as_tensor(codes, dtype=torch.long, device=X.device)
+    n, F = len(X), len(splits)
+    mx, sx = fold_scalings(X, splits, standardize)
+    ones = torch.ones(F, n, 1, dtype=X.dtype, device=X.device)
+    Z1 = torch.cat([(X[None] - mx[:, None]) / sx[:, None], ones], -1)
+    w = torch.zeros(F, n, dtype=X.dtype, device=X.device)
+    for f, (tr, _) in enumerate(splits):
+        w[f, tr] = 1.0 / len(tr)
+    binary = n_classes == 2
+    if binary:
+        loss, coef = Logistic(Z1, (codes == 1).to(X.dtype)[:, None], w), binary_terms(coef)
+    else:
+        loss = Softmax(Z1, torch.nn.functional.one_hot(codes, n_classes).to(X.dtype), w)
+    base = Terms.of(torch.ones(F, dtype=X.dtype, device=X.device), **coef)
+    theta, infos = _path(loss, base, strengths, None, tol, max_iter)  # (S, F, d+1, K')
+    if binary:
+        theta = torch.cat([-theta / 2, theta / 2], -1)
+    return PathFit(theta[:, :, :-1].transpose(2, 3), theta[:, :, -1], *_info(infos))
+
+
+# ---------------------------------------------------------------------------- tp.sweep
+def not_applicable(make_model, v) -> str | None:
+    """Why ``solver="path"`` cannot serve this sweep, or None when it can: 2-D float
+    features in memory, a model that is one trainable ``nn.Linear`` (or an
+    ``nn.Sequential`` of one; with a bias for cross-entropy, one output per class), the
+    penalty L1, L2, elastic net or group lasso and the loss ``"mse"`` or
+    ``"cross_entropy"``."""
+    from .closed_form import is_linear_model, linear_of
+    from .stream import StreamedData
+
+    if isinstance(v.X, StreamedData) or not v.tabular:
+        return "2-D float features X (rows, features) held in memory"
+    if v.loss not in ("mse", "cross_entropy"):
+        return f"loss='mse' or 'cross_entropy' (got {v.loss!r})"
+    if penalty_terms(v.penalty) is None:
+        return f"penalty 'l1', 'l2', 'elastic_net' or 'group_lasso' (got {v.penalty.name!r})"
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    if not is_linear_model(model):
+        return "a model that is one trainable nn.Linear (or nn.Sequential of one)"
+    lin = linear_of(model)
+    if v.loss == "cross_entropy":
+        k = len(set(v.y.tolist()))
+        if lin.bias is None or lin.out_features != k:
+            return f"an nn.Linear with a bias and one output per class ({k})"
+    return None
+
+
+def chooses_path(make_model, v) -> bool:
+    """``solver="auto"``: the path solver when it applies and training would aim at the
+    same minimizer (the penalty as a gradient or proximal term, no early stopping, no
+    resume); ``"path"`` insists (``ValueError`` saying what is missing); ``"train"`` and
+    ``"closed_form"`` never."""
+    solver = v.options.get("solver", "auto")
+    if solver in ("train", "closed_form"):
+        return False
+    why = not_applicable(make_model, v)
+    if solver == "path":
+        if why is not None:
+            raise ValueError(f"solver='path' needs {why}")
+        return True
+    o = v.options
+    return (
+        why is None
+        and v.mode in ("grad", "proximal")
+        and o["early_stopping"] is None
+        and not o["resume"]
+    )
+
+
+def fit_path(v, splits, *, tol: float = TOL, max_iter: int = MAX_ITER, fit_intercept=True):
+    """:func:`mse_path` or :func:`ce_path` of the sweep's data, penalty and grid on
+    ``splits`` (the last one may be the all-rows refit split), on ``v.options["device"]``."""
+    coef = penalty_terms(v.penalty)
+    dev = v.options.get("device", "cpu")
+    X = torch.as_tensor(v.X, dtype=torch.float64, device=dev)
+    tsplits = [(torch.as_tensor(tr, device=dev), torch.as_tensor(va, device=dev))
+               for tr, va in splits]  # fmt: skip
+    std = v.options["standardize"]
+    if v.loss == "mse":
+        return mse_path(X, v.y, tsplits, v.grid, coef, standardize=std, tol=tol,
+                        max_iter=max_iter, fit_intercept=fit_intercept)  # fmt: skip
+    classes, codes = np.unique(v.y, return_inverse=True)
+    return ce_path(X, codes, len(classes), tsplits, v.grid, coef, standardize=std, tol=tol,
+                   max_iter=max_iter)  # fmt: skip
+
+
+def path_records(v, splits, fit: PathFit) -> list:
+    """One :class:`~torchpenalty.sweep.engine.Record` per (strength, fold) of the first
+    ``len(splits)`` folds: validation and training loss in the data's units (mean squared
+    error over rows and outputs, or mean cross-entropy, with accuracy), the weight's norm
+    and fraction of exact zeros."""
+    from .engine import Record
+
+    X = torch.as_tensor(v.X, dtype=torch.float64, device=fit.weight.device)
+    mx, sx = fold_scalings(X, splits, v.options["standardize"])
+    ce = v.loss == "cross_entropy"
+    if ce:
+        target = torch.as_tensor(np.unique(v.y, return_inverse=True)[1], device=X.device)
+    else:
+        target = torch.as_tensor(v.y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
+    records = []
+    for f, (tr, va) in enumerate(splits):
+        out = ((X - mx[f]) / sx[f]) @ fit.weight[:, f].transpose(1, 2) + fit.bias[:, f, None]
+        for i, s in enumerate(v.grid):
+            losses, acc = [], None
+            for rows in (va, tr):
+                o, t = out[i, rows], target[rows]
+                if len(t) == 0:
+                    losses.append(float("nan"))
+                elif ce:
+                    losses.append(float(torch.nn.functional.cross_entropy(o, t)))
+                else:
+                    losses.append(float((o - t).pow(2).mean()))
+            if ce and len(va):
+                acc = float((out[i, va].argmax(-1) == target[va]).double().mean())
+            W = fit.weight[i, f]
+            records.append(Record(i=i, fold=f, strength=float(s), val_loss=losses[0],
+                                  train_loss=losses[1], param_norm=float(W.norm()),
+                                  zero_fraction=float((W == 0).double().mean()), best_epoch=0,
+                                  val_accuracy=acc,
+                                  history={"train": [losses[1]], "val": [losses[0]]}))  # fmt: skip
+    return sorted(records, key=lambda r: (r.i, r.fold))
+
+
+@contextlib.contextmanager
+def _few_threads(v, small: int = 50_000):
+    """One CPU thread for small problems (``rows * features < small``): their cost is
+    per-operation overhead, which a second thread only adds to (and on a loaded machine
+    a thread waiting at every operation's barrier multiplies)."""
+    dev = torch.device(v.options.get("device", "cpu"))
+    if dev.type != "cpu" or v.X.shape[0] * v.X.shape[1] >= small:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sweep_path(make_model, v, splits):
+    """The sweep's result solved along the path on the training path's ``splits`` plus
+    the all-rows refit split: the same table and selection rules, ``best_epoch`` 0,
+    one-point learning curves; the refit is the all-rows solution at the chosen strength
+    (no second solve). ``settings`` records ``solver="path"``, ``tol`` and, per strength,
+    whether every fold converged (``converged``); a strength that did not warns."""
+    from .closed_form import linear_of
+    from .result import SweepResult, describe_model
+
+    o = v.options
+    n = len(v.X)
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()
+    has_bias = linear_of(model).bias is not None
+    full = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
+    with _few_threads(v):
+        fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
+    records = path_records(v, splits, fit)
+    converged = fit.converged[:, : len(splits)].all(1).tolist()
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": n,
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "solver": "path",
+        "tol": TOL,
+        "converged": converged,
+        "kkt": [float(k) for k in fit.kkt[:, : len(splits)].amax(1)],
+    }
+    if getattr(v, "groups", None) is not None:
+        settings["groups"] = len(np.unique(v.groups))
+    bad = [s for s, c in zip(v.grid, converged, strict=True) if not c]
+    if bad:
+        warnings.warn(f"the path solver did not reach its KKT tolerance {TOL:g} at strengths "
+                      f"{', '.join(f'{s:.3g}' for s in bad)}", RuntimeWarning, stacklevel=3)  # fmt: skip
+    classes = np.unique(v.y).tolist() if v.loss == "cross_entropy" else None
+    result = SweepResult(v.grid, o["folds"], records, settings, classes=classes,
+                         model_name=describe_model(model))  # fmt: skip
+    X = torch.as_tensor(v.X, dtype=torch.float64)
+    mx, sx = fold_scalings(X, full[-1:], o["standardize"])
+    result.path_fit = {"weight": fit.weight[:, -1].cpu(), "bias": fit.bias[:, -1].cpu(),
+                       "x_mean": mx[0], "x_std": sx[0], "make_model": make_model}  # fmt: skip
+    if o["refit"] and result.chosen_strength is not None:
+        result.refit = o["refit"]
+        result.model = path_model(result, result.chosen_strength)
+    return result
+
+
+def path_model(result, strength: float):
+    """The all-rows solution of a path sweep at ``strength`` (one of its grid) as the
+    trained sweep's refit: a :class:`StandardizedModel` taking raw inputs, around the
+    model ``make_model`` returns; its outputs are in the target's raw units."""
+    from .closed_form import linear_of
+    from .result import StandardizedModel
+
+    pf = result.path_fit
+    i = result.strengths.index(strength)
+    with torch.random.fork_rng(devices=[]):
+        model = pf["make_model"]()
+    lin = linear_of(model)
+    with torch.no_grad():
+        lin.weight.copy_(pf["weight"][i].to(lin.weight.dtype))
+        if lin.bias is not None:
+            lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
+    f32 = torch.float32
+    return StandardizedModel(model, pf["x_mean"].to(f32), pf["x_std"].to(f32)).eval()
