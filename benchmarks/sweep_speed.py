@@ -6,24 +6,31 @@ Adam (lr 1e-2), mini-batches of 64, 100 epochs, L2 on the weights (not the biase
 best strength by mean validation MSE, and the refit on all rows at that strength. Timed
 contenders, interleaved (one repetition of each, then the next), median of ``--repeats``:
 
-- ``tp.sweep``: the library (``vectorize="auto"`` where the installed version has it);
+- ``tp.sweep``: the library's default (``vectorize="auto"``: the cost-model plan, whose
+  calibration is measured once before any timing, as a user's first sweep on a machine
+  caches it);
+- ``tp.sweep`` forced: ``vectorize=True`` (every model stacked, chunks of the memory
+  budget) and ``vectorize=False`` (one at a time): the default should be within 1.25x of
+  the better of the two;
 - plain loop: a loop over strengths and folds, one model at a time, written as a user
   would (StandardScaler, ``torch.randperm`` mini-batches, ``Adam(weight_decay=s)`` on the
   weights) -- not our own ``vectorize=False`` path;
-- torch.func recipe: per fold, the strengths' models stacked with
-  ``torch.func.stack_module_state`` and run with ``vmap(functional_call)`` on a shared
-  mini-batch, as in the torch "model ensembling" tutorial, one Adam over the stacked
-  parameters (equal to one Adam per model: Adam is elementwise);
+- torch.func recipe, the strongest a user would write: all (strength, fold) models stacked
+  at once with ``torch.func.stack_module_state`` and run with ``vmap(functional_call)``,
+  each model reading its own fold's mini-batch (folds standardized on their own training
+  rows), one Adam over the stacked parameters (equal to one Adam per model: Adam is
+  elementwise), the L2 term in the loss;
 - skorch + GridSearchCV (when skorch is installed): ``NeuralNetRegressor`` in a pipeline
   after ``StandardScaler``, ``optimizer__weight_decay`` on the grid (timed once unless
   ``--skorch-repeats`` says otherwise: it is the slowest by far).
 
-Everything is timed with ``torch.set_num_threads(1)`` and with the default thread count.
-Printed: seconds (median) and each contender's time divided by ``tp.sweep``'s (the
-slow-down of the alternative; > 1 means ``tp.sweep`` is faster). Widths 256 and 1024 are
-compared with the plain loop only, for ``--wide-epochs`` epochs (default 10: the per-epoch
-cost is what scales). The last table times the closed form (``solver="closed_form"``, a
-linear model with L2 and MSE) against training the same linear model.
+Widths 256 and 1024 are compared with the plain loop and the forced plans, for
+``--wide-epochs`` epochs (default 10: the per-epoch cost is what scales); the digits CNN
+(8x8 images, conv 8 -> pool -> conv 16 -> pool -> linear, cross-entropy) likewise for
+``--cnn-epochs``. ``--load N`` starts N busy processes for the whole run (a loaded
+machine); ``--threads`` picks the thread counts. Printed: seconds (median) and each
+contender's time divided by ``tp.sweep``'s (> 1 means ``tp.sweep`` is faster). The last
+table times the closed form (``solver="closed_form"``) against training a linear model.
 
 Run: ``python benchmarks/sweep_speed.py`` (``--quick`` for a smoke run of a few seconds).
 """
@@ -31,7 +38,6 @@ Run: ``python benchmarks/sweep_speed.py`` (``--quick`` for a smoke run of a few 
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import statistics
 import time
@@ -47,11 +53,6 @@ import torchpenalty as tp
 from torchpenalty.sweep import core as _core
 from torchpenalty.sweep import default_strengths
 
-try:
-    from torchpenalty.sweep.plan import VectorizePlan as _Plan
-except ImportError:  # an older torchpenalty: no probe
-    _Plan = None
-
 SWEEP_PARAMS = inspect.signature(_core.sweep).parameters
 
 
@@ -62,12 +63,13 @@ def mlp(d: int, width: int) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------------------- contenders
-def run_tp(X, y, cfg):
+def run_tp(X, y, cfg, vectorize="auto"):
     kw = {}
-    if "vectorize" in SWEEP_PARAMS and SWEEP_PARAMS["vectorize"].default == "auto":
-        kw["vectorize"] = cfg.get("vectorize", "auto")
+    if "vectorize" in SWEEP_PARAMS:
+        kw["vectorize"] = vectorize
+    make = cfg.get("make") or (lambda: mlp(X.shape[1], cfg["width"]))
     r = tp.sweep(
-        lambda: mlp(X.shape[1], cfg["width"]),
+        make,
         (X, y),
         strengths=cfg["strengths"],
         folds=cfg["folds"],
@@ -80,7 +82,16 @@ def run_tp(X, y, cfg):
         **kw,
     )
     plan = r.settings.get("vectorize_plan")
-    return r.best_strength, plan and str(_Plan(**{k: v for k, v in plan.items() if k != "choice"}))
+    how = plan and f"{plan['choice']}, chunks of {r.settings['chunk_size']}"
+    return r.best_strength, how
+
+
+def run_tp_stacked(X, y, cfg):
+    return run_tp(X, y, cfg, vectorize=True)
+
+
+def run_tp_single(X, y, cfg):
+    return run_tp(X, y, cfg, vectorize=False)
 
 
 def _scaled(X, y, tr):
@@ -92,7 +103,7 @@ def _scaled(X, y, tr):
     )
 
 
-def _train_one(model, Xt, Yt, s, cfg):
+def _train_one(model, Xt, Yt, s, cfg, loss=nn.functional.mse_loss):
     """The loop a user writes: Adam with weight decay on the weights, shuffled batches."""
     decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
     rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
@@ -105,9 +116,9 @@ def _train_one(model, Xt, Yt, s, cfg):
         perm = torch.randperm(n)
         for b in range(0, n, cfg["batch"]):
             i = perm[b : b + cfg["batch"]]
-            loss = nn.functional.mse_loss(model(Xt[i]), Yt[i])
+            value = loss(model(Xt[i]), Yt[i])
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
     return model
 
@@ -131,42 +142,50 @@ def run_loop(X, y, cfg):
 
 
 def run_func(X, y, cfg):
-    """The torch.func model-ensembling recipe: per fold, the strengths' models stacked with
-    ``stack_module_state``, ``vmap(functional_call)`` on a shared mini-batch, autograd
-    through the vmapped forward, one Adam over the stacked parameters."""
+    """The torch.func model-ensembling recipe, all (strength, fold) models at once: stacked
+    with ``stack_module_state``, ``vmap(functional_call)`` over models, each model on its
+    own fold's mini-batch, one Adam over the stacked parameters, L2 in the loss."""
     from torch.func import functional_call, stack_module_state, vmap
 
     torch.manual_seed(0)
     splits = list(KFold(cfg["folds"], shuffle=True, random_state=0).split(X))
-    s = torch.tensor(cfg["strengths"], dtype=torch.float32)
-    scores = torch.zeros(len(s))
-    for tr, va in splits:
-        Xs, Ys, scale = _scaled(X, y, tr)
-        models = [mlp(X.shape[1], cfg["width"]) for _ in range(len(s))]
-        params, buffers = stack_module_state(models)
-        base = copy.deepcopy(models[0]).to("meta")
+    k = len(splits)
+    scaled = [_scaled(X, y, tr) for tr, _ in splits]
+    Xf = torch.stack([a for a, _, _ in scaled])  # (folds, rows, features)
+    Yf = torch.stack([b for _, b, _ in scaled])
+    scale = torch.tensor([c for _, _, c in scaled])
+    m = len(cfg["strengths"]) * k  # model j: strength j // k, fold j % k
+    fold = torch.arange(m) % k
+    s = torch.tensor(cfg["strengths"], dtype=torch.float32).repeat_interleave(k)
+    params, buffers = stack_module_state([mlp(X.shape[1], cfg["width"]) for _ in range(m)])
+    base = mlp(X.shape[1], cfg["width"]).to("meta")
 
-        def fmodel(p, b, x, base=base):
-            return functional_call(base, (p, b), (x,))
+    def fmodel(p, b, x):
+        return functional_call(base, (p, b), (x,))
 
-        ensemble = vmap(fmodel, in_dims=(0, 0, None))
-        weights = [w for n, w in params.items() if n.endswith("weight")]
-        opt = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
-        Xtr, Ytr = Xs[tr], Ys[tr]
-        n = len(Xtr)
-        for _ in range(cfg["epochs"]):
-            perm = torch.randperm(n)
-            for b in range(0, n, cfg["batch"]):
-                i = perm[b : b + cfg["batch"]]
-                out = ensemble(params, buffers, Xtr[i])  # (models, batch, 1)
-                data = (out - Ytr[i]).pow(2).mean((1, 2))
-                l2 = sum(w.pow(2).sum((1, 2)) for w in weights)
-                opt.zero_grad()
-                (data + s / 2 * l2).sum().backward()
-                opt.step()
-        with torch.no_grad():
-            out = ensemble(params, buffers, Xs[va])
-            scores += ((out - Ys[va]) * scale).pow(2).mean((1, 2)) / len(splits)
+    ensemble = vmap(fmodel)
+    weights = [w for n, w in params.items() if n.endswith("weight")]
+    opt = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
+    train = [torch.as_tensor(tr) for tr, _ in splits]
+    n = min(len(t) for t in train)  # equal batches for every fold (drops <= 1 row per epoch)
+    for _ in range(cfg["epochs"]):
+        rows = torch.stack([t[torch.randperm(len(t))[:n]] for t in train])[fold]  # (m, n)
+        for b in range(0, n, cfg["batch"]):
+            i = rows[:, b : b + cfg["batch"]]
+            out = ensemble(params, buffers, Xf[fold[:, None], i])  # (models, batch, 1)
+            data = (out - Yf[fold[:, None], i]).pow(2).mean((1, 2))
+            l2 = sum(w.pow(2).sum((1, 2)) for w in weights)
+            opt.zero_grad()
+            (data + s / 2 * l2).sum().backward()
+            opt.step()
+    scores = torch.zeros(len(cfg["strengths"]))
+    with torch.no_grad():
+        for f, (_, va) in enumerate(splits):
+            sel = fold == f
+            out = vmap(fmodel, in_dims=(0, 0, None))(
+                {n_: p[sel] for n_, p in params.items()}, {}, Xf[f, va]
+            )
+            scores += ((out - Yf[f, va]) * scale[f]).pow(2).mean((1, 2)) / k
     best = cfg["strengths"][int(scores.argmin())]
     Xs, Ys, _ = _scaled(X, y, np.arange(len(X)))
     _train_one(mlp(X.shape[1], cfg["width"]), Xs, Ys, best, cfg)  # refit
@@ -264,70 +283,161 @@ def table(title, med, chosen, ref="tp.sweep"):
         print(f"  {name:34s} {t:8.3f} s   {ratio:7.2f}x tp.sweep's time   best {best:g}{extra}")
 
 
+def cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 10),
+    )  # fmt: skip
+
+
+def run_cnn_loop(X, y, cfg):
+    """The plain loop for the digits CNN: one model per (strength, fold), Adam with weight
+    decay on the weights, shuffled batches, cross-entropy."""
+    from sklearn.model_selection import StratifiedKFold
+
+    torch.manual_seed(0)
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    splits = list(StratifiedKFold(cfg["folds"], shuffle=True, random_state=0).split(X, y))
+    scores = []
+    for s in cfg["strengths"]:
+        losses = []
+        for tr, va in splits:
+            model = _train_one(cnn(), Xt[tr], yt[tr], s, cfg, loss=nn.functional.cross_entropy)
+            with torch.no_grad():
+                losses.append(float(nn.functional.cross_entropy(model(Xt[va]), yt[va])))
+        scores.append(np.mean(losses))
+    best = cfg["strengths"][int(np.argmin(scores))]
+    _train_one(cnn(), Xt, yt, best, cfg, loss=nn.functional.cross_entropy)  # refit
+    return best, None
+
+
+def run_cnn_tp(X, y, cfg, vectorize="auto"):
+    return run_tp(X, y, dict(cfg, make=cnn), vectorize)
+
+
+def busy(n: int) -> list:
+    """``n`` processes that keep a core busy each (a loaded machine), until killed."""
+    import subprocess
+    import sys
+
+    code = "while True:\n    pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def _contenders(skorch_ok: bool, args) -> dict:
+    out = {
+        "tp.sweep": run_tp,
+        "tp.sweep vectorize=True": run_tp_stacked,
+        "tp.sweep vectorize=False": run_tp_single,
+        "plain loop": run_loop,
+        "torch.func recipe (all models, vmap)": run_func,
+    }
+    if skorch_ok and not args.no_skorch:
+        out["skorch + GridSearchCV"] = run_skorch
+    return out
+
+
+def _tables(cfg, widths, repeats, args, skorch_ok, tag, out):
+    """The tables of one thread setting: width 32 (every contender), wide MLPs and the
+    digits CNN (the library's plans and the plain loop), the closed form."""
+    X, y = load_diabetes(return_X_y=True)
+    if not args.only_wide:
+        once = () if args.skorch_repeats > 1 else ("skorch + GridSearchCV",)
+        med, chosen = race(_contenders(skorch_ok, args), X, y, cfg, repeats, once)
+        table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
+        out[(tag, 32)] = med
+    pair = {"tp.sweep": run_tp, "tp.sweep vectorize=True": run_tp_stacked,
+            "tp.sweep vectorize=False": run_tp_single, "plain loop": run_loop}  # fmt: skip
+    for w in widths:
+        wcfg = dict(cfg, width=w, epochs=args.wide_epochs)
+        med, chosen = race(pair, X, y, wcfg, repeats)
+        table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
+        out[(tag, w)] = med
+    if args.cnn_epochs:
+        from sklearn.datasets import load_digits
+
+        Xg, yg = load_digits(return_X_y=True)
+        images = (Xg / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+        ccfg = dict(cfg, epochs=args.cnn_epochs)
+        quad = {"tp.sweep": run_cnn_tp,
+                "tp.sweep vectorize=True": lambda X, y, c: run_cnn_tp(X, y, c, True),
+                "tp.sweep vectorize=False": lambda X, y, c: run_cnn_tp(X, y, c, False),
+                "plain loop": run_cnn_loop}  # fmt: skip
+        med, chosen = race(quad, images, yg, ccfg, repeats)
+        table(f"[{tag}] digits CNN, {ccfg['epochs']} epochs", med, chosen)
+        out[(tag, "cnn")] = med
+    if "solver" in SWEEP_PARAMS and not args.no_linear:
+        lcfg = dict(cfg, epochs=20 if args.quick else 1000)
+        lin = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
+               run_linear_train}  # fmt: skip
+        med, chosen = race(lin, X, y, lcfg, repeats)
+        table(f"[{tag}] linear model, L2, MSE: closed form vs training", med, chosen)
+        out[(tag, "linear")] = med
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny grid, 2 epochs")
     ap.add_argument("--repeats", type=int, default=3, help="timings per contender (median)")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--wide-epochs", type=int, default=10, help="epochs at widths 256, 1024")
+    ap.add_argument("--cnn-epochs", type=int, default=10, help="digits CNN epochs (0: none)")
     ap.add_argument("--widths", default="256,1024", help="wide MLPs against the plain loop")
     ap.add_argument("--no-skorch", action="store_true", help="leave skorch out (slow)")
     ap.add_argument("--skorch-repeats", type=int, default=1, help="skorch runs (1 or repeats)")
-    ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs")
+    ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs and the CNN")
     ap.add_argument("--no-linear", action="store_true", help="leave out the closed-form table")
     ap.add_argument("--threads", default="1,default", help="thread settings to time")
+    ap.add_argument("--load", type=int, default=0, help="busy processes during the run")
     args = ap.parse_args(argv)
-    X, y = load_diabetes(return_X_y=True)
     cfg = dict(width=32, strengths=default_strengths(), folds=5, epochs=args.epochs,
                batch=64, lr=1e-2)  # fmt: skip
     widths = [int(w) for w in args.widths.split(",") if w]
     repeats = args.repeats
     if args.quick:
         cfg.update(strengths=[1e-3, 1e-1, 10.0], folds=3, epochs=2)
-        widths, repeats, args.wide_epochs = [256], 1, 1
-    contenders = {
-        "tp.sweep": run_tp,
-        "plain loop": run_loop,
-        "torch.func recipe (vmap)": run_func,
-    }
+        widths, repeats, args.wide_epochs, args.cnn_epochs = [256], 1, 1, 1
+        args.threads = "1"
     try:
         import skorch  # noqa: F401
 
-        if not args.no_skorch:
-            contenders["skorch + GridSearchCV"] = run_skorch
+        skorch_ok = True
     except ImportError:
+        skorch_ok = False
         print("note: skorch is not installed; its row is skipped (pip install skorch)")
     default_threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}; {len(cfg['strengths'])} strengths x {cfg['folds']} "
-          f"folds, diabetes ({len(X)} rows), Adam lr {cfg['lr']}, batch {cfg['batch']}, "
-          f"refit included; median of {repeats}")  # fmt: skip
-    run_tp(X, y, dict(cfg, strengths=cfg["strengths"][:2], epochs=1))  # warm-up
-    run_func(X, y, dict(cfg, strengths=cfg["strengths"][:2], epochs=1))
-    out = {}
     counts = [default_threads if th == "default" else int(th) for th in args.threads.split(",")]
-    for n in dict.fromkeys(counts):  # in order, without repeats
-        torch.set_num_threads(n)
-        tag = f"{n} thread{'s' if n > 1 else ''}"
-        if not args.only_wide:
-            once = () if args.skorch_repeats > 1 else ("skorch + GridSearchCV",)
-            med, chosen = race(contenders, X, y, cfg, repeats, once)
-            table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
-            out[(tag, 32)] = med
-        for w in widths:
-            wcfg = dict(cfg, width=w, epochs=args.wide_epochs)
-            pair = {"tp.sweep": run_tp, "plain loop": run_loop}
-            med, chosen = race(pair, X, y, wcfg, repeats)
-            table(f"[{tag}] MLP 10-{w}-{w}-1, {wcfg['epochs']} epochs", med, chosen)
-            out[(tag, w)] = med
-        if "solver" in SWEEP_PARAMS and not args.no_linear:
-            lcfg = dict(cfg, epochs=20 if args.quick else 1000)
-            pair = {"tp.sweep": run_closed, f"trained ({lcfg['epochs']} full-batch epochs)":
-                    run_linear_train}  # fmt: skip
-            med, chosen = race(pair, X, y, lcfg, repeats)
-            table(f"[{tag}] linear model, L2, MSE: closed form vs training", med, chosen)
-            out[(tag, "linear")] = med
-    torch.set_num_threads(default_threads)
+    print(f"torch {torch.__version__}; {len(cfg['strengths'])} strengths x {cfg['folds']} "
+          f"folds, Adam lr {cfg['lr']}, batch {cfg['batch']}, refit included; median of "
+          f"{repeats}; {args.load} busy processes")  # fmt: skip
+    procs = busy(args.load)
+    try:
+        out = {}
+        for n in dict.fromkeys(counts):  # in order, without repeats
+            torch.set_num_threads(n)
+            _warm_up(cfg)
+            _tables(cfg, widths, repeats, args, skorch_ok, f"{n} thread{'s' * (n > 1)}", out)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        torch.set_num_threads(default_threads)
     return out
+
+
+def _warm_up(cfg):
+    """torch's one-time costs and the plan's calibration for this thread count (a user's
+    first sweep on a machine measures and caches it), outside every timing."""
+    from torchpenalty.sweep.calibration import calibrate
+
+    X, y = load_diabetes(return_X_y=True)
+    calibrate("cpu")
+    small = dict(cfg, strengths=cfg["strengths"][:2], epochs=1)
+    run_tp(X, y, small)
+    run_func(X, y, small)
+    images = torch.zeros(40, 1, 8, 8)
+    run_cnn_tp(images, np.arange(40) % 4, small)  # vmap's first use
 
 
 if __name__ == "__main__":

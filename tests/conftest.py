@@ -1,11 +1,15 @@
 import os
 import sys
+import tempfile
 
 import pytest
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the sweep's calibration cache (torchpenalty.sweep.calibration): one folder per test
+# session, never the user's cache; subprocesses inherit it
+os.environ.setdefault("TORCHPENALTY_CACHE_DIR", tempfile.mkdtemp(prefix="torchpenalty-cache-"))
 
 # CI runs the property tests with a fixed sequence of examples (reproducible results);
 # local runs draw new examples each time and so keep searching for counterexamples.

@@ -1,5 +1,5 @@
 """The sweep engine's fast paths: the stacked Linear's hand-written backward, subnormal
-flushing, and the vectorize probe."""
+flushing, and the vectorize plan."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torchpenalty.sweep.engine import (
     denormals_flushed,
     flush_denormal,
 )
-from torchpenalty.sweep.plan import STACK_MARGIN, VectorizePlan, probe
+from torchpenalty.sweep.plan import STACK_MARGIN
 
 
 def engine(make=None, n=48, d=3, batch=8, epochs=2):
@@ -105,33 +105,6 @@ def test_unused_regularized_parameter_gets_a_zero_gradient():
     assert torch.isfinite(final["unused.weight"]).all()
 
 
-def test_probe_times_both_paths_and_leaves_training_unchanged():
-    eng = engine()
-    tasks = [Task(i, k, s) for i, s in enumerate([0.01, 0.1, 1.0]) for k in range(2)]
-    first, _ = eng.run(tasks)
-    plan = probe(eng, tasks, chunk_size=4, steps=2)
-    again, _ = eng.run(tasks)
-    assert [r.val_loss for r in first] == [r.val_loss for r in again]
-    assert isinstance(plan, VectorizePlan)
-    assert plan.chunk_size == 3 and plan.steps == 2  # 6 tasks, at most 4: two chunks of 3
-    assert plan.stacked_s > 0 and plan.single_s > 0 and plan.probe_s > 0
-    assert plan.vectorize == (plan.stacked_s < STACK_MARGIN * plan.single_s)
-    assert plan.speedup >= 1.0
-    d = plan.to_dict()
-    assert d["choice"] in ("stacked", "one at a time") and set(d) >= {"stacked_s", "single_s"}
-
-
-def test_probe_stacks_fewer_copies_of_a_slow_model(monkeypatch):
-    import torchpenalty.sweep.plan as plan_mod
-
-    eng = engine()
-    tasks = [Task(i, k, s) for i, s in enumerate([0.01, 0.1, 1.0, 10.0]) for k in range(2)]
-    monkeypatch.setattr(plan_mod, "PROBE_STACK_S", 0.0)  # every step counts as slow
-    assert probe(eng, tasks, chunk_size=8, steps=2).chunk_size == 2  # timed, and then used
-    monkeypatch.setattr(plan_mod, "PROBE_STACK_S", 1e9)  # every step counts as fast
-    assert probe(eng, tasks, chunk_size=8, steps=2).chunk_size == 8
-
-
 @pytest.mark.parametrize(
     "mask, kept",
     [
@@ -175,12 +148,6 @@ def test_a_model_alone_trains_on_exactly_its_rows_like_a_plain_loop():
         torch.testing.assert_close(final[n][0], p.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_probe_with_nothing_to_stack_is_one_at_a_time():
-    plan = probe(engine(), [Task(0, 0, 1.0)], chunk_size=8)
-    assert not plan.vectorize and math.isnan(plan.stacked_s) and plan.probe_s == 0.0
-    assert math.isnan(plan.speedup)
-
-
 def test_time_steps_restores_the_random_state():
     eng = engine(make=lambda: nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 1)))
     torch.manual_seed(5)
@@ -198,8 +165,8 @@ def test_sweep_auto_vectorize_records_its_plan_and_matches_the_forced_path():
     kw = dict(strengths=[1e-3, 0.1, 1.0], folds=3, epochs=3, progress=False, refit=False)
     auto = tp.sweep(make, (X, y), **kw)
     plan = auto.settings["vectorize_plan"]
-    assert plan["choice"] in ("stacked", "one at a time")
-    assert plan["stacked_s"] > 0 and plan["single_s"] > 0
+    assert plan["choice"] in ("stacked", "one at a time") and plan["source"] == "cost model"
+    assert plan["stacked_s"] > 0 and plan["single_s"] > 0 and plan["reasons"]
     assert plan["vectorize"] == (plan["stacked_s"] < STACK_MARGIN * plan["single_s"])
     assert auto.settings["chunk_size"] == (plan["chunk_size"] if plan["vectorize"] else 1)
     forced = tp.sweep(make, (X, y), vectorize=plan["vectorize"], **kw)

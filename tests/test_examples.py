@@ -59,12 +59,19 @@ def test_torchrun_examples(script, last_lines):
         ("benchmarks/denormal_scaling.py", "x"),
         ("benchmarks/engine_step.py", "x"),
         ("benchmarks/sweep_stream.py", "of stacked"),
+        ("benchmarks/halving.py", "model-epochs saved"),
         ("benchmarks/convex.py", "sk/ours"),
     ],
 )
 def test_benchmarks_quick(script, marker):
     out = run(sys.executable, script, "--quick")
     assert marker in out  # the ratio column against the same run's baseline
+
+
+def test_gpu_sweep_benchmark_runs_on_the_cpu():
+    """benchmarks/gpu_sweep.py is written for a GPU; on the CPU it runs its smoke mode."""
+    out = run(sys.executable, "benchmarks/gpu_sweep.py", "--device", "cpu", "--quick")
+    assert "model-steps/s" in out and "the plan's stack size" in out
 
 
 def _test_functions() -> list[tuple[str, str]]:

@@ -182,9 +182,10 @@ def _sweep_parser(sub: Any) -> None:
                    help="strength to refit on all the data (default: best)")  # fmt: skip
     t.add_argument("--seed", type=int, help="0 .. 2**32-1 (default: 0)")
     t.add_argument("--no-vectorize", action="store_true", default=None,
-                   help="train one model at a time (default: the faster of stacked and "
-                   "one at a time, timed on a few steps)")  # fmt: skip
+                   help="train one model at a time (default: stacked or one at a time, "
+                   "as a cost model calibrated for this device predicts faster)")  # fmt: skip
     t.add_argument("--device", help="where to train: cpu (default), cuda, cuda:1, ...")
+    _executor_options(t)
     o = s.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="report folder (default: runs/<timestamp>/)")
     o.add_argument("--resume", metavar="DIR",
@@ -192,6 +193,15 @@ def _sweep_parser(sub: Any) -> None:
     o.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out")  # fmt: skip
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _executor_options(group: Any) -> None:
+    """Issue #17: chunks of stacked models on other processes (not saved with the run)."""
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="train chunks in N local processes (default: this process)")  # fmt: skip
+    group.add_argument("--executor", metavar="MODULE:FACTORY",
+                       help="train chunks on FACTORY(), a concurrent.futures-style executor "
+                       "(e.g. Dask's client.get_executor()); MODULE is imported only then")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- settings
@@ -418,7 +428,10 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     out = ns.resume or ns.out or _new_out_dir()
     if saved is not None:
         _check_fingerprint(out, saved, header)
-    with _run_folder(out, resume=saved is not None, overwrite=ns.overwrite):
+    with _executor(ns) as ex, \
+            _run_folder(out, resume=saved is not None, overwrite=ns.overwrite):  # fmt: skip
+        if ex is not None:
+            options["executor"] = ex
         print(f"torchpenalty sweep: {ds.source} ({len(ds.X)} rows, {ds.X.shape[1]} features, "
               f"{ds.task}), {args['model']}, {args['penalty']}, {len(options['strengths'])} "
               f"strengths x {args['folds']} folds -> {out}")  # fmt: skip
@@ -441,6 +454,7 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
     import torchpenalty as tp
 
     from . import report
+    from .sweep.executors import SweepIncomplete
 
     first = (options["resume"] or {}).get("seq", -1) + 1
     seq = itertools.count(first)
@@ -460,6 +474,10 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
         with report.stop_signals() as received:
             try:
                 result = tp.sweep(make, data, **options, on_chunk=on_chunk)
+            except SweepIncomplete as e:  # chunks failed twice on the executor (#17)
+                with report.shielded(interrupt_after=False):
+                    save(e.state, e.result)
+                raise CLIError(f"{e}; continue with: torchpenalty sweep --resume {out}") from None
             except tp.SweepInterrupted as e:
                 with report.shielded(interrupt_after=False):
                     save(e.state, e.result)
@@ -619,10 +637,10 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
-def _import_factory(target: str) -> Callable[[], Any]:
+def _import_factory(target: str, what: str = "explain") -> Callable[[], Any]:
     mod_name, sep, fn_name = target.partition(":")
     if not sep or not _MODULE.fullmatch(mod_name) or not fn_name.isidentifier():
-        raise CLIError(f"explain needs MODULE:FACTORY (a dotted module name and a function "
+        raise CLIError(f"{what} needs MODULE:FACTORY (a dotted module name and a function "
                        f"name, e.g. mymodels:make), got {target!r}")  # fmt: skip
     try:
         module = importlib.import_module(mod_name)
@@ -634,6 +652,40 @@ def _import_factory(target: str) -> Callable[[], Any]:
     if not callable(factory):
         raise CLIError(f"{mod_name!r} has no callable {fn_name!r}")
     return factory
+
+
+@contextlib.contextmanager
+def _executor(ns: argparse.Namespace) -> Iterator[Any]:
+    """``--workers N``: a pool of N local processes (started by forkserver: a forked child
+    deadlocks in torch's thread pool); ``--executor MODULE:FACTORY``: ``FACTORY()``,
+    imported only because this command line names it. Shut down after the sweep."""
+    if ns.workers is not None and ns.executor is not None:
+        raise CLIError("--workers conflicts with --executor: give one")
+    if ns.workers is not None and ns.workers < 1:
+        raise CLIError(f"--workers must be an integer >= 1, got {ns.workers}")
+    if ns.workers is None and ns.executor is None:
+        yield None
+        return
+    if ns.workers is not None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ex = ProcessPoolExecutor(ns.workers, mp_context=multiprocessing.get_context("forkserver"))
+    else:
+        factory = _import_factory(ns.executor, "--executor")
+        try:
+            ex = factory()
+        except Exception as e:
+            raise CLIError(f"--executor {ns.executor}() failed: {_first_line(e)}") from None
+        if not callable(getattr(ex, "submit", None)):
+            raise CLIError(f"--executor {ns.executor}() must return an executor with submit(), "
+                           f"got {type(ex).__name__}")  # fmt: skip
+    try:
+        yield ex
+    finally:
+        shutdown = getattr(ex, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
 
 
 def cmd_explain(ns: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -294,25 +295,32 @@ def model_from_spec(spec: str, n_in: int, n_out: int) -> Any:
         f"model must be 'linear' or 'mlp:W1,W2[,...][:{'|'.join(acts)}]', got {spec!r}"
     )
     if parts == ["linear"]:
-        return lambda: nn.Linear(n_in, n_out)
+        return functools.partial(_spec_model, (), "relu", n_in, n_out)
     if not parts or parts[0] != "mlp" or len(parts) not in (2, 3):
         raise bad
     try:
         widths = [int(w) for w in parts[1].split(",")]
     except ValueError:
         raise bad from None
-    act = acts.get(parts[2] if len(parts) == 3 else "relu")
-    if act is None or not widths or any(w < 1 for w in widths):
+    act = parts[2] if len(parts) == 3 else "relu"
+    if act not in acts or not widths or any(w < 1 for w in widths):
         raise bad
+    # a partial of a top-level function: picklable, for workers (--workers, --executor)
+    return functools.partial(_spec_model, tuple(widths), act, n_in, n_out)
 
-    def make() -> nn.Module:
-        layers, d = [], n_in
-        for w in widths:
-            layers += [nn.Linear(d, w), act()]
-            d = w
-        return nn.Sequential(*layers, nn.Linear(d, n_out))
 
-    return make
+def _spec_model(widths: tuple[int, ...], act: str, n_in: int, n_out: int) -> Any:
+    """The model of :func:`model_from_spec` (no widths: one ``nn.Linear``)."""
+    from torch import nn
+
+    if not widths:
+        return nn.Linear(n_in, n_out)
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+    layers, d = [], n_in
+    for w in widths:
+        layers += [nn.Linear(d, w), acts[act]()]
+        d = w
+    return nn.Sequential(*layers, nn.Linear(d, n_out))
 
 
 _FLOAT_FIELDS = ("val_loss", "train_loss", "param_norm", "zero_fraction", "val_accuracy")

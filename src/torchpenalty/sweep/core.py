@@ -70,6 +70,8 @@ def sweep(
     groups: Any = None,
     test: tuple[Any, Any] | None = None,
     read_threads: int = 0,
+    halving: bool = False,
+    executor: Any = None,
 ) -> SweepResult:
     """Cross-validate the penalty strength: train one model per (strength, fold), all at
     once, and pick the strength.
@@ -116,9 +118,11 @@ def sweep(
             ``"grad"`` for L2.
         vectorize: ``True``: train the models stacked, as one batched computation;
             ``False``: one model at a time through the same code (same numbers up to float
-            rounding); ``"auto"`` (default): time a few steps of both and keep the faster
-            (:func:`torchpenalty.sweep.plan.probe`; the choice and both timings are in
-            ``result.settings["vectorize_plan"]``).
+            rounding); ``"auto"`` (default): stacked in chunks, or one at a time, as a cost
+            model of the work predicts faster on this device
+            (:func:`torchpenalty.sweep.plan.choose`, calibrated once per device and cached:
+            the plan does not depend on the moment's load); the plan, its predicted
+            seconds and its reasons are in ``result.settings["vectorize_plan"]``.
         solver: ``"auto"`` (default): exact where it can be -- a model that is one
             ``nn.Linear`` with ``penalty="l2"``, ``loss="mse"`` (``mode="grad"``, no early
             stopping) is solved in closed form per fold
@@ -162,6 +166,22 @@ def sweep(
             ``result.test`` is ``{"rows", "loss"[, "accuracy"]}`` in the units of the CV
             table (see :func:`held_out_scores`).
 
+        halving: successive halving (:mod:`torchpenalty.sweep.halving`): at rungs of 10%,
+            20%, 40%, ... of the epochs, strengths whose mean validation loss is more than
+            3 standard errors (of the best's mean) above the best, or diverged, stop
+            training; the rest are repacked and go on. ``table`` rows get
+            ``stopped_epoch`` (None: trained to the end); stopped strengths are never
+            chosen. ``result.settings["model_epochs"]`` counts the epochs trained. Off by
+            default.
+        executor: a ``concurrent.futures``-style executor (``submit(fn, *args) ->
+            future``): a ``ProcessPoolExecutor`` that does not fork, Dask's
+            ``client.get_executor()``, submitit's executor, ... Each chunk of stacked models
+            is one submitted job (:mod:`torchpenalty.sweep.executors`); ``make_model`` must
+            then be picklable (a top-level function of an importable module). A chunk
+            whose worker dies is submitted once more; if it fails again,
+            :class:`~torchpenalty.sweep.executors.SweepIncomplete` carries the state to
+            ``resume=``. Not with ``halving`` or under torchrun.
+
     Every argument is checked first by :func:`validate`: a bad one raises ``TypeError`` or
     ``ValueError`` naming it, before any training.
 
@@ -188,6 +208,11 @@ def sweep(
         splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
         result = path.sweep_path(make_model, v, splits[:-1])
     else:
+        if v.options["executor"] is not None and (v.options["halving"] or world()[1] > 1):
+            raise ValueError("executor runs a sweep without halving, outside torchrun; got "
+                             f"halving={v.options['halving']}, world size {world()[1]}")  # fmt: skip
+        if v.options["halving"] and world()[1] > 1:
+            raise ValueError("halving=True is not supported under torch.distributed")
         plan = _plan(make_model, v)
         done: dict[tuple[int, int], Record] = {}
         snap = None

@@ -32,7 +32,16 @@ from ..penalties import Penalty, names
 from ..select import select
 from .losses import SweepLoss, get_loss
 
-__all__ = ["ACTIVATIONS", "Engine", "Problem", "Task", "denormals_flushed", "flush_denormal"]
+__all__ = [
+    "ACTIVATIONS",
+    "Engine",
+    "Problem",
+    "Task",
+    "denormals_flushed",
+    "flush_denormal",
+    "join_states",
+    "split_state",
+]
 
 ACTIVATIONS = (
     nn.ReLU,
@@ -100,6 +109,7 @@ class Record:
     best_epoch: int
     val_accuracy: float | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
+    stopped_epoch: int | None = None  # successive halving: the epochs it trained, if stopped
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -426,7 +436,7 @@ class Engine:
         """A function that takes one training step of ``tasks`` stacked together and
         returns its seconds, valid inside the block. It trains copies (nothing is kept)
         and the random state is restored on leaving. Two steppers open at once can be
-        called in turn: what :func:`torchpenalty.sweep.plan.probe` interleaves."""
+        called in turn (:mod:`torchpenalty.sweep.calibration` times its steps so)."""
         dev = self.device
         folds, strengths, params, buffers = self._stacked(tasks)
         live = {**params, **buffers}
@@ -690,6 +700,60 @@ def _snapshot(epoch, live, opt, history, tracked) -> dict[str, Any]:
         "stopped": stopped.clone(),
         "best": {n: t.clone() for n, t in best.items()} if best is not None else None,
     }
+
+
+def _map_models(v: Any, fn: Callable[[Tensor], Any], m: int) -> Any:
+    """``fn`` applied to every tensor in ``v`` whose dim 0 runs over the ``m`` models (a
+    scalar such as Adam's step count is shared by the chunk and kept as is)."""
+    if isinstance(v, Tensor):
+        return fn(v) if v.ndim and v.shape[0] == m else v
+    if isinstance(v, dict):
+        return {k: _map_models(x, fn, m) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_map_models(x, fn, m) for x in v]
+    return v
+
+
+def split_state(snap: dict[str, Any], m: int) -> list[dict[str, Any]]:
+    """A snapshot of a chunk of ``m`` models (what ``Engine.run``'s ``on_epoch`` copies) as
+    ``m`` snapshots of one model each, to be repacked with :func:`join_states`."""
+    out = []
+    for j in range(m):
+        one = {k: _map_models(v, lambda t, j=j: t[j : j + 1].clone(), m)
+               for k, v in snap.items() if k != "history"}  # fmt: skip
+        one["history"] = {k: [[row[j]] for row in v] for k, v in snap["history"].items()}
+        out.append(one)
+    return out
+
+
+def join_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot of a chunk from the one-model snapshots ``states`` (all after the same
+    epoch, from chunks with the same batches per epoch: shared scalars agree)."""
+    first = states[0]
+    if any(s["epoch"] != first["epoch"] for s in states):
+        raise ValueError("join_states needs snapshots taken after the same epoch")
+
+    def join(path: list[Any]) -> Any:
+        vs = [_at(s, path) for s in states]
+        v = vs[0]
+        if isinstance(v, Tensor):
+            return torch.cat(vs) if v.ndim and v.shape[0] == 1 else v
+        if isinstance(v, dict):
+            return {k: join([*path, k]) for k in v}
+        if isinstance(v, list):
+            return [join([*path, i]) for i in range(len(v))]
+        return v
+
+    out = {k: join([k]) for k in first if k != "history"}
+    out["history"] = {k: [[row[0] for row in (s["history"][k][e] for s in states)]
+                          for e in range(len(v))] for k, v in first["history"].items()}  # fmt: skip
+    return out
+
+
+def _at(v: Any, path: list[Any]) -> Any:
+    for k in path:
+        v = v[k]
+    return v
 
 
 def _clone_state(sd: dict[str, Any]) -> dict[str, Any]:

@@ -71,24 +71,29 @@ def describe_model(model: nn.Module) -> str:
 def best_index(rows: list[dict[str, Any]]) -> int | None:
     """Row with the smallest finite mean validation loss (first on ties); rows whose
     loss is NaN or infinite (diverged training) are skipped; None if every row is."""
-    ok = [i for i, r in enumerate(rows) if _finite(r["val_loss_mean"])]
+    ok = [i for i, r in enumerate(rows) if _finite(r["val_loss_mean"]) and _trained(r)]
     if not ok:
         return None
     return min(ok, key=lambda i: rows[i]["val_loss_mean"])
 
 
+def _trained(row: dict[str, Any]) -> bool:
+    """Not stopped early by successive halving (``stopped_epoch`` set): never chosen."""
+    return row.get("stopped_epoch") is None
+
+
 def one_se_index(rows: list[dict[str, Any]]) -> int | None:
     """glmnet's lambda.1se: the row with the largest strength whose finite mean
     validation loss is within one standard error of the minimum's (an SE that is NaN,
-    from one fold, counts as 0); None if every row diverged."""
+    from one fold, counts as 0); None if every row diverged. Rows stopped by successive
+    halving are never chosen."""
     b = best_index(rows)
     if b is None:
         return None
     se = rows[b]["val_loss_se"]
     limit = rows[b]["val_loss_mean"] + (se if _finite(se) else 0.0)
-    ok = [
-        i for i, r in enumerate(rows) if _finite(r["val_loss_mean"]) and r["val_loss_mean"] <= limit
-    ]
+    ok = [i for i, r in enumerate(rows)
+          if _finite(r["val_loss_mean"]) and r["val_loss_mean"] <= limit and _trained(r)]  # fmt: skip
     return max(ok, key=lambda i: rows[i]["strength"])
 
 
@@ -313,6 +318,8 @@ class SweepResult:
             recs = [r for r in self.records if r.i == i]
             if recs:
                 rows.append(_row(s, recs))
+                if self.settings.get("halving"):  # None: trained to the end
+                    rows[-1]["stopped_epoch"] = recs[0].stopped_epoch
         return rows
 
     @property

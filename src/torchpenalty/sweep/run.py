@@ -16,11 +16,12 @@ from .._validation import (
     described_error,
 )
 from ..distributed import all_gather_objects, world
+from . import executors, halving
 from .engine import Engine, Problem, Record, Task
 from .folds import Standardizer, group_kfold, kfold, stratified_kfold, strength_factors
 from .losses import UserLoss, get_loss
 from .plan import balanced as _balanced
-from .plan import probe
+from .plan import choose
 from .result import StandardizedModel, SweepResult, describe_model
 from .stream import (
     Moments,
@@ -54,6 +55,8 @@ class _Plan:
     meta: dict[str, Any]
     grid: list[float]
     folds: int
+    halving: bool = False
+    executor: Any = None
 
 
 def _prepare(
@@ -296,15 +299,20 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     size = 1
     if o["vectorize"]:
         size = _chunk_size(engine, o["max_memory_mb"], engine.batch_size, rows, row_bytes)
-    # a resume keeps its chunking; under torchrun every rank must chunk alike: no probe
+    if o["halving"]:
+        settings["halving"] = {"n_se": halving.N_SE, "rungs": halving.rungs(o["epochs"])}
+    # a resume keeps its chunking; under torchrun every rank must chunk alike, and ranks
+    # on different machines may hold different calibrations: the budget's chunks
     if o["vectorize"] == "auto" and o["resume"] is None and world()[1] == 1:
-        choice = probe(engine, tasks, size)
+        choice = choose(engine, tasks, size)
         size = choice.chunk_size if choice.vectorize else 1
         settings["vectorize_plan"] = choice.to_dict()
     _, world_size = world()
-    if world_size > 1:  # under torchrun: every rank gets a share of the grid
-        size = min(size, -(-len(tasks) // world_size))
-    return _Plan(engine, tasks, size, settings, meta, v.grid, o["folds"])
+    shares = world_size if world_size > 1 else executors.workers(o["executor"]) or 1
+    if shares > 1:  # under torchrun or on an executor: every worker gets a share of the grid
+        size = min(size, -(-len(tasks) // shares))
+    return _Plan(engine, tasks, size, settings, meta, v.grid, o["folds"], o["halving"],
+                 o["executor"])  # fmt: skip
 
 
 def _input_settings(v: Validated) -> dict[str, Any]:
@@ -325,7 +333,7 @@ def _input_settings(v: Validated) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- resume
 def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Settings that must match for a resume (not the chunking or the forward kind)."""
-    skip = ("chunk_size", "chunks", "forward", "world_size", "vectorize_plan")
+    skip = ("chunk_size", "chunks", "forward", "world_size", "vectorize_plan", "model_epochs")
     return {k: v for k, v in settings.items() if k not in skip}
 
 
@@ -394,7 +402,12 @@ def _run_chunks(
 ) -> None:
     """Train the tasks not in ``done``, chunk after chunk, adding their records to
     ``done``; a snapshot continues only the chunk it was taken in. On Ctrl-C raise
-    :class:`SweepInterrupted` with the state so far."""
+    :class:`SweepInterrupted` with the state so far. With halving, or on an executor,
+    :func:`_run_halving` / :func:`_run_on_executor` do it."""
+    if plan.halving:
+        return _run_halving(plan, done, on_chunk)
+    if plan.executor is not None:
+        return _run_on_executor(plan, done, on_chunk)
     rank, world_size = world()
     todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
     chunks = _chunks(plan.engine, todo, plan.chunk_size)
@@ -436,9 +449,54 @@ def _run_chunks(
             bar.close()
 
 
+def _run_halving(plan: _Plan, done: dict, on_chunk: Callable | None) -> None:
+    """Successive halving (:func:`torchpenalty.sweep.halving.run`) over the tasks not in
+    ``done``; the records of stopped strengths join ``done`` rung by rung (a resume
+    repeats the rungs of the strengths still training: same data, same decisions)."""
+
+    def on_rung(finished: dict[tuple[int, int], Record]) -> None:
+        done.update(finished)
+        if on_chunk is not None:
+            on_chunk(_state(plan, done, None))
+
+    todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
+    try:
+        if on_chunk is not None:
+            on_chunk(_state(plan, done, None))
+        cut = lambda live: _chunks(plan.engine, live, plan.chunk_size)  # noqa: E731
+        halving.run(plan.engine, todo, cut, on_rung=on_rung)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(_state(plan, done, None), _result(plan, done)) from None
+
+
+def _run_on_executor(plan: _Plan, done: dict, on_chunk: Callable | None) -> None:
+    """The chunks of the tasks not in ``done`` on ``plan.executor``
+    (:func:`torchpenalty.sweep.executors.submit_chunks`); each finished chunk's records
+    join ``done`` and the checkpoint. Chunks that failed twice raise
+    :class:`~torchpenalty.sweep.executors.SweepIncomplete` with the state."""
+    spec = executors.spec_bytes(plan.engine)
+    todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
+
+    def on_records(recs: list[dict[str, Any]]) -> None:
+        done.update(((d["i"], d["fold"]), Record(**d)) for d in recs)
+        if on_chunk is not None:
+            on_chunk(_state(plan, done, None))
+
+    try:
+        if on_chunk is not None:
+            on_chunk(_state(plan, done, None))
+        chunks = _chunks(plan.engine, todo, plan.chunk_size)
+        errors = executors.submit_chunks(plan.executor, spec, chunks, on_records)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(_state(plan, done, None), _result(plan, done)) from None
+    if errors:
+        raise executors.SweepIncomplete(_state(plan, done, None), _result(plan, done), errors)
+
+
 def _result(plan: _Plan, done: dict[tuple[int, int], Record]) -> SweepResult:
     settings = {**plan.settings, "chunk_size": plan.chunk_size}
     settings["chunks"] = len(_chunks(plan.engine, plan.tasks, plan.chunk_size))
+    settings["model_epochs"] = sum(len(r.history.get("val", ())) for r in done.values())
     classes = plan.meta["classes"]
     result = SweepResult(
         plan.grid,

@@ -91,6 +91,19 @@ def _vectorize(name: str, v: Any) -> bool | str:
     return bool(v)
 
 
+def _executor(name: str, v: Any) -> Any:
+    """Anything with ``submit(fn, *args) -> future`` (see :mod:`torchpenalty.sweep.executors`);
+    a process pool that forks is refused: a forked child deadlocks in torch's thread pool."""
+    if not callable(getattr(v, "submit", None)):
+        raise type_error(name, "a concurrent.futures-style executor (with submit(fn, *args))", v)
+    ctx = getattr(v, "_mp_context", None)
+    if ctx is not None and ctx.get_start_method() == "fork":
+        raise value_error(name, "a process pool that does not fork (ProcessPoolExecutor(n, "
+                          "mp_context=multiprocessing.get_context('forkserver')): a forked "
+                          "worker deadlocks in torch's thread pool", v)  # fmt: skip
+    return v
+
+
 def _callable(name: str, v: Any) -> Any:
     if not callable(v):
         raise type_error(name, "a callable", v)
@@ -217,6 +230,8 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "groups": _optional(lambda name, v: _as_array(name, v, labels=True)),
     "test": _optional(_pair),
     "read_threads": _int(0),
+    "halving": _bool,
+    "executor": _optional(_executor),
 }
 
 
@@ -532,4 +547,6 @@ _DEFAULTS: dict[str, Any] = {
     "groups": None,
     "test": None,
     "read_threads": 0,
+    "halving": False,
+    "executor": None,
 }
