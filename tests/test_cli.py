@@ -59,6 +59,7 @@ def test_default_sweep_writes_a_complete_report(tmp_path, capsys):
     assert f"report: {out / 'report.json'}" in stdout and "best strength:" in stdout
     names = sorted(os.listdir(out))
     assert names == [
+        ".torchpenalty-manifest.json",  # the run's own files, with their sha256
         "learning.png",
         "model.pt",
         "norm.png",
@@ -309,7 +310,9 @@ def test_interrupt_then_resume(tmp_path, capsys, monkeypatch):
     partial = json.loads((out / "report.json").read_text())
     assert partial["complete"] is False
     assert (out / "checkpoint.pt").exists()
-    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # nothing half-written
+    assert not [
+        n for n in os.listdir(out) if n.startswith(report.TMP_PREFIX)
+    ]  # nothing half-written
     monkeypatch.undo()
 
     code, _stdout, err = run(["sweep", "--quiet", "--resume", str(out)], capsys)

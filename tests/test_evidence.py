@@ -500,7 +500,7 @@ def test_fit_evidence_passes_token_ids_and_images_through():
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 20, size=(80, 6))
     y = 100.0 + 10 * (tokens == 3).sum(1)
-    r = tp.fit_evidence(BagOfWords, (tokens, y), epochs=4, every=2, exclude="emb.*")
+    r = tp.fit_evidence(BagOfWords, (tokens, y), loss="mse", epochs=4, every=2, exclude="emb.*")
     assert list(r.strengths) == ["head.weight"]
     pred = r.predict(tokens)
     assert pred.shape == (80,) and abs(pred.mean() - y.mean()) < 3 * y.std()

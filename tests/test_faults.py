@@ -55,7 +55,7 @@ def assert_same_run(folder, reference, leftover_checkpoint=False):
                                [r["val_loss_mean"] for r in reference["table"]], rtol=1e-5)  # fmt: skip
     assert done["best_strength"] == reference["best_strength"]
     assert leftover_checkpoint or not (Path(folder) / "checkpoint.pt").exists()
-    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-") or n == ".lock"]
+    assert not [n for n in os.listdir(folder) if n.startswith(report.TMP_PREFIX) or n == ".lock"]
 
 
 def _complete(folder):
@@ -159,7 +159,7 @@ def test_disk_full_at_every_write(tmp_path, capsys, monkeypatch, reference):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err
         assert "No space left on device" in lines[0] and f"cannot write {out}" in lines[0]
-        assert not [n for n in os.listdir(out) if n.startswith(".tmp-") or n == ".lock"]
+        assert not [n for n in os.listdir(out) if n.startswith(report.TMP_PREFIX) or n == ".lock"]
         if _complete(out):  # the last fsync (of the folder, after the final report) failed:
             code, _, err = run(["sweep", "--resume", str(out)], capsys)  # the data is there
             assert code == 2 and "that sweep already finished" in err
@@ -231,7 +231,7 @@ def test_stale_lock_is_taken_over(tmp_path, capsys, reference):
     out = tmp_path / "run"
     out.mkdir()
     (out / ".lock").write_text(f"{dead.pid}\n")
-    (out / ".tmp-half-written").write_text("x")
+    (out / f"{report.TMP_PREFIX}{dead.pid}-0123456789abcdef").write_text("x")  # its leftover
     code, _, err = run(["sweep", *ARGS, "--out", str(out)], capsys)
     assert code == 0, err
     assert f"taking over the stale lock of process {dead.pid}" in err

@@ -89,7 +89,7 @@ def test_predict_command(iris_run, capsys, tmp_path):
     for args, match in [
         (["predict", str(tmp_path), "--data", str(d / "test.csv")], "no report.json there"),
         (["predict", str(out), "--data", str(tmp_path / "bad.csv")], "missing feature columns ['x2', 'x3']"),
-        (["predict", str(out), "--data", str(tmp_path / "none.csv")], "No such file"),
+        (["predict", str(out), "--data", str(tmp_path / "none.csv")], "no such file"),
     ]:  # fmt: skip
         code, _, err = run(args, capsys)
         assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
@@ -103,10 +103,12 @@ def test_load_sweep_regression_equals_the_sweeps_model(tmp_path, capsys):
     state = torch.load(out / "model.pt", weights_only=True)
     ref = cli.build_model_factory("mlp:32,32", 10, 1)()
     ref.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-    x = torch.tensor(X[:5], dtype=torch.float32)
-    want = ref((x - state["x_mean"]) / state["x_std"]) * state["y_std"] + state["y_mean"]
-    np.testing.assert_allclose(r.predict(X[:5]), want.detach().numpy().ravel(), rtol=1e-5)
-    with pytest.raises(report.ReportError, match="unfinished run"):
+    assert state["x_mean"].dtype == state["y_std"].dtype == torch.float64  # full precision
+    x = torch.tensor(X[:5], dtype=torch.float64)  # standardized in float64, then cast
+    z = ((x - state["x_mean"]) / state["x_std"]).float()
+    want = ref(z).double() * state["y_std"] + state["y_mean"]
+    np.testing.assert_allclose(r.predict(X[:5]), want.detach().numpy().ravel(), rtol=1e-12)
+    with pytest.raises(report.ReportError, match="unfinished"):
         (out / "report.json").write_text(json.dumps({"inputs": {}, "complete": False}))
         tp.load_sweep(str(out))
 

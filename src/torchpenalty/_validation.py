@@ -16,7 +16,10 @@ import torch
 
 
 def _message(name: str, requirement: str, value: Any) -> str:
-    return f"{name} must be {requirement}, got {value!r}"
+    shown = repr(value)
+    if len(shown) > 80:  # one short line: a long value is cut (#18)
+        shown = shown[:70] + "..." + shown[-7:]
+    return f"{name} must be {requirement}, got {shown}"
 
 
 def type_error(name: str, requirement: str, value: Any) -> TypeError:
@@ -78,7 +81,10 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     choices = list(choices)
     if not isinstance(value, str) or value not in choices:
-        raise value_error(name, "one of " + ", ".join(repr(c) for c in choices), value)
+        listed = ", ".join(repr(c) for c in choices)
+        if len(listed) > 100:  # many choices (registered names, aliases): the first ones
+            listed = listed[: listed.rfind(", ", 0, 90)] + f", ... ({len(choices)} in all)"
+        raise value_error(name, "one of " + listed, value)
     return value
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -119,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("folder", metavar="FOLDER")
     pr.add_argument("--data", metavar="FILE", required=True,
                     help="a .csv or .csv.gz with the training data's feature columns, or a .npz with X")  # fmt: skip
-    pr.add_argument("--out", metavar="FILE", help="write predictions.csv here (default: stdout)")
+    pr.add_argument("--out", metavar="FILE", help="write the predictions (CSV) to this new "
+                    "file (default: stdout); never a file of a run folder or the data")  # fmt: skip
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace --out if it exists (still never a run's file or the data)")  # fmt: skip
     e = sub.add_parser(
         "explain",
         help="show which parameters of a model are regularized, and why",
@@ -218,6 +222,9 @@ def _settings(ns: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str,
             if flag in given and "data" not in given:
                 raise CLIError(f"--{flag} applies to a --data file; a bundled --dataset has "
                                "its own target and no groups")  # fmt: skip
+        if "dataset" in given and "data" in given:
+            raise CLIError("--dataset names bundled data, used when --data is not given: "
+                           "give one of them")  # fmt: skip
         return {**DEFAULTS, **given}
     if ns.out is not None and os.path.abspath(ns.out) != os.path.abspath(ns.resume):
         raise CLIError(f"--out {ns.out} conflicts with --resume {ns.resume}: give one folder")
@@ -260,12 +267,28 @@ def _load_data(args: dict[str, Any]) -> Any:
     from . import data as data_mod
 
     try:
-        return data_mod.load(
+        ds = data_mod.load(
             args["data"], target=args["target"], task=args["task"], dataset=args["dataset"],
             groups=args["groups"],
         )  # fmt: skip
     except data_mod.DataError as e:
-        raise CLIError(("--" if str(e).startswith("groups ") else "") + str(e)) from None
+        raise CLIError(("--" if str(e).startswith("groups ") else "") + _for_cli(e)) from None
+    if ds.task == "classification":  # e.g. --task classification on a continuous target
+        import numpy as np
+
+        labels, counts = np.unique(ds.y, return_counts=True)
+        if counts.min() < 2:
+            raise CLIError(
+                f"the target column {data_mod.shown(ds.target)}: every class needs 2 rows or "
+                f"more for cross-validation, got {int((counts < 2).sum())} of {len(labels)} "
+                "classes with one row (a continuous target? --task regression)"
+            )
+    return ds
+
+
+def _for_cli(e: Exception) -> str:
+    """A data error's message without its Python-only hint (the CLI has no encoding=)."""
+    return str(e).replace(" (or pass encoding=, e.g. 'latin-1')", "")
 
 
 def _test_data(args: dict[str, Any], ds: Any) -> tuple | None:
@@ -296,6 +319,35 @@ def _penalty(args: dict[str, Any]) -> Any:
             return args["penalty"]  # needs more than a strength: the sweep says what it takes
         raise _translate(e) from None
     return pen
+
+
+def _import_penalty_module(spec: Any, named: bool, run: str | None) -> None:
+    """Import the module of a user penalty ``module:Class`` before the sweep looks it up.
+    Typed on this command line (``named``): with the working directory last on
+    ``sys.path``. Read from the settings of a run being resumed: never from the working
+    directory, the run folder or the folder holding it (a file there may be anyone's),
+    only from installed packages; else the user must name it again with ``--penalty``."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return
+    mod_name = spec.partition(":")[0]
+    if not _MODULE.fullmatch(mod_name):
+        return  # the sweep's own check says what is wrong with it
+    if named or run is None:
+        with _cwd_last():
+            _import_named(mod_name, "--penalty: ")
+        return
+    import importlib.machinery
+
+    top = mod_name.split(".")[0]
+    path = _path_without(os.getcwd(), run, os.path.dirname(os.path.abspath(run)))
+    known = top in sys.modules or top in sys.builtin_module_names
+    if not known and importlib.machinery.PathFinder.find_spec(top, path) is None:
+        raise CLIError(
+            f"--resume {_shown(run)}: its penalty {spec} is imported only when installed or "
+            f"named (never from a run or working folder): add --penalty {spec}"
+        )
+    with _search_path(path):
+        _import_named(mod_name, "--penalty: ")
 
 
 def _sweep_call(args: dict[str, Any], ds: Any, quiet: bool) -> tuple[Any, tuple, dict]:
@@ -329,7 +381,7 @@ def _header(args: dict[str, Any], ds: Any) -> dict[str, Any]:
 
     sha = report.file_sha256(args["data"]) if args["data"] else None
     return {
-        "inputs": args,
+        "inputs": _applicable(args),
         "data": {
             "source": ds.source,
             "rows": len(ds.X),
@@ -339,6 +391,31 @@ def _header(args: dict[str, Any], ds: Any) -> dict[str, Any]:
         },
         "fingerprint": {"data": args["data"] or ds.source, "data_sha256": sha},
     }
+
+
+def _applicable(args: dict[str, Any]) -> dict[str, Any]:
+    """The settings that apply to this run (report.json's "inputs"): no ``dataset`` with
+    ``--data``, no ``l1_ratio`` for a penalty without one (a resume reads the rest as the
+    defaults)."""
+    out = dict(args)
+    if out["data"] is not None:
+        out.pop("dataset")
+    if not _takes_l1_ratio(out["penalty"]):
+        out.pop("l1_ratio")
+    return out
+
+
+def _takes_l1_ratio(penalty: str) -> bool:
+    from . import penalties
+
+    try:
+        return "l1_ratio" in penalties.resolve(penalty, 1.0).get_config()
+    except (ValueError, TypeError):
+        return True  # the sweep refuses it, or needs more than a strength: keep the value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------- run folder
@@ -392,30 +469,52 @@ def _run_folder(out: str, resume: bool, overwrite: bool) -> Iterator[None]:
     from . import report
 
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out} is a file, not a folder")
+        raise CLIError(f"--out {_shown(out)} is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+        raise CLIError(
+            f"--out {_shown(out)}: cannot create the folder ({e.strerror or e})"
+        ) from None
     try:
         with report.RunLock(out):
             report.remove_temporaries(out)  # left by a process killed mid-write
-            if not resume and report.holds_run(out):
-                if not overwrite:
-                    raise CLIError(f"--out {out} holds a run already: continue it with "
-                                   "--resume, or replace it with --overwrite")  # fmt: skip
-                for name in report.RUN_FILES:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(out, name))
+            if not resume:
+                _clear_for_new_run(out, overwrite)
             yield
     except report.ReportError as e:
-        raise CLIError(str(e)) from None
+        text = str(e)
+        raise CLIError(
+            f"--out {_shown(out)}: {text}" if text.startswith("its ") else text
+        ) from None
+
+
+def _clear_for_new_run(out: str, overwrite: bool) -> None:
+    """A new run in ``out``: refuse a folder holding a run unless ``overwrite``, which
+    removes the run's own files only (as its manifest vouches); refuse a file under a
+    run file's name that no run wrote (it would be overwritten)."""
+    from . import report
+
+    shown = _shown(out)
+    foreign = report.foreign_files(out)
+    if foreign:  # someone else's file (or a run's file changed since): never written over
+        raise CLIError(f"--out {shown}: its {foreign[0]} was not written by a torchpenalty "
+                       "run (or changed since): move it away or choose another --out")  # fmt: skip
+    if report.holds_run(out):
+        if not overwrite:
+            raise CLIError(f"--out {shown} holds a run already: continue it with --resume, "
+                           "or replace it with --overwrite")  # fmt: skip
+        try:
+            report.remove_run(out)
+        except report.ReportError as e:
+            raise CLIError(f"--out {shown}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- sweep
 def cmd_sweep(ns: argparse.Namespace) -> int:
     saved, state = _resumed(ns.resume) if ns.resume else (None, None)
     args = _settings(ns, None if saved is None else saved["inputs"])
+    _import_penalty_module(args["penalty"], ns.penalty is not None, ns.resume)
     ds = _load_data(args)
     make, data, options = _sweep_call(args, ds, ns.quiet)
     from .sweep.validate import validate
@@ -424,7 +523,13 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         validate(make, data, **options)
     except (ValueError, TypeError) as e:
         raise _translate(e) from None
+    except (RuntimeError, MemoryError) as e:  # e.g. a model too large to allocate
+        raise CLIError(f"--model {_shown(args['model'], 40)}: cannot build or run it "
+                       f"({_first_line(e, 90)})") from None  # fmt: skip
     header = _header(args, ds)
+    earlier = (saved or {}).get("time") or {}  # a resumed run keeps its start and run time
+    header["time"] = {"started": earlier.get("started") or _now(),
+                      "run_s": float(earlier.get("run_s") or 0.0)}  # fmt: skip
     out = ns.resume or ns.out or _new_out_dir()
     if saved is not None:
         _check_fingerprint(out, saved, header)
@@ -458,8 +563,11 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
 
     first = (options["resume"] or {}).get("seq", -1) + 1
     seq = itertools.count(first)
+    clock, t0 = header["time"], time.perf_counter()
+    before_s = clock["run_s"]  # earlier sessions of a resumed run
 
     def save(state: dict[str, Any], result: Any = None) -> None:
+        clock["run_s"] = round(before_s + time.perf_counter() - t0, 3)
         n = next(seq)
         report.write_checkpoint(out, state, n, header)
         result = result or _partial(state)
@@ -486,6 +594,8 @@ def _run(out: str, make: Any, data: tuple, options: dict, header: dict, args: di
                       f"continue with: torchpenalty sweep --resume {out}", file=sys.stderr)  # fmt: skip
                 return 128 + received[0] if received else EXIT_INTERRUPTED
             result.data_name = header["data"]["source"]
+            clock["run_s"] = round(before_s + time.perf_counter() - t0, 3)
+            clock["finished"] = _now()
             result.feature_names = header["data"]["features"]  # issue #16: result.selected
             extra = {"test": getattr(result, "test", None)}
             with report.shielded(interrupt_after=False):
@@ -534,7 +644,9 @@ def _print_summary(result: Any, select: str, out: str) -> None:
             if names is not None:
                 print(f"kept at the {rule} strength ({len(names)}): {', '.join(names)}")
     test = getattr(result, "test", None)
-    if test:
+    if test and test.get("loss") is None:
+        print(f"held-out test ({test['rows']} rows): {test.get('missing', 'not scored')}")
+    elif test:
         acc = f", accuracy {test['accuracy']:.4g}" if "accuracy" in test else ""
         print(f"held-out test ({test['rows']} rows): loss {test['loss']:.5g}{acc}")
     print(f"report: {os.path.join(out, 'report.json')}")
@@ -543,63 +655,60 @@ def _print_summary(result: Any, select: str, out: str) -> None:
 # ---------------------------------------------------------------------------- predict
 def _features(path: str, names: list[str]) -> Any:
     """The columns ``names`` of a CSV (other columns, such as the target, are ignored)
-    or the array X of an NPZ file, as float64."""
-    import csv as csv_mod
-
-    import numpy as np
-
+    or the array X of an NPZ file, as float64 (:func:`torchpenalty.data.read_features`)."""
     from . import data as data_mod
 
-    if path.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z.files:
-                raise CLIError(f"--data {path}: no array 'X' (it holds {sorted(z.files)})")
-            X = z["X"]
-        if X.ndim != 2 or X.shape[1] != len(names) or X.dtype.kind not in "biuf":
-            raise CLIError(f"--data {path}: X must be numeric of shape (rows, {len(names)}), "
-                           f"got {X.dtype} {X.shape}")  # fmt: skip
-        return X.astype(np.float64)
     try:
-        with open(path, "rb") as f:
-            text = data_mod.decode_csv(f.read(), path)
+        return data_mod.read_features(path, names)
     except data_mod.DataError as e:
-        raise CLIError(str(e)) from None
-    rows = list(csv_mod.reader(text.splitlines()))
-    if not rows:
-        raise CLIError(f"--data {path}: the CSV file is empty")
-    header = [h.strip() for h in rows[0]]
-    missing = [n for n in names if n not in header]
-    if missing:
-        raise CLIError(f"--data {path}: missing feature columns {missing}")
-    cols = [header.index(n) for n in names]
-    X = np.empty((len(rows) - 1, len(names)))
-    for i, rec in enumerate(rows[1:]):
-        for j, c in enumerate(cols):
-            try:
-                X[i, j] = float(rec[c])
-            except (ValueError, IndexError):
-                cell = rec[c] if c < len(rec) else ""
-                raise CLIError(
-                    f"row {i + 2}, column {names[j]!r}: {cell!r} is not a number"
-                ) from None
-    if not np.isfinite(X).all():
-        r, c = np.argwhere(~np.isfinite(X))[0]
-        raise CLIError(f"row {r + 2}, column {names[c]!r}: not a finite number")
-    return X
+        text = _for_cli(e)
+        raise CLIError(text if path in text else f"--data {_shown(path)}: {text}") from None
+
+
+def _check_predict_out(ns: argparse.Namespace) -> None:
+    """``predict --out``: a new file, or an existing one with ``--overwrite``; never a
+    folder, the ``--data`` file, or any file in a run folder (``FOLDER`` or another)."""
+    from . import report
+
+    out, shown = ns.out, _shown(ns.out)
+    if os.path.isdir(out):
+        raise CLIError(f"--out {shown} is a folder: give a file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.lexists(ns.data) and os.path.lexists(out) and os.path.samefile(out, ns.data):
+        raise CLIError(f"--out {shown} is the --data file: write the predictions elsewhere")
+    in_run = os.path.realpath(parent) == os.path.realpath(ns.folder) or report.holds_run(parent)
+    if in_run or os.path.lexists(os.path.join(parent, report.MANIFEST)):
+        raise CLIError(f"--out {shown} is in a run folder: write the predictions elsewhere")
+    if os.path.lexists(out) and not ns.overwrite:
+        raise CLIError(f"--out {shown} exists: add --overwrite to replace it")
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
     from . import report
 
+    if ns.out:
+        _check_predict_out(ns)
     try:
         result = report.load_sweep(ns.folder)
         saved = report.load_report(ns.folder)
     except report.ReportError as e:
-        raise CLIError(f"{ns.folder}: {e}") from None
+        raise CLIError(f"{_shown(ns.folder)}: {e}") from None
     if result.model is None:
-        raise CLIError(f"{ns.folder}: the run has no refit model (every strength diverged)")
-    X = _features(ns.data, saved["data"]["features"])
-    pred = result.predict(X)
+        raise CLIError(f"{_shown(ns.folder)}: the run has no refit model (every strength diverged)")
+    names = (
+        (saved.get("data") or {}).get("features") if isinstance(saved.get("data"), dict) else None
+    )
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise CLIError(f"{_shown(ns.folder)}: report.json has no feature names (data.features)")
+    X = _features(ns.data, names)
+    try:
+        pred = result.predict(X)
+    except ValueError as e:  # a value the model's dtype cannot take: named by its column
+        m = re.match(r"X column (\d+): (.*)", str(e))
+        if not m or int(m.group(1)) >= len(names):
+            raise CLIError(f"--data {_shown(ns.data)}: {e}") from None
+        raise CLIError(f"--data {_shown(ns.data)}: column {names[int(m.group(1))]!r}: "
+                       f"{m.group(2)}") from None  # fmt: skip
     wide = pred.ndim == 2
     names = [f"prediction_{j}" for j in range(pred.shape[1])] if wide else ["prediction"]
     lines = [",".join(names)]
@@ -620,21 +729,67 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
+def _shown(path: Any, limit: int = 100) -> str:
+    """``path`` as the user typed it, or its last parts when that is long (messages stay
+    one short line)."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    parts = text.rstrip(os.sep).split(os.sep)
+    return "..." + os.sep + os.sep.join(parts[-2:])[-(limit - 4) :]
+
+
+def _one_line(text: str, limit: int = 178) -> str:
+    """The first line of ``text``; past ``limit`` characters its middle gives way to
+    ``...`` (the start says what is wrong, the end what was given)."""
+    line = (text.strip().splitlines() or [""])[0]
+    if len(line) > limit:  # long paths first give way to their last two parts
+        line = re.sub(r"/[^\s:'\"]{40,}", lambda m: _shown(m.group(0), 40), line)
+    return line if len(line) <= limit else line[: limit - 60] + " ... " + line[-55:]
+
+
+def _path_without(*folders: str) -> list[str]:
+    """``sys.path`` less every entry that is one of ``folders`` (``""`` is the working
+    directory)."""
+    drop = {os.path.realpath(f) for f in folders}
+    return [p for p in sys.path if os.path.realpath(p or ".") not in drop]
+
+
 @contextlib.contextmanager
-def _cwd_last() -> Iterator[None]:
-    """The working directory moved to the end of ``sys.path`` (restored after): a file
-    there such as ``torch.py`` never shadows an installed package."""
-    cwd = os.getcwd()
+def _search_path(path: list[str]) -> Iterator[None]:
+    """``sys.path`` replaced by ``path`` (restored after)."""
     saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != cwd] + [cwd]
+    sys.path[:] = path
     try:
         yield
     finally:
         sys.path[:] = saved
 
 
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+def _cwd_last() -> contextlib.AbstractContextManager[None]:
+    """The working directory last on ``sys.path``: for a module the user names on the
+    command line (``explain MODULE:FACTORY``, ``--penalty module:Class``) and nothing else;
+    a file there such as ``torch.py`` never shadows an installed package."""
+    cwd = os.getcwd()
+    return _search_path([*_path_without(cwd), cwd])
+
+
+def _import_named(mod_name: str, prefix: str = "") -> Any:
+    """Import ``mod_name``, a module the user named; one line if it fails."""
+    try:
+        return importlib.import_module(mod_name)
+    except ImportError as e:
+        text = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CLIError(f"{prefix}cannot import {mod_name!r}: {text}") from None
+    except (Exception, SystemExit) as e:
+        raise CLIError(
+            f"{prefix}cannot import {mod_name!r}: it raised {_first_line(e, 120)}"
+        ) from None
+
+
+def _first_line(e: BaseException, limit: int = 150) -> str:
+    text = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _import_factory(target: str, what: str = "explain") -> Callable[[], Any]:
@@ -642,12 +797,8 @@ def _import_factory(target: str, what: str = "explain") -> Callable[[], Any]:
     if not sep or not _MODULE.fullmatch(mod_name) or not fn_name.isidentifier():
         raise CLIError(f"{what} needs MODULE:FACTORY (a dotted module name and a function "
                        f"name, e.g. mymodels:make), got {target!r}")  # fmt: skip
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise CLIError(f"cannot import {mod_name!r}: {e}") from None
-    except (Exception, SystemExit) as e:
-        raise CLIError(f"cannot import {mod_name!r}: it raised {_first_line(e)}") from None
+    with _cwd_last():
+        module = _import_named(mod_name)
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise CLIError(f"{mod_name!r} has no callable {fn_name!r}")
@@ -736,15 +887,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        with _cwd_last(), _one_line_warnings():
+        # nothing is imported from the working directory unless the user names it
+        with _search_path(_path_without(os.getcwd())), _one_line_warnings():
             commands = {"sweep": cmd_sweep, "predict": cmd_predict, "explain": cmd_explain}
             return commands[ns.command](ns)
     except CLIError as e:
-        print(f"torchpenalty: error: {e}", file=sys.stderr)
+        print(f"torchpenalty: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # a file that could not be read or written
-        name = f" {e.filename}" if e.filename else ""
-        print(f"torchpenalty: error:{name} {e.strerror or e}", file=sys.stderr)
+        name = f" {_shown(e.filename)}" if e.filename else ""
+        print(f"torchpenalty: error:{name} {_one_line(str(e.strerror or e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -35,7 +35,9 @@ __all__ = [
     "infer_task",
     "load",
     "read_csv",
+    "read_features",
     "read_npz",
+    "shown",
 ]
 
 #: Data sets that ship inside scikit-learn (no download), with their task.
@@ -93,16 +95,27 @@ def infer_task(y: np.ndarray) -> str:
     return "regression"
 
 
+def shown(text: Any, limit: int = 32) -> str:
+    """``repr(text)``, cut to about ``limit`` characters (a cell or a column name in a
+    one-line message).
+
+    >>> shown("x" * 100)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxx...'"
+    """
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 4] + "..." + r[0]
+
+
 def _number(cell: str, row: int, col: str) -> float:
     text = cell.strip()
     if text == "":
-        raise DataError(f"row {row}, column {col!r}: empty cell")
+        raise DataError(f"row {row}, column {shown(col)}: empty cell")
     try:
         v = float(text)
     except ValueError:
-        raise DataError(f"row {row}, column {col!r}: {cell!r} is not a number") from None
+        raise DataError(f"row {row}, column {shown(col)}: {shown(cell)} is not a number") from None
     if not math.isfinite(v):
-        raise DataError(f"row {row}, column {col!r}: {cell!r} is not a finite number")
+        raise DataError(f"row {row}, column {shown(col)}: {shown(cell)} is not a finite number")
     return v
 
 
@@ -206,7 +219,7 @@ def read_csv(
     header, reader = _csv_header(f)
     target = header[-1] if target is None else target
     if target not in header:
-        raise DataError(f"no column {target!r} in the CSV; columns are {header}")
+        raise DataError(f"no column {shown(target)} in the CSV; columns are {shown(header, 80)}")
     t = header.index(target)
     g = _groups_column(header, groups, t)
     feats = [h for i, h in enumerate(header) if i not in (t, g)]
@@ -235,7 +248,7 @@ def read_csv(
     return (*out, ids)
 
 
-def _csv_header(f: IO[str]) -> tuple[list[str], Any]:
+def _csv_header(f: IO[str], min_columns: int = 2) -> tuple[list[str], Any]:
     reader = csv.reader(f)
     try:
         header = next(reader)
@@ -244,11 +257,12 @@ def _csv_header(f: IO[str]) -> tuple[list[str], Any]:
     except csv.Error as e:
         raise DataError(f"the CSV file cannot be parsed: {e}") from None
     header = [h.strip() for h in header]
-    if len(header) < 2:
-        raise DataError(f"the CSV needs a header and at least 2 columns, got {header!r}")
+    if len(header) < min_columns:
+        raise DataError(f"the CSV needs a header and at least {min_columns} columns, got "
+                        f"{shown(header, 60)}")  # fmt: skip
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
-        raise DataError(f"duplicate column names in the header: {dup}")
+        raise DataError(f"duplicate column names in the header: {shown(dup, 60)}")
     return header, reader
 
 
@@ -359,32 +373,31 @@ def _npz_target(y: np.ndarray, key: str, n: int, task: str | None) -> np.ndarray
     return y.astype(np.float64) if y.ndim == 2 else y
 
 
-def read_npz(
-    path: str, target: str | None, task: str | None = None, *, groups: str | None = None
-) -> tuple:
-    """Read an ``.npz`` with arrays ``X`` (rows, features) and ``y`` (or ``target``).
-    Loaded with ``allow_pickle=False``: no code runs from the file. With ``groups``, the
-    :func:`group_ids` of that array come as a fifth item."""
+def _npz_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, loaded with ``allow_pickle=False``; one line for a file
+    that is not one (a .npy, not a ZIP, a corrupt member, object arrays)."""
     head = _read_bytes(path)[:4]
     if head != b"PK\x03\x04":
         what = "a .npy array" if head == b"\x93NUM" else "not a ZIP archive"
         raise DataError(f"{path} is not a readable .npz file ({what}); save it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise DataError(f"{path} is not a readable .npz file (a corrupt array)") from None
         raise DataError(
             f"{path} cannot be read without unpickling objects (refused: no code runs "
             "from a data file); save numeric or text arrays"
         ) from None
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        raise DataError(f"cannot read {path}: {e.strerror or 'a corrupt archive'}") from None
     except Exception as e:
-        raise DataError(f"{path} is not a readable .npz file: {e}") from None
-    key = target or "y"
-    if "X" not in arrays or key not in arrays:
-        raise DataError(f"the .npz must hold arrays 'X' and {key!r}; it holds {sorted(arrays)}")
-    X = arrays["X"]
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__})") from None
+
+
+def _npz_features(X: np.ndarray) -> np.ndarray:
+    """The array ``X`` of an ``.npz``: 2-D, real numbers, finite; as float64."""
     if X.ndim != 2:
         raise DataError(f"X must be 2-D (rows, features), got shape {X.shape}")
     if X.dtype.kind == "c":
@@ -396,6 +409,20 @@ def read_npz(
     if len(bad):
         r, c = bad[0]
         raise DataError(f"row {r}, column {c}: {X[r, c]} is not a finite number")
+    return X
+
+
+def read_npz(
+    path: str, target: str | None, task: str | None = None, *, groups: str | None = None
+) -> tuple:
+    """Read an ``.npz`` with arrays ``X`` (rows, features) and ``y`` (or ``target``).
+    Loaded with ``allow_pickle=False``: no code runs from the file. With ``groups``, the
+    :func:`group_ids` of that array come as a fifth item."""
+    arrays = _npz_arrays(path)
+    key = target or "y"
+    if "X" not in arrays or key not in arrays:
+        raise DataError(f"the .npz must hold arrays 'X' and {key!r}; it holds {sorted(arrays)}")
+    X = _npz_features(arrays["X"])
     y = _npz_target(arrays[key], key, len(X), task)
     names = [f"x{i}" for i in range(X.shape[1])]
     out = (X, y, names, task or infer_task(y))
@@ -438,7 +465,7 @@ def check_scale(X: np.ndarray, y: np.ndarray, names: list[str], target: str, tas
     for j in np.flatnonzero(~np.isfinite(std)):
         big = float(np.abs(X[:, j]).max())
         raise DataError(
-            f"column {names[j]!r}: values as large as {big:.3g} overflow its variance in "
+            f"column {shown(names[j])}: values as large as {big:.3g} overflow its variance in "
             f"float64; rescale the column (divide it by {_power(big):.0e}, say)"
         )
     if task != "regression" or y.dtype.kind not in "biuf":
@@ -448,22 +475,73 @@ def check_scale(X: np.ndarray, y: np.ndarray, names: list[str], target: str, tas
         ystd = yf.std(axis=0)
     lo, hi = TARGET_STD_RANGE
     for s in ystd:
-        if s == 0:
+        if s == 0 or lo <= s <= hi:
             continue
-        if not (lo <= s <= hi):
+        if np.isfinite(s):
+            spread, scale = f"standard deviation {s:.3g} is outside [{lo:g}, {hi:g}]", _power(s)
+        else:
             big = float(np.abs(yf).max())
-            spread = "overflows float64" if not np.isfinite(s) else f"is {s:.3g}"
-            scale = _power(s if np.isfinite(s) else big)
-            raise DataError(
-                f"the target column {target!r}: values up to {big:.3g}, its standard deviation "
-                f"{spread}, outside [{lo:g}, {hi:g}] where losses in its units stay finite "
-                f"and nonzero in float32; rescale it (divide it by {scale:.0e}, say)"
-            )
+            spread, scale = f"values up to {big:.3g} overflow its variance", _power(big)
+        raise DataError(
+            f"the target column {shown(target)}: {spread} (its losses would overflow or vanish "
+            f"in float32); divide it by {scale:.0e}, say"
+        )
 
 
 def _power(v: float) -> float:
     """The power of ten at or below ``v``."""
     return 10.0 ** math.floor(math.log10(v))
+
+
+def read_features(path: str, names: list[str]) -> np.ndarray:
+    r"""New rows for a trained model, as float64: the columns ``names`` of a CSV (``.csv``,
+    ``.csv.gz``; other columns, such as the target, are ignored) or the array ``X`` of an
+    ``.npz`` (``names`` gives its width), checked as :func:`load` checks training data:
+    every problem raises :class:`DataError` with one line (row and column for a cell).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "new.csv")
+    >>> _ = open(path, "w").write("b,a\n2,1\n4,3\n")
+    >>> read_features(path, ["a", "b"]).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    lower = str(path).lower()
+    if lower.endswith(".npz"):
+        arrays = _npz_arrays(path)
+        if "X" not in arrays:
+            raise DataError(
+                f"the .npz must hold an array 'X'; it holds {shown(sorted(arrays), 60)}"
+            )
+        X = _npz_features(arrays["X"])
+        if X.shape[1] != len(names):
+            raise DataError(f"X must have {len(names)} columns (the training features), "
+                            f"got shape {X.shape}")  # fmt: skip
+        return X
+    if not lower.endswith((".csv", ".csv.gz")):
+        raise DataError(
+            f"the data file must end in .csv or .npz (or .csv.gz), got {shown(path, 60)}"
+        )
+    text = decode_csv(_read_bytes(path), path)
+    header, reader = _csv_header(io.StringIO(text, newline=""), min_columns=1)
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise DataError(
+            f"missing feature columns {shown(missing, 80)} ({len(missing)} of {len(names)})"
+        )
+    cols = [header.index(n) for n in names]
+    rows = []
+    try:
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec or all(c.strip() == "" for c in rec):
+                continue
+            if len(rec) != len(header):
+                raise DataError(f"row {lineno}: {len(rec)} cells, the header has {len(header)}")
+            rows.append([_number(rec[c], lineno, header[c]) for c in cols])
+    except csv.Error as e:
+        raise DataError(f"the CSV file cannot be parsed: {e}") from None
+    if not rows:
+        raise DataError("the CSV has a header but no data rows")
+    return np.array(rows, dtype=np.float64)
 
 
 def load(
@@ -496,8 +574,12 @@ def load(
         names = [str(n) for n in bunch.feature_names]
         return Dataset(X, y, names, task or BUNDLED[dataset], f"sklearn:{dataset}", "target")
     lower = str(path).lower()
+    name = target or "y"
     if lower.endswith((".csv", ".csv.gz")):
-        X, y, names, inferred, *ids = read_csv(path, target, task, encoding=encoding, groups=groups)
+        text = decode_csv(_read_bytes(path), path, encoding)
+        name = target or _csv_header(io.StringIO(text, newline=""))[0][-1]
+        f = io.StringIO(text, newline="")
+        X, y, names, inferred, *ids = read_csv(f, target, task, groups=groups)
     elif lower.endswith(".npz"):
         X, y, names, inferred, *ids = read_npz(path, target, task, groups=groups)
     else:
@@ -506,6 +588,5 @@ def load(
         raise DataError("no feature columns besides the target")
     if inferred == "regression" and y.dtype.kind not in "biuf":
         raise DataError(f"task 'regression' needs a numeric target, got labels like {y[0]!r}")
-    name = target or ("y" if lower.endswith(".npz") else "last column")
     check_scale(X, y, names, name, inferred)
     return Dataset(X, y, names, inferred, path, name, ids[0] if ids else None)

@@ -427,7 +427,7 @@ def _batches(
                 f"data must be (X, y) of equal lengths, got {len(X)} and {len(y)} rows"
             )
         for i in range(0, len(X), batch_size):
-            yield X[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+            yield _checked(X[i : i + batch_size].to(device), y[i : i + batch_size].to(device))
         return
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Iterable):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size)  # map-style
@@ -436,7 +436,21 @@ def _batches(
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise type_error("data batches", "(x, y) pairs", type(item).__name__)
-        yield item[0].to(device), item[1].to(device)
+        if not all(isinstance(t, Tensor) for t in item[:2]):
+            raise type_error("data batches", "(x, y) pairs of tensors", type(item[0]).__name__)
+        yield _checked(item[0].to(device), item[1].to(device))
+
+
+def _checked(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """A batch of ``data``: as many targets as rows, finite numbers (a NaN reached the
+    curvature's eigensolver and raised there)."""
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"data batches must hold one target per row, got x of shape "
+                         f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")  # fmt: skip
+    for name, t in (("x", x), ("y", y)):
+        if t.is_complex() or (t.is_floating_point() and not bool(torch.isfinite(t).all())):
+            raise ValueError(f"data must hold finite real numbers, got non-finite values in {name}")
+    return x, y
 
 
 @dataclass
@@ -712,7 +726,12 @@ class Evidence:
             for x, y in _batches(data, self.batch_size, device, dtype):
                 if self._fixed is None and sum(map(len, probe)) < 64:
                     probe.append(x[:64])
-                _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
+                try:
+                    _batch(model, layers, x, y, self.loss, cur, self.mc_samples, self._gen)
+                except (RuntimeError, IndexError) as e:  # rows or targets the model cannot take
+                    first = (str(e).splitlines() or [type(e).__name__])[0][:100]
+                    raise ValueError(f"data: the model and loss cannot take these rows "
+                                     f"(x {tuple(x.shape)}, y {tuple(y.shape)}: {first})") from None  # fmt: skip
             if probe:
                 self._find_symmetries(probe)
         finally:
@@ -923,7 +942,7 @@ def fit_evidence(
     make_model: Callable[[], nn.Module],
     data: tuple[Any, Any],
     *,
-    loss: str = "mse",
+    loss: str | None = None,
     epochs: int = 100,
     batch_size: int | None = 64,
     lr: float = 1e-2,
@@ -942,6 +961,8 @@ def fit_evidence(
     :meth:`Evidence.update` on the whole training set every ``every`` epochs (not after
     the last, so the final model trained under the reported strengths).
 
+    ``loss=None`` infers the task as ``tp.sweep`` does: text, booleans or at most 10
+    distinct integer values are classes (``"cross_entropy"``), anything else ``"mse"``.
     ``X`` of shape ``(n, d)`` with float features is standardized (and MSE targets too),
     as ``tp.sweep`` does, so the strengths compare with its ``best_strength``; other
     inputs (images, token ids) pass through. ``strength`` is the starting strength (the
@@ -962,9 +983,10 @@ def fit_evidence(
     """
     if not callable(make_model) or isinstance(make_model, nn.Module):
         raise type_error("make_model", "a callable returning a fresh nn.Module", make_model)
-    loss = check_choice("loss", loss, ("mse", "cross_entropy"))
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise type_error("data", "a pair (X, y)", data)
+    loss = _infer_loss(data[1]) if loss is None else loss
+    loss = check_choice("loss", loss, ("mse", "cross_entropy"))
     epochs = check_int("epochs", epochs, minimum=1)
     every = check_int("every", every, minimum=1)
     if batch_size is not None:
@@ -977,6 +999,7 @@ def fit_evidence(
     n = len(X)
     torch.manual_seed(check_int("seed", seed))
     model = make_model()
+    _check_outputs(model, X, Y, loss, classes)
     rules = L2(check_strength("strength", strength)) if shared else None
     reg = (Regularizer(model, rules, include=include, exclude=exclude) if shared
            else per_layer(model, strength, include=include, exclude=exclude))  # fmt: skip
@@ -1003,6 +1026,29 @@ def fit_evidence(
         },
         time_s=time.perf_counter() - t0,
     )
+
+
+def _check_outputs(model: nn.Module, X: Tensor, Y: Tensor, loss: str, classes: Any) -> None:
+    """The model's output on two rows: one column per class, or per target column."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        out = model.eval()(X[:2])
+    width = 1 if out.ndim == 1 else out.shape[-1]
+    want = len(classes) if loss == "cross_entropy" else (1 if Y.ndim == 1 else Y.shape[1])
+    if (width < want) if loss == "cross_entropy" else (width != want or out.ndim > 2):
+        what = "class" if loss == "cross_entropy" else "target column"
+        raise ValueError(f"make_model must return a model with one output per {what} "
+                         f"({want}), got output of shape {tuple(out.shape)}")  # fmt: skip
+
+
+def _infer_loss(y: Any) -> str:
+    """``"cross_entropy"`` for targets that look like classes (:func:`~torchpenalty.data.infer_task`),
+    else ``"mse"``."""
+    from .data import infer_task
+
+    a = np.asarray(y.detach().cpu() if isinstance(y, Tensor) else y)
+    if a.dtype == object and a.size and all(isinstance(v, str) for v in a.ravel().tolist()):
+        a = a.astype(str)
+    return "cross_entropy" if a.ndim == 1 and infer_task(a) == "classification" else "mse"
 
 
 def _train(model, reg, ev, X, Y, *, epochs, batch_size, lr, every, seed) -> list[int]:
@@ -1049,10 +1095,12 @@ class _TargetScaled(nn.Module):
 def _wrap(model: nn.Module, sx: Any, sy: Any) -> nn.Module:
     from .sweep.result import StandardizedModel
 
-    f32 = torch.float32
+    f32, f64 = torch.float32, torch.float64
     y_mean = None if sy is None else torch.tensor(sy.mean, dtype=f32)
     y_std = None if sy is None else torch.tensor(sy.std, dtype=f32)
     if sx is None:
         return (model if sy is None else _TargetScaled(model, y_mean, y_std)).eval()
-    mean, std = torch.tensor(sx.mean, dtype=f32), torch.tensor(sx.std, dtype=f32)
+    y_mean = None if sy is None else torch.tensor(sy.mean, dtype=f64)
+    y_std = None if sy is None else torch.tensor(sy.std, dtype=f64)
+    mean, std = torch.tensor(sx.mean, dtype=f64), torch.tensor(sx.std, dtype=f64)
     return StandardizedModel(model, mean, std, y_mean, y_std).eval()

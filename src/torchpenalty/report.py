@@ -27,9 +27,10 @@ import io
 import json
 import math
 import os
+import re
+import secrets
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -37,16 +38,21 @@ from typing import Any
 
 __all__ = [
     "CHECKPOINT",
+    "MANIFEST",
     "REPORT",
     "RUN_FILES",
     "ReportError",
     "RunLock",
     "file_sha256",
+    "foreign_files",
     "holds_run",
+    "is_own",
     "load_checkpoint",
     "load_report",
     "load_sweep",
     "model_from_spec",
+    "read_manifest",
+    "remove_run",
     "remove_temporaries",
     "shielded",
     "stop_signals",
@@ -54,18 +60,25 @@ __all__ = [
     "write_checkpoint",
     "write_outputs",
     "write_report",
+    "write_run_files",
 ]
 
-REPORT, CHECKPOINT, MODEL, TABLE, LOCK = (
+REPORT, CHECKPOINT, MODEL, TABLE, LOCK, MANIFEST = (
     "report.json",
     "checkpoint.pt",
     "model.pt",
     "sweep.csv",
     ".lock",
+    ".torchpenalty-manifest.json",
 )
 PLOTS = ("validation.png", "norm.png", "learning.png")
-#: Files a run writes (``--overwrite`` removes these and nothing else).
+#: Files a run writes. ``--overwrite`` removes those the run's manifest vouches for
+#: (listed with the sha256 of what the run wrote) and nothing else.
 RUN_FILES = (REPORT, CHECKPOINT, MODEL, TABLE, *PLOTS)
+#: Temporary files are ``TMP_PREFIX + "<pid>-<16 hex digits>"``: only this process makes
+#: its names, and a leftover is removed only under that exact name, once its process is gone.
+TMP_PREFIX = ".torchpenalty-tmp-"
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]{16}")
 
 
 class ReportError(Exception):
@@ -87,7 +100,9 @@ def write_atomic(path: str, data: bytes | str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        name = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        fd = os.open(os.path.join(folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        tmp = os.path.join(folder, name)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data.encode() if isinstance(data, str) else data)
@@ -154,55 +169,139 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(folder: str) -> dict[str, list[str]]:
+    """The run's manifest: file name -> the sha256 of each version the run wrote that may
+    be on disk. Missing or unreadable: empty (no file is provably the run's)."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            m = json.load(f)
+        files = m["files"]
+        ok = isinstance(files, dict) and all(
+            n in RUN_FILES and isinstance(v, list) and all(isinstance(h, str) for h in v)
+            for n, v in files.items()
+        )
+        return dict(files) if ok else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def is_own(folder: str, name: str, manifest: dict[str, list[str]] | None = None) -> bool:
+    """Whether ``folder/name`` is a regular file the run wrote, as its manifest says."""
+    path = os.path.join(folder, name)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    hashes = (read_manifest(folder) if manifest is None else manifest).get(name, [])
+    return bool(hashes) and file_sha256(path) in hashes
+
+
+def write_run_files(folder: str, files: dict[str, bytes]) -> None:
+    """Write run files atomically, in order, each vouched for by the manifest first: the
+    manifest lists the new content's sha256 (and the old one, which stays on disk if a
+    write fails) before the file is written."""
+    manifest = read_manifest(folder)
+    for name, data in files.items():
+        old = [h for h in manifest.get(name, []) if is_own(folder, name, {name: [h]})]
+        manifest[name] = [*old[-1:], _sha256(data)]
+    write_atomic(os.path.join(folder, MANIFEST), json.dumps({"files": manifest}, indent=1))
+    for name, data in files.items():
+        write_atomic(os.path.join(folder, name), data)
+
+
+def foreign_files(folder: str) -> list[str]:
+    """Files under a run file's name that the manifest does not vouch for (someone
+    else's, or changed since the run wrote them)."""
+    manifest = read_manifest(folder)
+    names = [n for n in RUN_FILES if os.path.lexists(os.path.join(folder, n))]
+    return [n for n in names if not is_own(folder, n, manifest)]
+
+
+def remove_run(folder: str) -> list[str]:
+    """``--overwrite``: remove the run's own files (those its manifest vouches for) and
+    the manifest; nothing else. Refuses (:class:`ReportError`, nothing removed) when a
+    file under a run file's name is not the run's. Returns the names removed."""
+    foreign = foreign_files(folder)
+    if foreign:
+        raise ReportError(
+            f"its {foreign[0]} was not written by a torchpenalty run (or changed since): "
+            "move it away; nothing was removed"
+        )
+    gone = [n for n in RUN_FILES if os.path.lexists(os.path.join(folder, n))]
+    for name in [*gone, MANIFEST]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, name))
+    return gone
+
+
 def write_checkpoint(folder: str, state: dict[str, Any], seq: int, header: dict) -> None:
     """The sweep's resume state, tagged with ``seq`` and carrying the report's ``header``
     (settings, data, fingerprint), so that it alone is enough to resume: it is written
     before the report, and a stop between the two must not strand it."""
     payload = {**state, "seq": seq, "header": header}
-    write_atomic(os.path.join(folder, CHECKPOINT), _torch_bytes(payload))
+    write_run_files(folder, {CHECKPOINT: _torch_bytes(payload)})
 
 
 def write_report(folder: str, result: Any, header: dict[str, Any], **extra: Any) -> None:
     """``sweep.csv`` and ``report.json``: ``header`` (inputs, data, fingerprint), the
     result's dict, the versions and ``extra`` (``complete``, ``seq``, ``model``...)."""
+    write_run_files(folder, _report_files(result, header, **extra))
+
+
+def _report_files(result: Any, header: dict[str, Any], **extra: Any) -> dict[str, bytes]:
     report = {**header, **json.loads(result.to_json()), "versions": versions(), **extra}
-    write_atomic(os.path.join(folder, TABLE), _csv_text(result.table))
-    write_atomic(os.path.join(folder, REPORT), json.dumps(report, indent=2) + "\n")
+    return {
+        TABLE: _csv_text(result.table).encode(),
+        REPORT: (json.dumps(report, indent=2) + "\n").encode(),
+    }
 
 
 def write_plots(folder: str, result: Any) -> None:
     """The validation curve, the parameter norms and the learning curves as PNG files."""
+    write_run_files(folder, _plot_files(result))
+
+
+def _plot_files(result: Any) -> dict[str, bytes]:
     if not result.records:
-        return
+        return {}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    files = {}
     for name in PLOTS:
         disp = result.plot(kind=name.removesuffix(".png"))
         buf = io.BytesIO()
         disp.figure_.savefig(buf, format="png", dpi=110)  # constrained layout keeps legends
         plt.close(disp.figure_)
-        write_atomic(os.path.join(folder, name), buf.getvalue())
+        files[name] = buf.getvalue()
+    return files
 
 
 def write_outputs(folder: str, result: Any, header: dict[str, Any], model_info: dict) -> None:
     """A finished run: the refit model's state dict (none when every strength diverged),
     the plots and the complete report; then the checkpoint is no longer needed."""
+    files = {}
     if result.model is not None:
-        write_atomic(os.path.join(folder, MODEL), _torch_bytes(result.model.state_dict()))
-    write_plots(folder, result)
-    write_report(folder, result, header, model=model_info)
+        files[MODEL] = _torch_bytes(result.model.state_dict())
+    files.update(_plot_files(result))
+    files.update(_report_files(result, header, model=model_info))
+    write_run_files(folder, files)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(folder, CHECKPOINT))
 
 
 def remove_temporaries(folder: str) -> None:
     """Remove the temporary files of writes that never finished (a process killed in the
-    middle of :func:`write_atomic`); call it only while holding the folder's lock."""
+    middle of :func:`write_atomic`): only names this library makes
+    (``TMP_PREFIX<pid>-<16 hex>``) whose process no longer runs; call it only while
+    holding the folder's lock. Anything else (a user's ``.tmp-notes``) stays."""
     for name in os.listdir(folder):
-        if name.startswith(".tmp-"):
+        m = _TMP_NAME.fullmatch(name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
 
@@ -347,9 +446,10 @@ def load_sweep(folder: str) -> Any:
     from .sweep.result import SweepResult
 
     report = load_report(folder)
-    if not report.get("complete"):
-        raise ReportError(f"{folder} holds an unfinished run: finish it with --resume first")
+    if report.get("complete") is not True:
+        raise ReportError("the run is unfinished: finish it with torchpenalty sweep --resume first")
     try:
+        _check_shape(report)
         records = []
         for r in report["records"]:
             r = {**r, **{k: math.nan for k in _FLOAT_FIELDS if r.get(k, 0) is None}}
@@ -361,13 +461,36 @@ def load_sweep(folder: str) -> Any:
                              classes=report.get("classes"), data_name=report.get("data_name"),
                              model_name=report.get("model_name"),
                              curves=report.get("learning_curves"))  # fmt: skip
-    except (KeyError, TypeError) as e:
-        raise ReportError(f"{REPORT} is missing or has a bad entry ({e})") from None
-    if report.get("model"):
-        result.model = _load_model(folder, report["model"], report["settings"]["loss"])
-    if report.get("test"):
-        result.test = report["test"]
+        if report["settings"]["loss"] not in ("mse", "cross_entropy"):
+            raise ReportError(f"{REPORT} has a bad entry (settings.loss "
+                              f"{str(report['settings']['loss'])[:40]!r})")  # fmt: skip
+        model = report.get("model")
+        if model:
+            result.model = _load_model(folder, model, report["settings"]["loss"])
+        if report.get("test"):
+            result.test = report["test"]
+    except ReportError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as e:
+        what = f"{type(e).__name__}: {str(e)[:60]}" if str(e) else type(e).__name__
+        raise ReportError(f"{REPORT} is missing or has a bad entry ({what})") from None
     return result
+
+
+def _check_shape(report: dict[str, Any]) -> None:
+    """The entries a result is rebuilt from have the types torchpenalty writes."""
+    strengths, folds, records = report["strengths"], report["folds"], report["records"]
+    numbers = isinstance(strengths, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in strengths
+    )
+    if not numbers or not strengths:
+        raise ReportError(f"{REPORT} has a bad entry (strengths: a list of numbers)")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ReportError(f"{REPORT} has a bad entry (folds: an integer >= 2)")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ReportError(f"{REPORT} has a bad entry (records: a list of objects)")
+    if not isinstance(report["settings"], dict):
+        raise ReportError(f"{REPORT} has a bad entry (settings: an object)")
 
 
 def _load_model(folder: str, info: dict[str, Any], loss: str) -> Any:
@@ -377,7 +500,7 @@ def _load_model(folder: str, info: dict[str, Any], loss: str) -> Any:
 
     path = os.path.join(folder, MODEL)
     if not os.path.isfile(path):
-        raise ReportError(f"no {MODEL} in {folder}")
+        raise ReportError(f"no {MODEL} there")
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
         make = model_from_spec(info["model"], info["n_features"], info["n_outputs"])
@@ -389,7 +512,7 @@ def _load_model(folder: str, info: dict[str, Any], loss: str) -> Any:
     except ReportError:
         raise
     except Exception as e:  # never suggest weights_only=False: the message is ours
-        raise ReportError(f"{MODEL} in {folder} cannot be loaded ({type(e).__name__})") from None
+        raise ReportError(f"{MODEL} cannot be loaded ({type(e).__name__})") from None
     return model.eval()
 
 
@@ -413,7 +536,7 @@ class RunLock:
             except OSError as e:
                 folder = os.path.dirname(self.path)
                 raise ReportError(
-                    f"{folder} is not writable (cannot create {self.path}: {e.strerror or e})"
+                    f"{folder} is not writable (cannot create its {LOCK}: {e.strerror or e})"
                 ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -422,6 +545,12 @@ class RunLock:
         raise ReportError(f"cannot take the lock {self.path}")
 
     def _take_over_if_stale(self) -> None:
+        if os.path.isdir(self.path) or not (
+            os.path.isfile(self.path) or not os.path.lexists(self.path)
+        ):
+            raise ReportError(
+                f"its {LOCK} is not a lock file (a folder or a special file): remove it"
+            )
         try:
             with open(self.path) as f:
                 pid = int(f.read().strip() or "0")
@@ -448,7 +577,7 @@ class RunLock:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or no such pid at all
         return False
     except PermissionError:  # someone else's process
         return True

@@ -93,8 +93,36 @@ class GroupStats(NamedTuple):
 
 
 class DecayStats(NamedTuple):
+    """Per tensor and per group statistics; ``print(stats)`` shows them as a table (one
+    row per tensor, then one per group; ``repr`` keeps every field)."""
+
     tensors: list[TensorStats]
     groups: list[GroupStats]
+
+    def __str__(self) -> str:
+        head = ("name", "group", "penalty", "numel", "||w||", "||grad||", "upd/||w||",
+                "predicted", "decay", "zeros")  # fmt: skip
+        rows = [_row(t.name, t) for t in self.tensors]
+        rows += [_row(f"group {g.group} ({len(g.names)} tensors)", g) for g in self.groups]
+        width = [max(len(head[j]), *(len(r[j]) for r in rows)) for j in range(len(head))]
+        lines = [head, *rows]
+        return "\n".join(
+            "  ".join(
+                c.ljust(w) if j < 3 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(r, width, strict=True))
+            )
+            for r in lines
+        )
+
+
+def _row(name: str, t: Any) -> tuple[str, ...]:
+    def f(v: float) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+    shown = name if len(name) <= 40 else "..." + name[-37:]
+    group = "-" if t.group is None else str(t.group)
+    return (shown, group, t.penalty, str(t.numel), f(t.weight_norm), f(t.grad_norm),
+            f(t.update_ratio), f(t.predicted_ratio), f(t.decay), f"{100 * t.zero_fraction:.1f}%")  # fmt: skip
 
 
 def _norms(tensors: Sequence[Tensor | None], like: Tensor) -> Tensor:

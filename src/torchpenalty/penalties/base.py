@@ -146,8 +146,22 @@ class Penalty:
         """The gradient of :meth:`term` at ``w`` (default: autograd)."""
         with torch.enable_grad():
             x = w.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.term(x), x)
+            (g,) = torch.autograd.grad(self._term(x), x)
         return g
+
+    def _term(self, w: Tensor) -> Tensor:
+        """:meth:`term`, its result checked (:func:`check_term`: on the class's first use,
+        and for a gradient whenever ``w`` requires one)."""
+        out = self.term(w)
+        cls = type(self)
+        if cls not in _TERMS_CHECKED and not torch.compiler.is_compiling():
+            check_term(cls.__name__, out, w)
+            _TERMS_CHECKED.add(cls)
+        elif (
+            w.requires_grad and torch.is_grad_enabled() and not getattr(out, "requires_grad", True)
+        ):
+            check_term(cls.__name__, out, w)
+        return out
 
     def term_prox(self, w: Tensor, t: float | Tensor) -> Tensor:
         """The proximal point of ``t * term`` at ``w`` (``t`` a float or a tensor
@@ -188,8 +202,11 @@ class Penalty:
         strength: float | Tensor | None = None,
     ) -> Tensor:
         """The penalty of ``params`` (0-d tensor with autograd) at ``step`` (or at the
-        given ``strength``)."""
-        return self._value(list(params), self._s(step, strength), names)
+        given ``strength``). Tensors without elements add nothing."""
+        params, names = _nonempty(params, names)
+        if not params:
+            return torch.zeros(())
+        return self._value(params, self._s(step, strength), names)
 
     @torch.no_grad()
     def grad_(
@@ -204,8 +221,9 @@ class Penalty:
         """Add the penalty's gradient to ``grads`` in place. ``strength`` may be a 1-D
         tensor: then each tensor stacks one model per strength along dim 0."""
         s = self._s(step, strength)
+        (params, grads), names = _nonempty(params, names, grads)
         if _active(s) and params:
-            self._grad_(list(grads), list(params), s, names)
+            self._grad_(grads, params, s, names)
 
     @torch.no_grad()
     def decay_(
@@ -219,8 +237,9 @@ class Penalty:
     ) -> None:
         """Decoupled step ``w <- w - lr * grad P(w)`` (AdamW-style for L2)."""
         s = self._s(step, strength)
+        params, names = _nonempty(params, names)
         if _active(s) and _active(lr) and params:
-            self._decay_(list(params), lr, s, names)
+            self._decay_(params, lr, s, names)
 
     @torch.no_grad()
     def prox_(
@@ -243,8 +262,9 @@ class Penalty:
                 f"{type(self).__name__}, which has no proximal operator, got 'proximal'"
             )
         s = self._s(step, strength)
+        (params, metric), names = _nonempty(params, names, metric)
         if _active(s) and _active(lr) and params:
-            self._prox_(list(params), s * lr, names, metric)
+            self._prox_(params, s * lr, names, metric)
 
     # ----------------------------------------------------------------- batched defaults
     def _value(self, params: list[Tensor], s, names) -> Tensor:
@@ -252,7 +272,7 @@ class Penalty:
         total = torch.zeros((), dtype=acc, device=params[0].device if params else None)
         for p in params:
             w = p.float() if p.dtype in _LOW else p
-            total = total + self.term(w).to(device=total.device, dtype=acc)
+            total = total + self._term(w).to(device=total.device, dtype=acc)
         return total * s
 
     def _grad_(self, grads: list[Tensor], params: list[Tensor], s, names) -> None:
@@ -346,6 +366,52 @@ class Penalty:
 
     def __hash__(self) -> int:
         return hash(repr(self))
+
+
+#: Penalty classes whose ``term`` passed :func:`check_term` once.
+_TERMS_CHECKED: set[type] = set()
+
+
+def check_term(name: str, out: Any, w: Tensor) -> None:
+    """What a user's ``term(w)`` must return: a real floating 0-d tensor, finite for finite
+    ``w``, and computed from ``w`` with autograd when ``w`` requires a gradient (loss mode,
+    and the default ``term_grad``). ``TypeError``/``ValueError`` naming the class otherwise:
+    a detached, integer, complex or vector result regularized nothing, or the wrong thing;
+    a NaN one poisoned the weights.
+
+    >>> check_term("Bad", torch.ones(3), torch.ones(3))
+    Traceback (most recent call last):
+    ...
+    ValueError: Bad.term(w) must return a 0-d tensor (the sum over w), got shape (3,)
+    """
+    head = f"{name}.term(w) must return"
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{head} a 0-d tensor computed from w, got {type(out).__name__}")
+    if out.ndim != 0:
+        raise ValueError(f"{head} a 0-d tensor (the sum over w), got shape {tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"{head} a real floating tensor, got dtype {out.dtype}")
+    if w.requires_grad and torch.is_grad_enabled() and not out.requires_grad:
+        raise ValueError(f"{head} a tensor computed from w with autograd, got one without a "
+                         "gradient (detached, or built from numbers)")  # fmt: skip
+    if bool(torch.isfinite(w).all()) and not bool(torch.isfinite(out.detach())):
+        raise ValueError(f"{head} a finite value for finite weights, got {out.item()}")
+
+
+def _nonempty(params: Sequence[Tensor], names: Sequence[str] | None, *others: Any) -> tuple:
+    """``params`` without tensors of no elements (nothing to penalize), with ``names`` and
+    each sequence of ``others`` (per-parameter lists, or None) filtered alike."""
+    params = list(params)
+    keep = [i for i, p in enumerate(params) if p.numel() > 0]
+    if len(keep) == len(params):
+        kept = [params, *(None if o is None else list(o) for o in others)]
+    else:
+        kept = [
+            [params[i] for i in keep],
+            *(None if o is None else [o[i] for i in keep] for o in others),
+        ]
+        names = None if names is None else [names[i] for i in keep]
+    return (kept[0] if not others else tuple(kept)), names
 
 
 def _active(s: float | Tensor) -> bool:

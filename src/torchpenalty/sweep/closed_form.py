@@ -174,13 +174,13 @@ def fit_linear(
         lin.weight.copy_(torch.as_tensor(W[0].T))
         if has_bias:
             lin.bias.copy_(torch.as_tensor(b[0]))
-    f32 = torch.float32
+    f64 = torch.float64  # standardization statistics at full precision (#18)
     return StandardizedModel(
         model,
-        torch.tensor(sx.mean, dtype=f32),
-        torch.tensor(sx.std, dtype=f32),
-        torch.tensor(sy.mean, dtype=f32),
-        torch.tensor(sy.std, dtype=f32),
+        torch.tensor(sx.mean, dtype=f64),
+        torch.tensor(sx.std, dtype=f64),
+        torch.tensor(sy.mean, dtype=f64),
+        torch.tensor(sy.std, dtype=f64),
     ).eval()
 
 
@@ -349,8 +349,8 @@ def _fit_from(model: nn.Module, W: np.ndarray, b: np.ndarray, scaling: tuple):
         lin.weight.copy_(torch.as_tensor(W.T))
         if lin.bias is not None:
             lin.bias.copy_(torch.as_tensor(b))
-    f32 = torch.float32
-    return StandardizedModel(model, *(torch.tensor(t, dtype=f32) for t in scaling)).eval()
+    f64 = torch.float64  # standardization statistics at full precision (#18)
+    return StandardizedModel(model, *(torch.tensor(t, dtype=f64) for t in scaling)).eval()
 
 
 def fit_streamed(

@@ -222,8 +222,9 @@ def sweep(
         if world()[1] > 1:
             _gather(done)
         result = _finish(plan, done, v.options["refit"])
-    if v.test is not None:
-        if result.model is None:
-            raise ValueError("test needs a refit model: refit was False or every strength diverged")
+    if v.test is not None and result.model is None:  # every strength diverged (#18)
+        result.test = {"rows": len(v.test[0]), "loss": None,
+                       "missing": "not scored: every strength diverged, no refit model"}  # fmt: skip
+    elif v.test is not None:
         result.test = held_out_scores(result, *v.test, loss=v.loss if callable(v.loss) else None)
     return result

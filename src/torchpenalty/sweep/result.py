@@ -249,20 +249,37 @@ class StandardizedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("x_mean", x_mean)
-        self.register_buffer("x_std", x_std)
-        self.register_buffer("y_mean", y_mean)
-        self.register_buffer("y_std", y_std)
+        for name, t in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
+            wide = t is not None and t.is_floating_point() and t.device.type != "mps"
+            self.register_buffer(name, t.to(torch.float64) if wide else t)
 
     def forward(self, x: Tensor | np.ndarray) -> Tensor:
+        """Standardize in the statistics' dtype (float64), cast to the model's dtype only
+        at its input, and return to the target's units in float64 again."""
         if self.x_mean is None:
             out = self.model(torch.as_tensor(x))
         else:
-            x = torch.as_tensor(x, dtype=self.x_mean.dtype, device=self.x_mean.device)
-            out = self.model((x - self.x_mean) / self.x_std)
+            x = torch.as_tensor(x).to(device=self.x_mean.device, dtype=self.x_mean.dtype)
+            z = (x - self.x_mean) / self.x_std
+            out = self.model(_model_input(z, self.model))
         if self.y_mean is not None and (out.ndim == 1 or self.y_mean.numel() == out.shape[-1]):
-            out = out * self.y_std + self.y_mean
+            out = out.to(self.y_std.dtype) * self.y_std + self.y_mean
         return out
+
+
+def _model_input(z: Tensor, model: nn.Module) -> Tensor:
+    """Standardized rows ``z`` in the dtype of ``model``'s parameters; a value that this
+    cast would turn infinite raises ``ValueError`` naming its column."""
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    zin = z.to(dtype)
+    if not torch.isfinite(zin).all() and torch.isfinite(z).all():
+        r, c = (~torch.isfinite(zin)).nonzero()[0].tolist()
+        raise ValueError(
+            f"X column {c}: row {r} lies {abs(float(z[r, c])):.3g} standard deviations from "
+            f"the training mean, beyond {str(dtype).removeprefix('torch.')} (the model's input)"
+        )
+    return zin
 
 
 @dataclass
@@ -398,7 +415,11 @@ class SweepResult:
     def warnings(self) -> list[str]:
         """What to look at before trusting the choice (see :func:`diagnose`): diverged
         strengths, the best strength at an edge of the grid, underfit training."""
-        return diagnose(self.table, self.learning_curves())
+        out = diagnose(self.table, self.learning_curves())
+        test = getattr(self, "test", None)
+        if isinstance(test, dict) and test.get("loss") is None and test.get("missing"):
+            out.append(f"the held-out test set was {test['missing']}")
+        return out
 
     # ------------------------------------------------------------------ predictions
     def predict(self, X: Any) -> np.ndarray:
@@ -450,9 +471,16 @@ class SweepResult:
                 want = f"(rows, {width})" if width is not None else "(rows, features)"
                 raise ValueError(f"X must be a 2-D array of shape {want}, got shape {x.shape}")
         dtype = getattr(torch, self.settings.get("x_dtype", "float32"))
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            r, *c = np.argwhere(~np.isfinite(x))[0].tolist()
+            where = f"row {r}, column {c[0]}" if len(c) == 1 else f"row {r}"
+            raise ValueError(f"X must be finite, got {x[(r, *c)]} at {where}")
         self.model.eval()
         param = next(self.model.parameters(), None)
         dev = param.device if param is not None else torch.device("cpu")
+        x_mean = getattr(self.model, "x_mean", None)
+        if isinstance(self.model, StandardizedModel) and x_mean is not None:
+            dtype = x_mean.dtype  # standardized in float64: cast only at the model's input
         with torch.no_grad():
             out = self.model(torch.as_tensor(np.ascontiguousarray(x), device=dev).to(dtype))
         return out.detach().cpu()

@@ -540,10 +540,9 @@ def held_out_scores(
     the number of test rows."""
     if result.model is None:
         raise ValueError("test needs a refit model: refit was False or every strength diverged")
-    x = _as_array("X_test", X_test)
-    Xt = _tensor(x, getattr(torch, result.settings.get("x_dtype", "float32")))
+    Xt = _as_array("X_test", X_test)
     with torch.no_grad():
-        out = result.model(Xt)
+        out = result._forward(Xt)  # standardized in float64, cast at the model's input (#18)
         if callable(loss):
             return {"rows": len(Xt), "loss": float(loss(out, _tensor(np.asarray(y_test))))}
         objective = get_loss(result.settings["loss"])
@@ -574,15 +573,15 @@ def _refit(plan: _Plan, result: SweepResult) -> nn.Module:
     model = engine.build_model(k)  # on the CPU
     model.load_state_dict({n: p[0].cpu() for n, p in params.items()}, strict=False)
     sx, sy = plan.meta["stats"][k]
-    f32 = torch.float32
+    f64 = torch.float64  # standardization statistics at full precision (#18)
     if sx is None and sy is None:  # nothing was standardized: the model itself
         return model.eval()
     return StandardizedModel(
         model,
-        None if sx is None else torch.tensor(sx.mean, dtype=f32),
-        None if sx is None else torch.tensor(sx.std, dtype=f32),
-        None if sy is None else torch.tensor(sy.mean, dtype=f32),
-        None if sy is None else torch.tensor(sy.std, dtype=f32),
+        None if sx is None else torch.tensor(sx.mean, dtype=f64),
+        None if sx is None else torch.tensor(sx.std, dtype=f64),
+        None if sy is None else torch.tensor(sy.mean, dtype=f64),
+        None if sy is None else torch.tensor(sy.std, dtype=f64),
     ).eval()
 
 
@@ -593,4 +592,5 @@ def _progress(enabled: bool, total: int, initial: int) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional: no bar without it
         return None
-    return tqdm(total=total, initial=initial, desc="sweep", unit="epoch", leave=False)
+    # disable=None: no bar when stderr is not a terminal (a log file got one line per update)
+    return tqdm(total=total, initial=initial, desc="sweep", unit="epoch", leave=False, disable=None)

@@ -272,6 +272,8 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
     n_out, x_dtype = _check_model(make_model, head, y, loss)
     groups = _check_groups(opts["groups"], len(X), opts["folds"])
     test = None if opts["test"] is None else _check_test(opts["test"], X, y, loss)
+    if test is not None and opts["refit"] is False:
+        raise described_error("test", "None with refit=False (it scores the refit model)", "a pair")
     arrays = (X, y) if groups is None else (X, y, groups)
     fingerprint = _fingerprint(*arrays)
     return Validated(X, y, loss, grid, pen, mode, opts, n_out, fingerprint, groups, test, x_dtype)
@@ -326,12 +328,25 @@ def _as_array(name: str, v: Any, labels: bool = False) -> np.ndarray:
         a = np.asarray(v)
     except Exception as e:  # ragged lists and other exotic inputs
         raise type_error(name, "an array", type(v).__name__) from e
+    if a.dtype == object and a.size:  # pandas' .to_numpy() of text or mixed columns
+        a = _from_objects(name, a, labels)
     if labels and a.dtype.kind in "USb":  # class labels may be text
         return a
     if a.dtype.kind == "c":
         raise described_error(name, "real (not complex)", f"dtype {a.dtype}")
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise described_error(name, "a numeric array", f"an array of dtype {a.dtype}")
+    return a
+
+
+def _from_objects(name: str, a: np.ndarray, labels: bool) -> np.ndarray:
+    """An object array as text labels (every item a str; ``labels`` only) or as numbers
+    (every item a real number); anything else keeps dtype object and is refused."""
+    items = a.ravel().tolist()
+    if labels and all(isinstance(v, str) for v in items):
+        return a.astype(str)
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, complex) for v in items):
+        return np.array(items).reshape(a.shape)
     return a
 
 
@@ -419,7 +434,30 @@ def _check_data(
         raise described_error("y", "finite (no NaN or inf)", "non-finite values")
     if np.all(np.ptp(y64.reshape(len(y), -1), axis=0) == 0):
         raise described_error("y", "not constant in every column", "constant columns")
+    _check_target_scale(y64)
     return X, y64, loss
+
+
+def _check_target_scale(y: np.ndarray) -> None:
+    """A regression target's spread must keep its losses finite and nonzero in float32, as
+    the command line checks it (:data:`torchpenalty.data.TARGET_STD_RANGE`): ``y * 1e20``
+    made every strength diverge and ``y * 1e-25`` every loss 0.0."""
+    from ..data import TARGET_STD_RANGE
+
+    lo, hi = TARGET_STD_RANGE
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = y.reshape(len(y), -1).std(axis=0)
+    for j, sd in enumerate(std.tolist()):
+        if sd == 0 or lo <= sd <= hi:
+            continue
+        name = "y" if y.ndim == 1 else f"y column {j}"
+        big = float(np.abs(y.reshape(len(y), -1)[:, j]).max())
+        got = f"{sd:.3g}" if np.isfinite(sd) else f"an overflow (values up to {big:.3g})"
+        scale = 10.0 ** np.floor(np.log10(sd if np.isfinite(sd) else big))
+        raise ValueError(
+            f"{name} must have a standard deviation in [{lo:g}, {hi:g}] (its losses would "
+            f"overflow or vanish in float32), got {got}; divide it by {scale:.0e}"
+        )
 
 
 def _check_labels(y: np.ndarray) -> np.ndarray:
