@@ -6,9 +6,18 @@ full SGD training step (zero_grad, forward, MSE, backward, step) for:
 * ``none``:            no regularization (foreach SGD): the baseline;
 * ``tutorial``:        the tutorial's ``lambda * sum(p**2) / 2`` Python loop in the loss;
 * ``reg() in loss``:   ``loss + reg()``;
-* ``attach grad``:     ``reg.attach(opt, mode="grad")``;
+* ``attach <mode>``:   ``reg.attach(opt, mode=...)`` for grad, decoupled, independent,
+  corrected, cautious (decoupled, ``cautious=True``) and proximal (all with ``L2``);
+* ``fuse grad``:       ``reg.attach(opt, mode="grad", fuse=True)`` (SGD's own weight_decay;
+  foreach SGD adds it out of place, a copy of the gradients);
+* ``fuse grad fused``: the same with ``SGD(fused=True)`` (ratio to ``none fused``);
 * ``none fused``:      no regularization, ``SGD(fused=True)``;
 * ``param_groups fused``: ``SGD(tp.param_groups(model, s), fused=True)`` (ratio to ``none fused``).
+
+Each is timed eager and compiled (``torch.compile`` of the whole step, ``--backend``,
+inductor by default, with a tensor lr), as ratios to the same unregularized step: eager to
+eager, compiled to compiled (the fused-SGD variants eager only). With one thread and with
+torch's default (``--threads``).
 
 Variants are interleaved round by round after a warm-up and the median is reported. Peak
 memory is the peak resident set size of a fresh subprocess running three steps of the
@@ -19,7 +28,8 @@ glibc mmap threshold makes RSS follow live tensors). Finally
 On a GPU (``--device cuda``) steps are timed between ``torch.cuda.synchronize()`` calls and
 peak memory is ``torch.cuda.max_memory_allocated()`` of each variant.
 
-Run: ``python benchmarks/step_overhead.py`` (``--quick`` for a smoke run, ``--device cuda``).
+Run: ``python benchmarks/step_overhead.py`` (``--quick`` for a smoke run: the tiny model,
+the ``eager`` compile backend, one thread setting; ``--device cuda``).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import torch
 from torch import nn
@@ -44,7 +55,21 @@ MODELS = {
     "MLP ~1M": ([256, 1024, 512, 256, 1], 64),
     "MLP ~25M": ([1024, 2048, 2048, 2048, 2048, 2048, 1024, 1], 64),
 }
-VARIANTS = ["none", "tutorial", "reg() in loss", "attach grad", "none fused", "param_groups fused"]
+MODES = {  # variant -> (mode, attach options)
+    "attach grad": ("grad", {}),
+    "attach decoupled": ("decoupled", {}),
+    "attach independent": ("independent", {}),
+    "attach corrected": ("corrected", {}),
+    "attach cautious": ("decoupled", {"cautious": True}),
+    "attach proximal": ("proximal", {}),
+    "fuse grad": ("grad", {"fuse": True}),
+    "fuse grad fused": ("grad", {"fuse": True}),  # SGD(fused=True): ratio to "none fused"
+}
+VARIANTS = ["none", "tutorial", "reg() in loss", *MODES, "none fused", "param_groups fused"]
+#: variants timed compiled (fused SGD is eager-only here)
+COMPILED = ["none", "tutorial", "reg() in loss", *(m for m in MODES if m != "fuse grad fused")]
+#: variants whose baseline is the unregularized fused-SGD step
+ON_FUSED = ("param_groups fused", "fuse grad fused")
 
 
 def mlp(sizes):
@@ -61,18 +86,22 @@ def tutorial_penalty(model, lam):
     return lam * total / 2
 
 
-def build(variant, sizes, batch, device="cpu"):
+def build(variant, sizes, batch, device="cpu", compiled=None):
+    """The step of ``variant``; ``compiled``: a torch.compile backend (tensor lr)."""
     torch.manual_seed(0)
     model = mlp(sizes).to(device)
     x = torch.randn(batch, sizes[0], device=device)
     y = torch.randn(batch, sizes[-1], device=device)
     reg = tp.Regularizer(model, tp.L2(S))
+    lr = torch.tensor(1e-3, device=device) if compiled else 1e-3
     if variant == "param_groups fused":
-        opt = torch.optim.SGD(tp.param_groups(model, S), lr=1e-3, fused=True)
+        opt = torch.optim.SGD(tp.param_groups(model, S), lr=lr, fused=True)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, fused=variant == "none fused")
-    if variant == "attach grad":
-        reg.attach(opt, mode="grad")
+        fused = variant in ("none fused", "fuse grad fused")
+        opt = torch.optim.SGD(model.parameters(), lr=lr, fused=fused)
+    if variant in MODES:
+        mode, options = MODES[variant]
+        reg.attach(opt, mode=mode, **options)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -84,7 +113,17 @@ def build(variant, sizes, batch, device="cpu"):
         loss.backward()
         opt.step()
 
+    if compiled:
+        step = torch.compile(_own_code(step, variant), backend=compiled)
     return step, model, reg
+
+
+def _own_code(fn, variant):
+    """``fn`` with a code object of its own: dynamo caches compiled code per code object,
+    and variants sharing one would scan each other's guards (and hit the recompile limit)."""
+    name = "step_" + "".join(c if c.isalnum() else "_" for c in variant)
+    code = fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 def _sync(device):
@@ -92,12 +131,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(sizes, batch, rounds, warmup, device="cpu"):
-    steps = {v: build(v, sizes, batch, device)[0] for v in VARIANTS}
+def time_steps(sizes, batch, rounds, warmup, device="cpu", compiled=None):
+    variants = COMPILED if compiled else VARIANTS
+    steps = {v: build(v, sizes, batch, device, compiled)[0] for v in variants}
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
     for _ in range(rounds):
         for v, step in steps.items():  # interleaved: drift hits every variant alike
             _sync(device)
@@ -163,18 +203,61 @@ def time_value(sizes, repeats, device="cpu"):
     return statistics.median(a), statistics.median(b)
 
 
-def main(argv=None):
+def _ratios(med):
+    """variant -> ratio to its own run's unregularized step."""
+    out = {}
+    for v, t in med.items():
+        out[v] = t / (med["none fused"] if v in ON_FUSED else med["none"])
+    return out
+
+
+def report(name, sizes, batch, eager, compiled, mem):
+    n_params = sum(p.numel() for p in mlp(sizes).parameters())
+    print(f"\n{name} ({n_params / 1e6:.2f}M parameters), batch {batch}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(f"  {'variant':22s} {'eager ms':>9s} {'ratio':>6s}x {'compiled ms':>12s} "
+          f"{'ratio':>6s}x {'peak +MiB':>10s}")  # fmt: skip
+    er, cr = _ratios(eager), _ratios(compiled) if compiled else {}
+    for v in VARIANTS:
+        c = f"{compiled[v] * 1e3:12.3f} {cr[v]:6.3f}x" if v in cr else f"{'-':>12s} {'-':>7s}"
+        m = f"{mem[v]:+10.1f}" if mem else f"{'-':>10s}"
+        print(f"  {v:22s} {eager[v] * 1e3:9.3f} {er[v]:6.3f}x {c} {m}")
+
+
+def _thread_settings(spec):
+    out = []
+    for part in spec.split(","):
+        out.append(None if part == "default" else int(part))
+    return out
+
+
+def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--backend", default="inductor", help="torch.compile backend; 'none': eager only"
+    )
+    ap.add_argument("--threads", default="1,default", help="comma-separated: 1,default")
+    ap.add_argument("--models", default="", help="comma-separated substrings of model names")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = _args(argv)
     cuda = args.device.startswith("cuda")
     models = {"tutorial 5-10-5": MODELS["tutorial 5-10-5"]} if args.quick else MODELS
+    if args.models:
+        models = {k: v for k, v in models.items() if any(m in k for m in args.models.split(","))}
     rounds, warmup = (3, 1) if args.quick else (args.rounds, 5)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; median of {rounds} "
-          "interleaved steps; ratio = variant / unregularized step (same run)")  # fmt: skip
+    backend = "eager" if args.quick else (None if args.backend == "none" else args.backend)
+    threads = [1] if args.quick else _thread_settings(args.threads)
+    default_threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, device {args.device}; median of {rounds} interleaved "
+          f"steps; ratio = variant / unregularized step of the same run (eager to eager, "
+          f"compiled to compiled; compile backend {backend})")  # fmt: skip
     # Memory first: Linux keeps a process's peak RSS across exec, so children must be
     # started while this process is still small.
     mems = {}
@@ -186,21 +269,21 @@ def main(argv=None):
                 peak = {v: peak_rss_mib(v, name, 3) for v in VARIANTS}
             mems[name] = {v: peak[v] - peak["none"] for v in VARIANTS}
     results = {}
-    for name, (sizes, batch) in models.items():
-        n_params = sum(p.numel() for p in mlp(sizes).parameters())
-        med = time_steps(sizes, batch, rounds, warmup, args.device)
-        mem = mems.get(name, {})
-        print(f"\n{name} ({n_params / 1e6:.2f}M parameters), batch {batch}")
-        print(f"  {'variant':22s} {'median ms':>10s} {'ratio':>7s} {'peak +MiB':>10s}")
-        for v in VARIANTS:
-            base = med["none fused"] if v == "param_groups fused" else med["none"]
-            ratio = med[v] / base
-            m = f"{mem[v]:+10.1f}" if mem else f"{'-':>10s}"
-            print(f"  {v:22s} {med[v] * 1e3:10.3f} {ratio:7.3f} {m}")
+    for n_threads in threads:
+        torch.set_num_threads(n_threads or default_threads)
+        for name, (sizes, batch) in models.items():
+            eager = time_steps(sizes, batch, rounds, warmup, args.device)
+            compiled = {}
+            if backend:
+                torch._dynamo.reset()
+                compiled = time_steps(sizes, batch, rounds, warmup, args.device, backend)
+            report(name, sizes, batch, eager, compiled, mems.get(name, {}))
+            key = f"{name}, {torch.get_num_threads()} threads"
+            results[key] = {"eager_s": eager, "compiled_s": compiled}
         read, value = time_value(sizes, 5 if args.quick else 30, args.device)
         print(f"  reg.value(): {value * 1e3:.3f} ms = {value / read:.2f}x one read pass "
               f"({read * 1e3:.3f} ms)")  # fmt: skip
-        results[name] = {"median_s": med, "peak_mib": mem, "value_vs_read": value / read}
+    torch.set_num_threads(default_threads)
     return results
 
 

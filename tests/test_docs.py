@@ -28,7 +28,7 @@ def blocks(page: Path) -> list[str]:
 def test_the_guide_has_pages_with_code():
     names = {p.name for p in PAGES}
     assert {"index.md", "conventions.md", "decay.md", "parameters.md", "strength.md",
-            "scale.md", "integrations.md"} <= names  # fmt: skip
+            "scale.md", "integrations.md", "compiled.md"} <= names  # fmt: skip
     for page in PAGES:
         if page.name not in ("index.md", "performance.md"):  # tables of measurements
             assert blocks(page), f"{page.name} has no python block"

@@ -220,7 +220,21 @@ def _per(p: Tensor, s: float | Tensor) -> float | Tensor:
 
 
 def _active(s: float | Tensor | list) -> bool:
+    """Whether ``s`` may be nonzero. Tensors count as active without reading them (no host
+    synchronization, no data-dependent branch inside a compiled or captured step)."""
     return isinstance(s, (Tensor, list)) or s != 0
+
+
+def _stacked(s: object) -> bool:
+    """A 1-D tensor of per-model strengths (stacked models); a 0-d tensor is one strength
+    read live (a compiled or captured step)."""
+    return isinstance(s, Tensor) and s.ndim == 1
+
+
+def _mul_scalar_(tensors: Sequence[Tensor], scale: Tensor) -> None:
+    """``t *= scale`` for each tensor, ``scale`` a 0-d tensor (moved to each device)."""
+    for (device, _), idx in _buckets(tensors).items():
+        torch._foreach_mul_([tensors[i] for i in idx], scale.to(device))
 
 
 Threshold = float | Tensor | list
@@ -459,6 +473,18 @@ def _group_factor(p: Tensor, dim: int, fn, stacked: bool) -> Tensor:
     return f.reshape(shape)
 
 
+def _dev(s: Strength, p: Tensor) -> Strength:
+    """A 0-d tensor strength on ``p``'s device (floats as they are)."""
+    return s.to(p.device) if isinstance(s, Tensor) else s
+
+
+def _tracing() -> bool:
+    """Inside ``torch.compile`` tracing or a CUDA graph capture (no host reads then)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def _col(s: Strength, stacked: bool) -> float | Tensor:
     return s.reshape(-1, 1) if stacked else s  # type: ignore[union-attr]
 
@@ -470,10 +496,10 @@ def group_lasso_grad_(
     """``grads_g += strength * w_g / ||w_g||`` (0 for an all-zero group)."""
     if not _active(strength):
         return
-    stacked = isinstance(strength, Tensor)
+    stacked = _stacked(strength)
     for g, p in zip(grads, params, strict=True):
         _check_dim(p, dim, stacked)
-        s = _col(strength.to(p.real.dtype), True) if stacked else strength
+        s = _col(strength.to(p.real.dtype), True) if stacked else _dev(strength, p)
 
         def fn(n, s=s):
             return torch.where(n > 0, s / torch.clamp(n, min=1e-300), 0)
@@ -487,10 +513,10 @@ def group_lasso_prox_(params: Sequence[Tensor], t: Strength, dim: int = 0) -> No
     ``||w_g|| <= t`` become exact zeros."""
     if not _active(t):
         return
-    stacked = isinstance(t, Tensor)
+    stacked = _stacked(t)
     for p in params:
         _check_dim(p, dim, stacked)
-        tt = _col(t.to(p.real.dtype), True) if stacked else t
+        tt = _col(t.to(p.real.dtype), True) if stacked else _dev(t, p)
 
         def fn(n, tt=tt):
             return torch.where(n > tt, 1 - tt / torch.clamp(n, min=tt), 0)
@@ -513,13 +539,18 @@ def group_lasso_prox_metric_(
     """
     if not _active(t):
         return
-    stacked = isinstance(t, Tensor)
+    stacked = _stacked(t)
     for p, d in zip(params, metric, strict=True):
         _check_dim(p, dim, stacked)
         acc = accumulation_dtype([p])
         z = _rows(p, dim, stacked).to(acc)
         dd = _rows(d.expand_as(p), dim, stacked).to(acc)
-        lam = t.to(acc).reshape(-1, 1, 1) if stacked else torch.tensor(float(t), dtype=acc)
+        if stacked:
+            lam = t.to(acc).reshape(-1, 1, 1)
+        elif isinstance(t, Tensor):  # one live strength: no host read
+            lam = t.to(device=p.device, dtype=acc)
+        else:
+            lam = torch.tensor(float(t), dtype=acc, device=p.device)
         w = _metric_shrink(z, dd, lam)
         if p.ndim <= (1 if stacked else 0):
             p.copy_(w.reshape(p.shape))
@@ -546,8 +577,8 @@ def _metric_shrink(z: Tensor, d: Tensor, lam: Tensor, iters: int = 40) -> Tensor
         u = dz * (mu / (d + mu))
         nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
         phi = nu - lam
-        if i % 4 == 3 and bool(((phi.abs() <= tol * lam) | ~live).all()):
-            break
+        if i % 4 == 3 and not _tracing() and bool(((phi.abs() <= tol * lam) | ~live).all()):
+            break  # early exit reads the device: not inside a compiled or captured step
         dphi = (u * dz * d / (d + mu).square()).sum(-1, keepdim=True) / nu.clamp(min=1e-300)
         up = phi > 0
         hi = torch.where(up, mu, hi)
@@ -632,9 +663,13 @@ def l2sp_grad_(
     grads: Sequence[Tensor], params: Sequence[Tensor], refs: Sequence[Tensor], strength: float
 ) -> None:
     """``grads += strength * (w - w0)``."""
-    if params and strength != 0:
+    if params and _active(strength):
         diff = torch._foreach_sub(list(params), list(refs))
-        torch._foreach_add_(list(grads), diff, alpha=strength)
+        if isinstance(strength, Tensor):
+            _mul_scalar_(diff, strength)
+            torch._foreach_add_(list(grads), diff)
+        else:
+            torch._foreach_add_(list(grads), diff, alpha=strength)
 
 
 @torch.no_grad()
@@ -645,6 +680,9 @@ def l2sp_prox_(params: Sequence[Tensor], refs: Sequence[Tensor], t: Threshold) -
     if isinstance(t, list):
         for p, r, tv in zip(params, refs, t, strict=True):
             p.lerp_(r, (tv / (1 + tv)).to(p.dtype))
+    elif isinstance(t, Tensor):
+        for p, r in zip(params, refs, strict=True):
+            p.lerp_(r, (t / (1 + t)).to(device=p.device, dtype=p.dtype))
     else:
         torch._foreach_lerp_(list(params), list(refs), t / (1.0 + t))
 
@@ -679,14 +717,14 @@ def orthogonal(params: Sequence[Tensor], strength: Strength) -> Tensor:
 
 
 @torch.no_grad()
-def orthogonal_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+def orthogonal_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: Strength) -> None:
     """``grads += 4 * strength * (M M^H - I) M`` (reshaped back to each tensor)."""
-    if strength == 0:
+    if not _active(strength):
         return
     acc = accumulation_dtype(params)
     for g, p in zip(grads, params, strict=True):
         m, transposed = _gram_operand(p, acc)
-        d = (4.0 * strength) * (_gram_residual(m) @ m)
+        d = (_dev(strength, p) * 4.0) * (_gram_residual(m) @ m)
         if transposed:
             d = d.mT
         g.add_(d.reshape(p.shape).to(g.dtype))

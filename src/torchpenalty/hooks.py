@@ -15,11 +15,12 @@ from typing import Any, Protocol
 
 import torch
 
+from . import _fuse
 from ._validation import check_choice, type_error
 from .distributed import local
 from .updates import RULES, Batch, UpdateRule, bind_rule, cautious_rule, make_rule
 
-__all__ = ["AttachHandle", "attach"]
+__all__ = ["AttachHandle", "attach", "handles_on"]
 
 
 class _Reg(Protocol):  # what the hooks need from a Regularizer
@@ -28,6 +29,8 @@ class _Reg(Protocol):  # what the hooks need from a Regularizer
     step_count: int
 
     def step(self) -> None: ...
+
+    def batch_strength(self, index: int) -> Any: ...
 
 
 # optimizer -> live handles attached to it (for the double-attach guards)
@@ -92,7 +95,10 @@ class AttachHandle:
     def _lr0(self, group: dict[str, Any]) -> float:
         """The group's initial lr: ``initial_lr`` (set by LR schedulers) or its lr when
         first seen."""
-        return self._initial_lr.setdefault(id(group), float(group.get("initial_lr", _lr(group))))
+        key = id(group)
+        if key not in self._initial_lr:  # read once, in eager code (attach, first step)
+            self._initial_lr[key] = float(group.get("initial_lr", _lr(group)))
+        return self._initial_lr[key]
 
     # ------------------------------------------------------------------ planning
     def _groups(self) -> list[tuple[dict[str, Any], list[tuple[int, list[int]]]]]:
@@ -127,7 +133,14 @@ class AttachHandle:
                     out.update(id(bindings[b].params[i]) for i in positions)
         return out
 
+    @property
+    def fused(self) -> bool:
+        """True when the optimizer's own ``weight_decay`` applies the penalty (``fuse=True``)."""
+        return isinstance(self.rule, _fuse.Fused)
+
     def _warn_double_decay(self) -> None:
+        if self.fused:
+            return
         for g, items in self._groups():
             if items and g.get("weight_decay", 0):
                 warnings.warn(
@@ -144,7 +157,7 @@ class AttachHandle:
         the regularized parameters that have a gradient (as torch.optim: no grad, no
         update), as local shards for DTensors (no communication)."""
         bindings = self._reg.bindings
-        step = self._reg.step_count
+        step = self._reg._step  # host count: only Sum's parts read it (eager)
         out = []
         for g, items in self._groups():
             for b, positions in items:
@@ -163,6 +176,7 @@ class AttachHandle:
                         optimizer=self.optimizer,
                         group=g,
                         step=step,
+                        strength=self._reg.batch_strength(b),
                         lr0=self._lr0(g),
                         grad_scale=scale,
                     )
@@ -243,6 +257,8 @@ class AttachHandle:
 
     # ------------------------------------------------------------------ handle
     def remove(self) -> None:
+        if self._handles and self.fused:
+            self.rule.undo()  # type: ignore[attr-defined]
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -258,7 +274,27 @@ class AttachHandle:
 
     def __repr__(self) -> str:
         state = "attached" if self._handles else "removed"
-        return f"AttachHandle(mode={self.mode!r}, {state})"
+        how = ", fused into weight_decay" if self.fused else ""
+        return f"AttachHandle(mode={self.mode!r}{how}, {state})"
+
+
+def _prepare(rule: Any, optimizer: Any) -> None:
+    """Call ``prepare(optimizer)`` on ``rule`` and the rules it wraps, where defined
+    (device state a compiled or captured step updates in place)."""
+    while rule is not None:
+        fn = getattr(type(rule), "prepare", None)
+        if fn is not None:
+            fn(rule, optimizer)
+        rule = getattr(rule, "inner", None)
+
+
+def handles_on(optimizer: Any, reg: Any = None) -> list[AttachHandle]:
+    """The live handles attached to ``optimizer`` (those of ``reg`` only, if given)."""
+    return [
+        h
+        for h in _ATTACHED.get(optimizer, [])
+        if h.active and (reg is None or h.regularizer is reg)
+    ]
 
 
 def _check_same(reg: _Reg, optimizer: torch.optim.Optimizer) -> None:
@@ -303,9 +339,13 @@ def attach(
         raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
     if not isinstance(mode, UpdateRule):
         check_choice("mode", mode, list(RULES))
+    fuse = options.pop("fuse", False)
     mode, options = cautious_rule(mode, options.pop("cautious", False), options)
+    if not isinstance(fuse, bool):
+        raise type_error("fuse", "a bool", fuse)
     rule = make_rule(mode, rounding=rounding, **options)
     bind_rule(rule, reg)
+    _prepare(rule, optimizer)
     if isinstance(optimizer, torch.optim.LBFGS) and rule.name != "loss":
         raise ValueError(
             "mode must be 'loss' for torch.optim.LBFGS, whose closure recomputes the gradients "
@@ -314,6 +354,8 @@ def attach(
     for b in reg.bindings:
         rule.check(b.penalty)
     _check_same(reg, optimizer)
+    if fuse:
+        rule = _fuse.fuse(reg, optimizer, rule, rounding)
     handle = AttachHandle(reg, optimizer, rule, advance_schedule)
     _warn_overlap(optimizer, handle)
     _ATTACHED.setdefault(optimizer, []).append(handle)

@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._capture import live_strength, tracing
+from ._capture import problems as capture_problems
 from ._validation import check_config, check_int, check_strength, type_error, value_error
 from .activity import ActivityHooks
 from .distributed import check_sharding, is_ddp_find_unused, local, plain
@@ -72,13 +74,16 @@ class Regularizer:
             patterns of module names, or module classes to penalties of their outputs,
             taken by forward hooks and added by ``reg()`` (see
             :mod:`torchpenalty.activity`); ``reg.activity_hooks.remove()`` detaches them.
-        activity_reduction: ``"sum"`` (Keras 3: the penalty of the whole output) or
-            ``"batch_mean"`` (tf.keras 2: divided by the batch size).
+        activity_reduction: ``"batch_mean"`` (default: each output's penalty divided by
+            its batch size, as Keras >= 3.14 and tf.keras 2 do) or ``"sum"`` (the penalty
+            of the whole output, as Keras 3.0 to 3.13 did).
 
     ``reg()`` returns the penalty as a 0-d tensor (float32 accumulation) for the loss;
     ``reg.value()`` a detached float for logging. Strength schedules advance once per
     optimizer step when attached (any mode, ``mode="loss"`` only advances), or by
-    ``reg.step()``.
+    ``reg.step()``. Strengths are kept in 0-d tensors updated in place and the step also
+    in a device counter, so a compiled or CUDA-graph-captured step reads them live
+    (:meth:`check_capturable` names any setting that cannot be read that way).
 
     >>> import torch, torchpenalty as tp
     >>> from torch import nn
@@ -103,7 +108,7 @@ class Regularizer:
         include: Matcher | None = None,
         exclude: Matcher | None = None,
         activity: Mapping[Any, Penalty] | None = None,
-        activity_reduction: str = "sum",
+        activity_reduction: str = "batch_mean",
     ) -> None:
         entries = select_entries(model, include=include, exclude=exclude)
         if isinstance(penalty, Penalty):
@@ -141,9 +146,7 @@ class Regularizer:
         self.activity_hooks = (
             None
             if activity is None
-            else ActivityHooks(
-                model, activity, reduction=activity_reduction, step=lambda: self._step
-            )
+            else ActivityHooks(model, activity, reduction=activity_reduction)
         )
         for b in self._bindings:
             check_sharding(b.penalty, b.names, b.params)
@@ -153,11 +156,17 @@ class Regularizer:
         if self._device is None:
             self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         # Strengths as 0-d tensors, refreshed in place when the step advances: a compiled
-        # loss reads them as inputs, so a schedule never triggers a recompilation.
+        # loss or step reads them as inputs, so a schedule never triggers a recompilation
+        # and a captured graph reads the current value. ``_floats``: the same values on the
+        # host, for the eager hooks. ``_step_t``: the step on the device, advanced by
+        # compiled and captured steps (``_device_steps``: the host count lags behind it).
         self._strengths = [
             torch.zeros((), dtype=accumulation_dtype(b.params), device=b.params[0].device)
             for b in self._bindings
         ]
+        self._floats = [0.0] * len(self._bindings)
+        self._step_t = torch.zeros((), dtype=torch.int64, device=self._device)
+        self._device_steps = False
         self._refresh()
 
     # ------------------------------------------------------------------ introspection
@@ -347,19 +356,78 @@ class Regularizer:
     # ------------------------------------------------------------------ schedule state
     @property
     def step_count(self) -> int:
-        """Optimizer steps seen (the argument passed to strength schedules)."""
+        """Optimizer steps seen (the argument passed to strength schedules). After compiled
+        or captured steps it reads the device counter (one host synchronization)."""
+        self._sync_step()
         return self._step
 
+    def _sync_step(self) -> None:
+        if self._device_steps:
+            self._step = int(self._step_t)
+            self._device_steps = False
+
     def step(self) -> None:
-        """Advance strength schedules by one optimizer step."""
+        """Advance strength schedules by one optimizer step. Inside ``torch.compile`` or a
+        CUDA-graph capture the step advances on the device and schedules are evaluated in
+        their tensor form (no host read)."""
+        if tracing():
+            self._step_t.add_(1)
+            self._device_steps = True
+            self._refresh_live()
+            return
+        self._sync_step()
         self._step += 1
+        self._step_t.add_(1)
         self._refresh()
 
     @torch.no_grad()
     def _refresh(self) -> None:
-        for b, s in zip(self._bindings, self._strengths, strict=True):
+        for i, (b, s) in enumerate(zip(self._bindings, self._strengths, strict=True)):
             if callable(b.penalty.strength) or self._step == 0:  # schedules, or the first fill
-                s.fill_(b.penalty.strength_at(self._step))
+                self._floats[i] = b.penalty.strength_at(self._step)
+                s.fill_(self._floats[i])
+        if self.activity_hooks is not None:
+            self.activity_hooks.refresh(self._step)
+
+    @torch.no_grad()
+    def _refresh_live(self) -> None:
+        """Strengths at the device step, written in place by tensor operations only."""
+        for b, s in zip(self._bindings, self._strengths, strict=True):
+            if callable(b.penalty.strength):
+                s.copy_(live_strength(b.penalty.strength, self._step_t, repr(b.penalty)))
+        if self.activity_hooks is not None:
+            self.activity_hooks.refresh(step_tensor=self._step_t)
+
+    def batch_strength(self, index: int) -> float | Tensor:
+        """The strength of binding ``index`` for the update rules: the 0-d tensor inside a
+        compiled or captured step (read live), the host float otherwise."""
+        return self._strengths[index] if tracing() else self._floats[index]
+
+    def check_capturable(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Raise ``ValueError`` naming every setting that a compiled (``torch.compile``) or
+        CUDA-graph-captured training step could not read live: a strength schedule without
+        a tensor form, a Python-float ``lr`` where the mode reads it, a mode or optimizer
+        that needs a host read (``"proximal"`` with RAdam), ``rounding="compensated"`` on
+        float16/bfloat16 weights, ``fuse=True`` with a schedule. With ``optimizer``, the
+        hooks attached to it are checked too.
+
+        >>> import torch, torchpenalty as tp
+        >>> net = torch.nn.Linear(3, 2)
+        >>> reg = tp.Regularizer(net, tp.L2(tp.schedules.Linear(0.0, 1e-3, steps=10)))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=torch.tensor(0.1))
+        >>> _ = reg.attach(opt, mode="decoupled")
+        >>> reg.check_capturable(opt)       # nothing to report
+        >>> opt.param_groups[0]["lr"] = 0.1
+        >>> reg.check_capturable(opt)       # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: this step cannot be compiled or captured with live values: optimizer.param_groups[0]['lr'] must be a tensor...
+        """
+        found = capture_problems(self, optimizer)
+        if found:
+            raise ValueError(
+                "this step cannot be compiled or captured with live values: " + "; ".join(found)
+            )
 
     def set_strengths(self, strengths: Mapping[str | type, float]) -> None:
         """Set penalty strengths, in effect at once in every mode (``reg()``, ``attach``).
@@ -391,9 +459,10 @@ class Regularizer:
         for pen, value in chosen.values():
             pen.strength = value
         with torch.no_grad():
-            for b, t in zip(self._bindings, self._strengths, strict=True):
+            for i, (b, t) in enumerate(zip(self._bindings, self._strengths, strict=True)):
                 if id(b.penalty) in chosen:
-                    t.fill_(b.penalty.strength_at(self._step))
+                    self._floats[i] = b.penalty.strength_at(self._step)
+                    t.fill_(self._floats[i])
 
     def _strength_targets(self, strengths: Mapping[Any, Any]) -> dict[int, tuple[Penalty, float]]:
         """``id(penalty) -> (penalty, strength)`` for :meth:`set_strengths`, validated."""
@@ -427,13 +496,15 @@ class Regularizer:
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._step}
+        return {"step": self.step_count}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check_config(
             "state", dict(state) if isinstance(state, Mapping) else state, ("step",), ("step",)
         )
         self._step = check_int("state['step']", state["step"], minimum=0)
+        self._device_steps = False
+        self._step_t.fill_(self._step)
         self._refresh()
 
     def __repr__(self) -> str:

@@ -9,12 +9,23 @@ with a schedule round-trips through its config.
 (0.0, 0.005, 0.01, 0.01)
 >>> schedule_from_config(sched.get_config())(50)
 0.005
+
+Each schedule here is also a function of a step *tensor* (:meth:`Schedule.tensor`), so a
+compiled or CUDA-graph-captured training step advances it on the device, with no host
+read and no recompilation (see docs/compiled.md):
+
+>>> import torch
+>>> sched.tensor(torch.tensor(50)).item()
+0.005
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from ._validation import check_config, check_int, check_real, check_strength, type_error
 
@@ -31,6 +42,14 @@ class Schedule:
 
     def __call__(self, step: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def tensor(self, step: Tensor) -> Tensor:
+        """The value at a step held in a 0-d integer tensor, as a 0-d float64 tensor on its
+        device, computed with tensor operations only (no host read: usable inside
+        ``torch.compile`` and CUDA-graph capture). Equals ``self(int(step))``. A subclass
+        without it can only be evaluated on the host (``Regularizer.check_capturable``
+        says so)."""
+        raise NotImplementedError(f"{type(self).__name__} has no tensor(step) form")
 
     def get_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"schedule": self.name}
@@ -63,6 +82,9 @@ class _Ramp(Schedule):
     def _frac(self, step: int) -> float:
         return min(max(step, 0), self.steps) / self.steps
 
+    def _tfrac(self, step: Tensor) -> Tensor:
+        return step.clamp(0, self.steps).to(torch.float64) / self.steps
+
 
 class Linear(_Ramp):
     """``start + (end - start) * min(step, steps) / steps``: linear ramp, then flat."""
@@ -72,6 +94,9 @@ class Linear(_Ramp):
     def __call__(self, step: int) -> float:
         return self.start + (self.end - self.start) * self._frac(step)
 
+    def tensor(self, step: Tensor) -> Tensor:
+        return self.start + (self.end - self.start) * self._tfrac(step)
+
 
 class Cosine(_Ramp):
     """``end + (start - end) * (1 + cos(pi * min(step, steps) / steps)) / 2``."""
@@ -80,6 +105,9 @@ class Cosine(_Ramp):
 
     def __call__(self, step: int) -> float:
         return self.end + (self.start - self.end) * (1 + math.cos(math.pi * self._frac(step))) / 2
+
+    def tensor(self, step: Tensor) -> Tensor:
+        return self.end + (self.start - self.end) * (1 + torch.cos(math.pi * self._tfrac(step))) / 2
 
 
 class Exponential(Schedule):
@@ -118,6 +146,13 @@ class Exponential(Schedule):
             v = math.inf
         return v if self.limit is None else min(v, self.limit)
 
+    def tensor(self, step: Tensor) -> Tensor:
+        k = step.clamp(min=0).to(torch.float64)
+        power = torch.pow(torch.full_like(k, self.gamma), k)
+        # past the overflow point the float form is inf whatever ``start`` (even 0)
+        v = torch.where(torch.isinf(power), power, self.start * power)
+        return v if self.limit is None else v.clamp(max=self.limit)
+
 
 class Piecewise(Schedule):
     """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) ==
@@ -145,6 +180,14 @@ class Piecewise(Schedule):
         i = sum(1 for b in self.boundaries if step >= b)
         return self.values[i]
 
+    def tensor(self, step: Tensor) -> Tensor:
+        # values[0] plus each jump once its boundary is reached: constants only (no
+        # host-to-device copy of a table, which a CUDA-graph capture forbids)
+        v = torch.full_like(step, self.values[0], dtype=torch.float64)
+        for b, lo, hi in zip(self.boundaries, self.values, self.values[1:], strict=False):
+            v = torch.where(step >= b, torch.full_like(v, hi), v) if hi != lo else v
+        return v
+
 
 _SCHEDULES = {cls.name: cls for cls in (Linear, Cosine, Exponential, Piecewise)}
 
@@ -159,6 +202,15 @@ def schedule_from_config(cfg: dict[str, Any]) -> Schedule:
     required = [k for k in cls._params if k not in cls._optional]
     check_config("cfg", cfg, ("schedule", *cls._params), ("schedule", *required))
     return cls(**{k: cfg[k] for k in cls._params if k in cfg})
+
+
+def tensor_form(strength: Any) -> Any:
+    """The ``tensor(step)`` function of a schedule, or ``None`` when ``strength`` is a
+    callable without one (it can only be evaluated on the host)."""
+    fn = getattr(strength, "tensor", None)
+    if fn is None or getattr(type(strength), "tensor", None) is Schedule.tensor:
+        return None
+    return fn
 
 
 def evaluate(strength: Any, step: int, name: str = "strength") -> float:

@@ -238,7 +238,7 @@ class Penalty:
         """Decoupled step ``w <- w - lr * grad P(w)`` (AdamW-style for L2)."""
         s = self._s(step, strength)
         params, names = _nonempty(params, names)
-        if _active(s) and lr and params:
+        if _active(s) and _active(lr) and params:
             self._decay_(params, lr, s, names)
 
     @torch.no_grad()
@@ -263,7 +263,7 @@ class Penalty:
             )
         s = self._s(step, strength)
         (params, metric), names = _nonempty(params, names, metric)
-        if _active(s) and lr and params:
+        if _active(s) and _active(lr) and params:
             self._prox_(params, s * lr, names, metric)
 
     # ----------------------------------------------------------------- batched defaults
@@ -278,7 +278,7 @@ class Penalty:
     def _grad_(self, grads: list[Tensor], params: list[Tensor], s, names) -> None:
         for g, p in zip(grads, params, strict=True):
             w = p.float() if p.dtype in _LOW else p
-            if isinstance(s, Tensor):  # stacked models: one strength per slice of dim 0
+            if isinstance(s, Tensor) and s.ndim == 1:  # stacked: one strength per model
                 for m in range(p.shape[0]):
                     g[m].add_((self.term_grad(w[m]) * s[m].to(w.dtype)).to(g.dtype))
             else:
@@ -287,14 +287,18 @@ class Penalty:
     def _decay_(self, params: list[Tensor], lr: float, s, names) -> None:
         tmp = [torch.zeros_like(p) for p in params]
         self._grad_(tmp, params, s, names)
-        torch._foreach_add_(params, tmp, alpha=-lr)
+        if isinstance(lr, Tensor):  # a live lr (compiled or captured step)
+            for p, d in zip(params, tmp, strict=True):
+                p.sub_(d * lr.to(p.device))
+        else:
+            torch._foreach_add_(params, tmp, alpha=-lr)
 
     def _prox_(self, params: list[Tensor], t, names, metric: Metric = None) -> None:
         ts = F.thresholds(params, t, metric) if metric is not None else None
         for i, p in enumerate(params):
             if ts is not None:
                 p.copy_(self.term_prox(p, ts[i]))
-            elif isinstance(t, Tensor):
+            elif isinstance(t, Tensor) and t.ndim == 1:  # stacked models
                 for m in range(p.shape[0]):
                     p[m].copy_(self.term_prox(p[m], t[m].to(p.real.dtype)))
             else:

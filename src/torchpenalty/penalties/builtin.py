@@ -47,8 +47,10 @@ class L2(Penalty):
         F.l2_grad_(grads, params, s)
 
     def _decay_(self, params, lr, s, names):
-        if isinstance(s, Tensor):
+        if isinstance(s, Tensor) and s.ndim == 1:  # stacked models
             super()._decay_(params, lr, s, names)
+        elif isinstance(s, Tensor) or isinstance(lr, Tensor):  # live values: no host read
+            F._mul_scalar_(params, 1.0 - lr * s)
         else:  # the exact operation torch.optim.AdamW performs
             torch._foreach_mul_(params, 1.0 - lr * s)
 
@@ -241,7 +243,12 @@ class L2SP(Penalty):
         F.l2sp_grad_(grads, params, self.refs(params, names), s)
 
     def _decay_(self, params, lr, s, names):
-        torch._foreach_lerp_(params, self.refs(params, names), lr * s)
+        refs = self.refs(params, names)
+        if isinstance(lr * s, Tensor):  # live values: one lerp per tensor
+            for p, r in zip(params, refs, strict=True):
+                p.lerp_(r, (lr * s).to(device=p.device, dtype=p.dtype))
+        else:
+            torch._foreach_lerp_(params, refs, lr * s)
 
     def _prox_(self, params, t, names, metric=None):
         tt = t if metric is None else F.thresholds(params, t, metric)

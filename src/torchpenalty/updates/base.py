@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._capture import tracing
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..penalties import Penalty
 
@@ -45,10 +47,13 @@ class Batch:
     grad_scale: Tensor | None = None
 
     @property
-    def lr(self) -> float:
-        """The group's current learning rate, as a float."""
+    def lr(self) -> float | Tensor:
+        """The group's current learning rate: a float, or the group's own tensor inside a
+        compiled or captured step (read live, no host synchronization)."""
         lr = self.group.get("lr", 0.0)
-        return float(lr.item() if isinstance(lr, Tensor) else lr)
+        if isinstance(lr, Tensor):
+            return lr if tracing() else float(lr.item())
+        return float(lr)
 
     @property
     def keys(self) -> list[int]:

@@ -57,6 +57,10 @@ def cautious_decay_(
     torch._foreach_mul_(directions, masks)
     if isinstance(lr, (int, float)):
         torch._foreach_add_(params, directions, alpha=-lr)
+    elif isinstance(lr, Tensor) or any(isinstance(x, Tensor) for x in lr):  # live rates
+        rates = [lr] * len(params) if isinstance(lr, Tensor) else list(lr)
+        for p, d, r in zip(params, directions, rates, strict=True):
+            p.sub_(d * r)
     else:
         torch._foreach_mul_(directions, [-float(x) for x in lr])
         torch._foreach_add_(params, directions)
@@ -70,6 +74,10 @@ def _cautious_l2_(params: list[Tensor], before: list[Tensor], scales: list[float
     masks = [d <= 0 for d in delta]
     del delta
     torch._foreach_mul_(before, masks)
+    if any(isinstance(x, Tensor) for x in scales):  # live rates: one product per tensor
+        for p, d, x in zip(params, before, scales, strict=True):
+            p.sub_(d * x)
+        return
     torch._foreach_mul_(before, [-x for x in scales])
     torch._foreach_add_(params, before)
 
@@ -124,8 +132,9 @@ class Cautious(UpdateRule):
         if before is None:  # the pre hook did not run (a skipped step)
             return
         rates = self.inner.rates(b)  # type: ignore[attr-defined]
-        if type(b.penalty) is L2 and b.strength is None:  # D = s * w_old: no D buffer
-            s = b.penalty.strength_at(b.step)
+        stacked = isinstance(b.strength, Tensor) and b.strength.ndim == 1
+        if type(b.penalty) is L2 and not stacked:  # D = s * w_old: no D buffer
+            s = b.penalty.strength_at(b.step) if b.strength is None else b.strength
             _cautious_l2_(b.params, before, [r * s for r in rates])
             return
         directions = [torch.zeros_like(w) for w in before]

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .._validation import check_positive
 from ..select import is_norm_module, select
@@ -119,6 +120,7 @@ class Corrected(Decoupled):
         self.lr_max = None if lr_max is None else check_positive("lr_max", lr_max)
         self.names: frozenset[str] | None = None
         self._peak: dict[int, float] = {}
+        self._peak_t: dict[int, Tensor] = {}
 
     def bind(self, reg: Any) -> None:
         """Resolve the normalized weights against ``reg.model``."""
@@ -128,12 +130,28 @@ class Corrected(Decoupled):
         else:
             self.names = frozenset(n for n, _ in select(model, include=self.normalized))
 
-    def peak(self, b: Batch) -> float:
+    def prepare(self, optimizer: torch.optim.Optimizer) -> None:
+        """Device state for groups whose lr is a tensor: the running peak, kept as a tensor
+        so that a compiled or captured step updates it without a host read."""
+        for g in optimizer.param_groups:
+            lr = g.get("lr")
+            if isinstance(lr, Tensor) and self.lr_max is None and "max_lr" not in g:
+                self._peak_t.setdefault(id(g), lr.detach().clone())
+
+    def peak(self, b: Batch) -> float | Tensor:
         if self.lr_max is not None:
             return self.lr_max
         if "max_lr" in b.group:
             return float(b.group["max_lr"])
-        seen = max(self._peak.get(id(b.group), 0.0), b.lr, b.lr0 or 0.0)
+        lr = b.lr
+        if isinstance(lr, Tensor):  # live: the running max on the device
+            state = self._peak_t[id(b.group)]
+            state.copy_(torch.clamp(torch.maximum(state, lr), min=b.lr0 or 0.0))
+            return state
+        state = self._peak_t.get(id(b.group))
+        if state is not None:  # eager step of a group with a tensor lr: keep both in step
+            state.copy_(torch.clamp(torch.maximum(state, state.new_tensor(lr)), min=b.lr0 or 0.0))
+        seen = max(self._peak.get(id(b.group), 0.0), lr, b.lr0 or 0.0)
         self._peak[id(b.group)] = seen
         return seen
 
@@ -152,16 +170,22 @@ class Corrected(Decoupled):
                 "Regularizer.attach, or call bind(regularizer) first"
             )
         lr, peak = b.lr, self.peak(b)
-        low = lr * lr / peak if peak else 0.0
+        if isinstance(peak, Tensor):  # live: no branch on the value
+            low = torch.where(peak > 0, lr * lr / peak.clamp_min(1e-30), 0.0)
+        else:
+            low = lr * lr / peak if peak else 0.0
         return [low if n in self.names else lr for n in b.names]
 
     def pre(self, b: Batch) -> None:
         rates = self.rates(b)
-        for rate in dict.fromkeys(rates):
-            sub = _subset(b, [i for i, r in enumerate(rates) if r == rate])
-            sub.penalty.decay_(
-                sub.params, rate, step=sub.step, names=sub.names, strength=sub.strength
-            )
+        normalized = [n in self.names for n in b.names]
+        for flag in (True, False):  # grouped by kind, not by value (no read of a tensor)
+            idx = [i for i, f in enumerate(normalized) if f is flag]
+            if idx:
+                sub = _subset(b, idx)
+                sub.penalty.decay_(
+                    sub.params, rates[idx[0]], step=sub.step, names=sub.names, strength=sub.strength
+                )
 
     def __repr__(self) -> str:
         return f"Corrected(normalized={self.normalized!r}, lr_max={self.lr_max!r})"

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .._capture import tracing
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
@@ -49,8 +51,15 @@ def _states(opt: torch.optim.Optimizer, params: list[Tensor]) -> list[dict[str, 
     return [opt.state.get(p) or None for p in params]
 
 
-def _num(x: Any) -> float:
-    return float(x.item() if isinstance(x, Tensor) else x)
+def _num(x: Any) -> float | Tensor:
+    """A float, or the tensor itself inside a compiled or captured step (no host read)."""
+    if isinstance(x, Tensor):  # float64: 1 - b2**t cancels catastrophically in float32
+        return x.to(torch.float64) if tracing() else float(x.item())
+    return float(x)
+
+
+def _sqrt(x: float | Tensor) -> float | Tensor:
+    return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
 
 def _per_param(params, states, fn) -> list[Tensor]:
@@ -67,7 +76,7 @@ def _adam(group, params, states):
 
     def d(st):
         v = st["max_exp_avg_sq"] if group.get("amsgrad") else st["exp_avg_sq"]
-        return _local(v).sqrt() / math.sqrt(1 - b2 ** _num(st["step"])) + eps
+        return _local(v).sqrt() / _sqrt(1 - b2 ** _num(st["step"])) + eps
 
     return 1.0, _per_param(params, states, d)
 
