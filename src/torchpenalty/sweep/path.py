@@ -848,5 +848,5 @@ def path_model(result, strength: float):
         lin.weight.copy_(pf["weight"][i].to(lin.weight.dtype))
         if lin.bias is not None:
             lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
-    f32 = torch.float32
-    return StandardizedModel(model, pf["x_mean"].to(f32), pf["x_std"].to(f32)).eval()
+    f64 = torch.float64  # statistics kept in float64: cast only at the model's input
+    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64)).eval()
