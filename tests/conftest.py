@@ -25,3 +25,18 @@ def diabetes_std():
 
     X, y = load_diabetes(return_X_y=True)
     return (X - X.mean(0)) / X.std(0), (y - y.mean()) / y.std()
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Classes a test defines (the guide's examples, registry tests) register by
+    subclassing; each test ends with the registries it started with."""
+    from torchpenalty.penalties import base
+    from torchpenalty.sweep import losses
+    from torchpenalty.updates import RULES
+
+    saved = [(r, dict(r)) for r in (base._REGISTRY, RULES, losses.LOSSES)]
+    yield
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)

@@ -208,7 +208,7 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypat
         ({"folds": 500}, ValueError, r"folds must be at most the number of rows \(200\), got 500"),
         ({"epochs": 0}, ValueError, r"epochs must be an integer >= 1, got 0"),
         ({"lr": float("nan")}, ValueError, r"lr must be a finite number > 0, got nan"),
-        ({"loss": "mae"}, ValueError, r"loss must be one of 'mse', 'cross_entropy', got 'mae'"),
+        ({"loss": "mae"}, ValueError, r"loss must be one of 'mse', 'cross_entropy', 'huber', got 'mae'"),
         ({"optimizer": "lbfgs"}, ValueError, r"optimizer must be one of 'adam', 'sgd', got 'lbfgs'"),
         ({"refit": "last"}, ValueError, r"refit must be 'best', '1se' or False, got 'last'"),
         ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),

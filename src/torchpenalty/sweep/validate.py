@@ -114,9 +114,8 @@ def _loss(name: str, v: Any) -> str | Callable[[torch.Tensor, torch.Tensor], tor
     if isinstance(v, str):
         return check_choice(name, v, list(LOSSES))
     if not callable(v):
-        raise type_error(
-            name, "'mse', 'cross_entropy' or a callable (output, target) -> mean loss", v
-        )
+        names = ", ".join(repr(n) for n in LOSSES)
+        raise type_error(name, f"{names} or a callable (output, target) -> mean loss", v)
     return v
 
 
