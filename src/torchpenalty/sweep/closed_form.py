@@ -393,16 +393,26 @@ def chooses_closed_form(make_model: Callable[[], nn.Module], v: Validated) -> bo
     """``solver="auto"``: the closed form when it applies and training would aim at the
     same solution (L2 as a gradient term, no early stopping, no resume); ``"closed_form"``
     insists (``ValueError`` saying what is missing); ``"train"`` never."""
+    return solver_chosen("closed_form", lambda: not_applicable(make_model, v), v, ("grad",))
+
+
+def solver_chosen(
+    name: str, why: Callable[[], str | None], v: Validated, modes: tuple[str, ...]
+) -> bool:
+    """The rule every exact solver follows: ``solver=name`` insists (``ValueError`` with
+    ``why()``, what is missing); ``"auto"`` takes it when ``why()`` is None and training
+    would aim at the same minimizer (``v.mode`` in ``modes``, no early stopping, no
+    resume); any other solver never."""
     solver = v.options.get("solver", "auto")
-    if solver in ("train", "path"):
+    if solver not in (name, "auto"):
         return False
-    why = not_applicable(make_model, v)
-    if solver == "closed_form":
-        if why is not None:
-            raise ValueError(f"solver='closed_form' needs {why}")
+    reason = why()
+    if solver == name:
+        if reason is not None:
+            raise ValueError(f"solver={name!r} needs {reason}")
         return True
     o = v.options
-    return why is None and v.mode == "grad" and o["early_stopping"] is None and not o["resume"]
+    return reason is None and v.mode in modes and o["early_stopping"] is None and not o["resume"]
 
 
 def sweep_closed_form(

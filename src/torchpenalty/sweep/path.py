@@ -691,21 +691,9 @@ def chooses_path(make_model, v) -> bool:
     same minimizer (the penalty as a gradient or proximal term, no early stopping, no
     resume); ``"path"`` insists (``ValueError`` saying what is missing); ``"train"`` and
     ``"closed_form"`` never."""
-    solver = v.options.get("solver", "auto")
-    if solver in ("train", "closed_form"):
-        return False
-    why = not_applicable(make_model, v)
-    if solver == "path":
-        if why is not None:
-            raise ValueError(f"solver='path' needs {why}")
-        return True
-    o = v.options
-    return (
-        why is None
-        and v.mode in ("grad", "proximal")
-        and o["early_stopping"] is None
-        and not o["resume"]
-    )
+    from .closed_form import solver_chosen
+
+    return solver_chosen("path", lambda: not_applicable(make_model, v), v, ("grad", "proximal"))
 
 
 def fit_path(v, splits, *, tol: float = TOL, max_iter: int = MAX_ITER, fit_intercept=True):
