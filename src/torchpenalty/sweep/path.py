@@ -450,7 +450,18 @@ def _l1_kkt(x: Tensor, g: Tensor, a: Tensor) -> Tensor:
 
 
 def _restricted_solve(A: Tensor, rhs: Tensor, m: Tensor) -> Tensor:
-    """Solve ``A_mm x_m = rhs_m`` with ``x`` zero off the mask ``m`` (``(P, n)``)."""
+    """Solve ``A_mm x_m = rhs_m`` with ``x`` zero off the mask ``m`` (``(P, n)``); when at
+    most half the coordinates are in any problem's mask, on the gathered ``r x r`` systems
+    (``r`` the largest mask), else on ``n x n`` ones with the identity off the mask."""
+    n = m.shape[1]
+    r = int(m.sum(1).max()) if n > 16 else n
+    if r <= n // 2:
+        idx = torch.sort(m.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :r]
+        sub = A.gather(1, idx[:, :, None].expand(-1, -1, n)).gather(
+            2, idx[:, None, :].expand(-1, r, -1)
+        )
+        x = _restricted_solve(sub, rhs.gather(1, idx), m.gather(1, idx)) if r else rhs[:, :0]
+        return torch.zeros_like(rhs).scatter(1, idx, x)
     mf = m.to(A.dtype)
     Am = A * (mf[:, :, None] * mf[:, None, :]) + torch.diag_embed(1 - mf)
     return torch.where(m, _batched_solve(Am, (rhs * mf)[..., None])[..., 0], 0.0)
@@ -693,6 +704,8 @@ class PathFit:
     converged: Tensor
     kkt: Tensor
     steps: Tensor
+    x_mean: Tensor | None = None
+    x_std: Tensor | None = None
 
 
 def _standardized(X: Tensor, rows: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
@@ -762,31 +775,87 @@ def _info(infos) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.stack([getattr(i, k) for i in infos]) for k in ("converged", "kkt", "steps"))
 
 
+def split_moments(X: Tensor, Y: Tensor, splits) -> tuple[Tensor, Tensor, Tensor]:
+    """Per split, ``M = sum over its training rows of a a^T`` with ``a = [x - g, y - h, 1]``
+    (``g``, ``h`` the all-rows means: centering first keeps the fold moments exact to
+    rounding), shape ``(F, d+k+1, d+k+1)``, and ``g``, ``h``. A split whose training rows
+    are the complement of its validation rows costs one product of its validation rows:
+    ``M = M_all - M_val``; the all-rows total is the sum of the validation blocks when
+    they partition the rows (K-fold). Other splits take their own product.
+
+    >>> X = torch.arange(12.0, dtype=torch.float64).reshape(6, 2) ** 2
+    >>> Y = torch.ones(6, 1, dtype=torch.float64)
+    >>> idx = torch.arange(6); splits = [(idx[2:], idx[:2]), (idx[:4], idx[4:])]
+    >>> M, g, h = split_moments(X, Y, splits)
+    >>> a = torch.cat([X - g, Y - h, torch.ones(6, 1, dtype=X.dtype)], 1)
+    >>> bool(torch.allclose(M[0], a[2:].T @ a[2:])), int(M[1, -1, -1])
+    (True, 4)
+    """
+    n = len(X)
+    g, h = X.mean(0), Y.mean(0)
+    A = torch.cat([X - g, Y - h, torch.ones(n, 1, dtype=X.dtype, device=X.device)], 1)
+    complement = [len(tr) + len(va) == n for tr, va in splits]
+    vals = [
+        A[va].T @ A[va] for (tr, va), c in zip(splits, complement, strict=True) if c and len(va)
+    ]
+    cover = torch.zeros(n, dtype=torch.long, device=X.device)
+    for (_, va), c in zip(splits, complement, strict=True):
+        if c:
+            cover[va] += 1
+    total = sum(vals) if vals and bool((cover == 1).all()) else A.T @ A
+    out, it = [], iter(vals)
+    for (tr, va), c in zip(splits, complement, strict=True):
+        out.append((total - next(it) if len(va) else total) if c else A[tr].T @ A[tr])
+    return torch.stack(out), g, h
+
+
+def _fold_quadratics(X: Tensor, Y: Tensor, splits, standardize: bool):
+    """``G = Zc^T Zc / n``, ``B = Zc^T Yc / n`` per split from :func:`split_moments` (``Z``
+    the inputs standardized on the split's training rows, ``c``: centered there), with the
+    standardization (``x_mean``, ``x_std``), the inputs' and target's training means in
+    the units the model sees (``zm``, ``ym``, for the bias)."""
+    d = X.shape[1]
+    M, g, h = split_moments(X, Y, splits)
+    n = M[:, -1, -1]
+    m, yb = M[:, :d, -1] / n[:, None], M[:, d:-1, -1] / n[:, None]
+    Cxx = M[:, :d, :d] - n[:, None, None] * m[:, :, None] * m[:, None, :]
+    Cxy = M[:, :d, d:-1] - n[:, None, None] * m[:, :, None] * yb[:, None, :]
+    var = Cxx.diagonal(0, 1, 2)
+    live = var > 1e-12 * M[:, :d, :d].diagonal(0, 1, 2)  # a constant column: exactly zero
+    Cxx = Cxx * (live[:, :, None] & live[:, None, :])
+    Cxy = Cxy * live[:, :, None]
+    if standardize:
+        sx = torch.where(live, (var / n[:, None]).sqrt(), 1.0)
+        mx, zm = m + g, torch.zeros_like(m)
+    else:
+        sx, mx, zm = torch.ones_like(m), torch.zeros_like(m), m + g
+    G = Cxx / (n[:, None, None] * sx[:, :, None] * sx[:, None, :])
+    B = Cxy / (n[:, None, None] * sx[:, :, None])
+    return G, B, mx, sx, zm, yb + h
+
+
 def mse_path(X, Y, splits, strengths, coef: dict, *, standardize=True, fit_intercept=True,
              tol=TOL, max_iter=MAX_ITER) -> PathFit:  # fmt: skip
     """The path of ``mean((Z W^T + b - Y)**2) + s * P(W)`` (mean over rows and the ``k``
     outputs, ``Y`` raw) on every split: per fold ``G = Zc^T Zc / n`` and ``B = Zc^T Yc / n``
-    of its training rows, then :func:`solve` with the penalty scaled by ``k/2``."""
+    of its training rows (:func:`_fold_quadratics`), then :func:`solve` with the penalty
+    scaled by ``k/2``."""
     X = torch.as_tensor(X, dtype=torch.float64)
     Y = torch.as_tensor(Y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
     k = Y.shape[1]
-    mx, sx = fold_scalings(X, splits, standardize)
-    Gs, Bs, bias = [], [], []
-    for f, (tr, _) in enumerate(splits):
-        Z = (X[tr] - mx[f]) / sx[f]
-        zm = Z.mean(0) if fit_intercept else torch.zeros_like(Z[0])
-        ym = Y[tr].mean(0) if fit_intercept else torch.zeros_like(Y[0])
-        Zc = Z - zm
-        Gs.append(Zc.T @ Zc / len(tr))
-        Bs.append(Zc.T @ (Y[tr] - ym) / len(tr))
-        bias.append((zm, ym))
-    loss = Quadratic(torch.stack(Gs), torch.stack(Bs))
+    if fit_intercept:
+        G, B, mx, sx, zm, ym = _fold_quadratics(X, Y, splits, standardize)
+    else:
+        mx, sx = fold_scalings(X, splits, standardize)
+        Zs = [(X[tr] - mx[f]) / sx[f] for f, (tr, _) in enumerate(splits)]
+        G = torch.stack([Z.T @ Z / len(Z) for Z in Zs])
+        B = torch.stack([Z.T @ Y[tr] / len(Z) for Z, (tr, _) in zip(Zs, splits, strict=True)])
+        zm, ym = torch.zeros_like(mx), torch.zeros(len(splits), k, dtype=X.dtype, device=X.device)
+    loss = Quadratic(G, B)
     base = Terms.of(torch.ones(len(splits), dtype=torch.float64, device=X.device), **coef)
     W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
-    zm = torch.stack([z for z, _ in bias])
-    ym = torch.stack([y for _, y in bias])
     b = ym - torch.einsum("fd,sfdk->sfk", zm, W)
-    return PathFit(W.transpose(2, 3), b, *_info(infos))
+    return PathFit(W.transpose(2, 3), b, *_info(infos), mx, sx)
 
 
 def ce_path(X, codes, n_classes, splits, strengths, coef: dict, *, standardize=True,
@@ -812,7 +881,7 @@ def ce_path(X, codes, n_classes, splits, strengths, coef: dict, *, standardize=T
     theta, infos = _path(loss, base, strengths, None, tol, max_iter)  # (S, F, d+1, K')
     if binary:
         theta = torch.cat([-theta / 2, theta / 2], -1)
-    return PathFit(theta[:, :, :-1].transpose(2, 3), theta[:, :, -1], *_info(infos))
+    return PathFit(theta[:, :, :-1].transpose(2, 3), theta[:, :, -1], *_info(infos), mx, sx)
 
 
 # ---------------------------------------------------------------------------- tp.sweep
@@ -879,14 +948,21 @@ def path_records(v, splits, fit: PathFit) -> list:
 
     F = len(splits)
     X = torch.as_tensor(v.X, dtype=torch.float64, device=fit.weight.device)
-    mx, sx = fold_scalings(X, splits, v.options["standardize"])
+    if fit.x_mean is None:
+        mx, sx = fold_scalings(X, splits, v.options["standardize"])
+    else:
+        mx, sx = fit.x_mean[:F], fit.x_std[:F]
     W, bias = fit.weight[:, :F], fit.bias[:, :F]
-    out = torch.einsum("fnd,sfkd->sfnk", (X[None] - mx[:, None]) / sx[:, None], W)
-    out = out + bias[:, :, None]  # (S, F, n, k)
+    g = X.mean(0)  # (X - mx)/sx W^T + b = (X - g) Wr^T + b - ((mx - g)/sx) W^T, Wr = W/sx
+    Wr = W / sx[None, :, None]
+    shift = bias - torch.einsum("fd,sfkd->sfk", (mx - g) / sx, W)
+    out = torch.einsum("nd,sfkd->sfnk", X - g, Wr) + shift[:, :, None]  # (S, F, n, k)
     ce = v.loss == "cross_entropy"
     if ce:
         t = torch.as_tensor(np.unique(v.y, return_inverse=True)[1], device=X.device)
-        per = torch.logsumexp(out, -1) - out.gather(-1, t.expand(*out.shape[:-1])[..., None])[..., 0]
+        per = (
+            torch.logsumexp(out, -1) - out.gather(-1, t.expand(*out.shape[:-1])[..., None])[..., 0]
+        )
         hit = (out.argmax(-1) == t).double()
     else:
         t = torch.as_tensor(v.y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
@@ -947,7 +1023,7 @@ def sweep_path(make_model, v, splits):
     full = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
     with _few_threads(v):
         fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
-    records = path_records(v, splits, fit)
+        records = path_records(v, splits, fit)
     converged = fit.converged[:, : len(splits)].all(1).tolist()
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
@@ -972,10 +1048,9 @@ def sweep_path(make_model, v, splits):
     classes = np.unique(v.y).tolist() if v.loss == "cross_entropy" else None
     result = SweepResult(v.grid, o["folds"], records, settings, classes=classes,
                          model_name=describe_model(model))  # fmt: skip
-    X = torch.as_tensor(v.X, dtype=torch.float64)
-    mx, sx = fold_scalings(X, full[-1:], o["standardize"])
     result.path_fit = {"weight": fit.weight[:, -1].cpu(), "bias": fit.bias[:, -1].cpu(),
-                       "x_mean": mx[0], "x_std": sx[0], "make_model": make_model}  # fmt: skip
+                       "x_mean": fit.x_mean[-1].cpu(), "x_std": fit.x_std[-1].cpu(),
+                       "make_model": make_model}  # fmt: skip
     if o["refit"] and result.chosen_strength is not None:
         result.refit = o["refit"]
         result.model = path_model(result, result.chosen_strength)
