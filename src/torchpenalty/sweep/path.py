@@ -475,9 +475,9 @@ def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_ite
     ones whose gradient exceeds ``a_j`` entering with the sign that lowers ``f``, and the
     unpenalized ones) and moves to the exact minimizer of ``f`` on the segment toward that
     solution (:func:`_line_min`; a coordinate that reaches zero at the minimizer leaves).
-    With the active set right, one solve is exact. A problem that makes no progress then
-    admits only its worst violator, and only once its nonzero coordinates are optimal (the
-    feature-sign search of Lee et al. 2007, which decreases ``f`` at every step).
+    With the active set right, one solve is exact. A problem whose step makes no progress
+    then admits only its worst violator at a time (as the feature-sign search of Lee et al.
+    2007); one that still makes none stops there, its violation above ``stop``.
     Returns ``x`` and the violation per problem.
 
     >>> A = torch.tensor([[[2.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
@@ -487,20 +487,23 @@ def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_ite
     ([[1.0, 0.0]], True)
     """
     careful = torch.zeros_like(stop, dtype=torch.bool)
+    stalled = careful.clone()
     free = a == 0
-    for _ in range(max_iter):
+    for it in range(max_iter):
+        if it == 8:  # slow to settle: one entering coordinate at a time from here
+            careful = torch.ones_like(careful)
         g = torch.baddbmm(-b[..., None], A, x[..., None])[..., 0]
         nz, sx = x != 0, x.sign()
         viol = torch.where(nz, (g + a * sx).abs(), (g.abs() - a).clamp_min(0))
         kkt = viol.amax(1)
-        done = kkt <= stop
+        done = (kkt <= stop) | stalled
         if bool(done.all()):
             break
         enter = ~nz & ~free & (viol > 0)
-        if bool(careful.any()):  # the worst violator enters once the nonzero ones are optimal
-            settled = torch.where(nz | free, viol, 0.0).amax(1) <= stop
-            worst = torch.zeros_like(enter).scatter_(1, viol.argmax(1, keepdim=True), True)
-            enter = torch.where(careful[:, None], enter & worst & settled[:, None], enter)
+        if bool(careful.any()):  # only the worst violator enters
+            off = torch.where(enter, viol, -1.0)
+            worst = torch.zeros_like(enter).scatter_(1, off.argmax(1, keepdim=True), True)
+            enter = torch.where(careful[:, None], enter & worst, enter)
         sign = torch.where(nz, sx, -g.sign())
         rhs, m = b - a * sign, nz | enter | free
         target = _restricted_solve(A, rhs, m)
@@ -511,6 +514,9 @@ def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_ite
             target = _restricted_solve(A, rhs, m)
             agree = (target * sign > 0) | free | ~m
         if bool(agree.all()):  # every sign as assumed: the solve is the minimizer
+            still = ~done & (target == x).all(1)
+            stalled |= careful & still
+            careful |= still
             x = torch.where(done[:, None], x, target)
             continue
         delta = target - x
@@ -518,6 +524,7 @@ def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_ite
         step = x + t[:, None] * delta
         new = torch.where(((t - 1).abs() <= 1e-12)[:, None], target, step)
         x = torch.where(nz & (step.abs() <= 1e-12 * x.abs()), 0.0, new)  # reached zero: leaves
+        stalled |= careful & ~done & (t <= 0)
         careful |= ~done & (t <= 0)
     else:
         kkt = _l1_kkt(x, (A @ x[..., None])[..., 0] - b, a).amax(1)
@@ -547,36 +554,31 @@ def _active_quadratic(loss: Quadratic, terms: Terms, theta: Tensor, scale: Tenso
 
 def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, max_iter: int):
     """Proximal Newton (as newGLMNET): minimize the loss's second-order model plus the
-    L1 term exactly (:func:`solve` on a :class:`Quadratic` in the flattened
-    coordinates, the bias unpenalized), then backtrack on the true objective; until the
-    KKT violation relative to ``scale`` is at most ``tol``."""
+    L1 term (:func:`active_set` in the flattened coordinates, the bias unpenalized, each
+    problem to 1/100 of its own outer violation), then backtrack on the true objective;
+    until the KKT violation relative to ``scale`` is at most ``tol``. ``steps`` counts
+    the outer iterations."""
     P, D, K = theta.shape
-    d = loss.penalized
-    inner = Terms(terms.l1, torch.zeros_like(terms.l1), torch.zeros_like(terms.l1))
     pen = torch.zeros(P, D, K, dtype=theta.dtype, device=theta.device)
-    pen[:, :d] = 1.0
+    pen[:, : loss.penalized] = 1.0
     pen = pen.reshape(P, -1)
+    a = terms.l1[:, None] * pen
     rel = _violation(loss, terms, theta) / scale
     steps = torch.zeros(P, dtype=torch.long, device=theta.device)
     for _ in range(50):
-        if bool((rel <= tol).all()) or int(steps.max()) >= max_iter:
+        live = rel > tol
+        if not bool(live.any()) or int(steps.max()) >= max_iter:
             break
-        g = _smooth_grad(loss, terms, theta).reshape(P, -1, 1)
-        H = loss.hessian(theta) + torch.diag_embed(_col(terms.l2)[:, :, 0] * pen)
-        H = H + torch.diag_embed(
-            1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand(P, D * K)
-        )
-        x0 = theta.reshape(P, -1, 1)
-        q = Quadratic(H, H @ x0 - g, penalized=d * K)
-        # inexact subproblems (a fraction of the outer violation), as in newGLMNET
-        inner_tol = max(1e-13, 0.01 * float(rel[rel > tol].min()))
-        x, info = solve(q, inner, x0, tol=inner_tol, max_iter=INNER_ITER, newton_iters=3)
-        steps += info.steps
+        g = _smooth_grad(loss, terms, theta).reshape(P, -1)
+        H = loss.hessian(theta) + torch.diag_embed(terms.l2[:, None] * pen)
+        H = H + torch.diag_embed(1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand_as(g))
+        x0 = theta.reshape(P, -1)
+        stop = torch.where(live, (0.01 * rel).clamp_min(1e-13) * scale, math.inf)
+        x, _ = active_set(H, (H @ x0[..., None])[..., 0] - g, a, x0, stop)
         new = _backtrack(loss, terms, theta, x.reshape(P, D, K))
-        new_rel = _violation(loss, terms, new) / scale
-        keep = rel <= tol
-        theta = torch.where(keep[:, None, None], theta, new)
-        rel = torch.where(keep, rel, new_rel)
+        theta = torch.where(live[:, None, None], new, theta)
+        rel = torch.where(live, _violation(loss, terms, theta) / scale, rel)
+        steps += live.long()
     return theta, SolveInfo(converged=rel <= tol, kkt=rel, steps=steps)
 
 
