@@ -302,7 +302,7 @@ def test_whole_step_hooks_add_no_graph_break_and_no_recompile(mode):
 
 
 # ----------------------------------------------------------------------- check_capturable
-@pytest.mark.parametrize("mode", ["grad", "decoupled", "proximal"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_whole_step_with_one_graph_step_compiles_the_hooks_into_the_step(mode):
     """With ``tp.one_graph_step`` the optimizer region (hooks + step) is one graph: the
     regularized step compiles exactly as many frames as the unregularized one, and only
