@@ -67,6 +67,45 @@ def test_mse_path_equals_sklearn_over_the_grid(name, coef, make, target):
     assert worst < 1e-5 and same, (worst, same)
 
 
+def _wide():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 60))
+    return X, X[:, :8] @ rng.normal(size=8) * 5 + rng.normal(size=300), kfold(300, 5, seed=1)
+
+
+def _offset():  # inputs far from zero and a constant column: the fold moments stay exact
+    X, y = DIABETES
+    X = X * 3 + 1e4
+    X[:, 3] = 7.0
+    return X, y, kfold(len(X), 4, seed=2)
+
+
+def _subsets():  # training rows that are not the complement of the validation rows
+    X, y = DIABETES
+    rng = np.random.default_rng(3)
+    splits = [(np.sort(rng.permutation(442)[:300]), np.arange(0, 50)) for _ in range(3)]
+    return X, y, splits
+
+
+PROBLEMS = {"wide 300x60": _wide, "offset + constant column": _offset, "subsets": _subsets}
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize(("name", "coef", "make"), REGRESSION, ids=[r[0] for r in REGRESSION])
+def test_mse_path_equals_sklearn_on_harder_problems(name, coef, make, problem):
+    """The active set gathered to its coordinates (wide), fold moments from all-rows sums
+    minus the validation block's (offset inputs, a constant column) and splits without
+    that structure: still Lasso / ElasticNet on every fold and strength."""
+    X, y, splits = PROBLEMS[problem]()
+    grid = [3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 1e-3]
+    fit = path.mse_path(X, y, splits, grid, coef)
+    assert bool(fit.converged.all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        worst, same = compare(fit, X, y, splits, make, grid)
+    assert worst < 1e-5 and same, (worst, same)
+
+
 def test_mse_validation_curve_equals_gridsearchcv():
     X, y = DIABETES
     r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1", strengths=GRID, folds=5,

@@ -414,38 +414,171 @@ def _batched_solve(A: Tensor, b: Tensor) -> Tensor:
         torch.set_num_threads(before)
 
 
+# ---------------------------------------------------------------------------- active set
+def _line_min(A: Tensor, g: Tensor, a: Tensor, x: Tensor, delta: Tensor) -> Tensor:
+    """The exact minimizer ``t >= 0`` of ``f(x + t*delta)`` per problem, with
+    ``f(x) = 1/2 x^T A x - b^T x + sum_j a_j |x_j|`` and ``g = A x - b``: ``f`` along the line
+    is convex and piecewise quadratic, its slope ``q t + c`` (``q = delta^T A delta``) jumps
+    up by ``2 a_j |delta_j|`` where a nonzero ``x_j`` crosses zero. Shapes ``(P, n)``.
+
+    >>> A = torch.eye(2, dtype=torch.float64)[None]; a = torch.ones(1, 2, dtype=torch.float64)
+    >>> x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    >>> g = A[0] @ x[0] - torch.tensor([0.5, 0.0], dtype=torch.float64)  # b = (0.5, 0)
+    >>> _line_min(A, g[None], a, x, -x).tolist()  # f(1 - t) = (1-t)^2/2 - (1-t)/2 + |1-t|
+    [1.0]
+    """
+    q = ((A @ delta[..., None])[..., 0] * delta).sum(1).clamp_min(1e-300)
+    moving = a * torch.where(x != 0, delta * x.sign(), delta.abs())
+    c = (delta * g).sum(1) + moving.sum(1)
+    cross = (a > 0) & (x != 0) & (delta * x.sign() < 0)
+    bp = torch.where(cross, -x / torch.where(cross, delta, 1.0), math.inf)
+    bp, order = bp.sort(1)
+    jump = torch.where(bp < math.inf, 2 * (a * delta.abs()).gather(1, order), 0.0)
+    zero = torch.zeros_like(q)[:, None]
+    lo = torch.cat([zero, bp], 1)
+    hi = torch.cat([bp, zero + math.inf], 1)
+    cum = torch.cat([zero, jump.cumsum(1)], 1) + c[:, None]
+    k = (q[:, None] * hi + cum >= 0).to(torch.int8).argmax(1, keepdim=True)
+    root = -cum.gather(1, k) / q[:, None]
+    return torch.maximum(root, lo.gather(1, k)).minimum(hi.gather(1, k))[:, 0]
+
+
+def _l1_kkt(x: Tensor, g: Tensor, a: Tensor) -> Tensor:
+    """Per-coordinate KKT violation of ``min 1/2 x^T A x - b^T x + sum a_j |x_j|`` at ``x``
+    with ``g = A x - b`` (``a_j = 0``: an unpenalized coordinate)."""
+    return torch.where(x != 0, (g + a * x.sign()).abs(), (g.abs() - a).clamp_min(0))
+
+
+def _restricted_solve(A: Tensor, rhs: Tensor, m: Tensor) -> Tensor:
+    """Solve ``A_mm x_m = rhs_m`` with ``x`` zero off the mask ``m`` (``(P, n)``); when at
+    most half the coordinates are in any problem's mask, on the gathered ``r x r`` systems
+    (``r`` the largest mask), else on ``n x n`` ones with the identity off the mask."""
+    n = m.shape[1]
+    r = int(m.sum(1).max()) if n > 16 else n
+    if r <= n // 2:
+        idx = torch.sort(m.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :r]
+        sub = A.gather(1, idx[:, :, None].expand(-1, -1, n)).gather(
+            2, idx[:, None, :].expand(-1, r, -1)
+        )
+        x = _restricted_solve(sub, rhs.gather(1, idx), m.gather(1, idx)) if r else rhs[:, :0]
+        return torch.zeros_like(rhs).scatter(1, idx, x)
+    mf = m.to(A.dtype)
+    Am = A * (mf[:, :, None] * mf[:, None, :]) + torch.diag_embed(1 - mf)
+    return torch.where(m, _batched_solve(Am, (rhs * mf)[..., None])[..., 0], 0.0)
+
+
+def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_iter: int = 100):
+    """Minimize ``1/2 x^T A x - b^T x + sum_j a_j |x_j|`` (``A`` positive definite ``(P, n,
+    n)``, ``b``, ``a >= 0``, ``x`` ``(P, n)``) from ``x``, for every problem at once, until
+    the largest KKT violation is at most ``stop`` ``(P,)``. Each iteration solves the linear
+    system of the active coordinates with their signs fixed (the nonzero ones, the zero
+    ones whose gradient exceeds ``a_j`` entering with the sign that lowers ``f``, and the
+    unpenalized ones) and moves to the exact minimizer of ``f`` on the segment toward that
+    solution (:func:`_line_min`; a coordinate that reaches zero at the minimizer leaves).
+    With the active set right, one solve is exact. A problem whose step makes no progress
+    then admits only its worst violator at a time (as the feature-sign search of Lee et al.
+    2007); one that still makes none stops there, its violation above ``stop``.
+    Returns ``x`` and the violation per problem.
+
+    >>> A = torch.tensor([[[2.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    >>> b = torch.tensor([[3.0, 0.2]], dtype=torch.float64); a = torch.ones(1, 2, dtype=A.dtype)
+    >>> x, kkt = active_set(A, b, a, torch.zeros_like(b), torch.tensor([1e-12]))
+    >>> x.tolist(), bool(kkt[0] < 1e-12)  # x_1 = (3 - 1)/2; x_2 stays 0: |0.5 - 0.2| <= 1
+    ([[1.0, 0.0]], True)
+    """
+    careful = torch.zeros_like(stop, dtype=torch.bool)
+    stalled = careful.clone()
+    free = a == 0
+    for it in range(max_iter):
+        if it == 8:  # slow to settle: one entering coordinate at a time from here
+            careful = torch.ones_like(careful)
+        g = torch.baddbmm(-b[..., None], A, x[..., None])[..., 0]
+        nz, sx = x != 0, x.sign()
+        viol = torch.where(nz, (g + a * sx).abs(), (g.abs() - a).clamp_min(0))
+        kkt = viol.amax(1)
+        done = (kkt <= stop) | stalled
+        if bool(done.all()):
+            break
+        enter = ~nz & ~free & (viol > 0)
+        if bool(careful.any()):  # only the worst violator enters
+            off = torch.where(enter, viol, -1.0)
+            worst = torch.zeros_like(enter).scatter_(1, off.argmax(1, keepdim=True), True)
+            enter = torch.where(careful[:, None], enter & worst, enter)
+        sign = torch.where(nz, sx, -g.sign())
+        rhs, m = b - a * sign, nz | enter | free
+        target = _restricted_solve(A, rhs, m)
+        agree = (target * sign > 0) | free | ~m
+        wrong = enter & ~agree  # entered the wrong way: leave them out
+        if bool(wrong.any()):
+            m = m & ~wrong
+            target = _restricted_solve(A, rhs, m)
+            agree = (target * sign > 0) | free | ~m
+        if bool(agree.all()):  # every sign as assumed: the solve is the minimizer
+            still = ~done & (target == x).all(1)
+            stalled |= careful & still
+            careful |= still
+            x = torch.where(done[:, None], x, target)
+            continue
+        delta = target - x
+        t = torch.where(done, 0.0, _line_min(A, g, a, x, delta))
+        step = x + t[:, None] * delta
+        new = torch.where(((t - 1).abs() <= 1e-12)[:, None], target, step)
+        x = torch.where(nz & (step.abs() <= 1e-12 * x.abs()), 0.0, new)  # reached zero: leaves
+        stalled |= careful & ~done & (t <= 0)
+        careful |= ~done & (t <= 0)
+    else:
+        kkt = _l1_kkt(x, (A @ x[..., None])[..., 0] - b, a).amax(1)
+    return x, kkt
+
+
+def _active_quadratic(loss: Quadratic, terms: Terms, theta: Tensor, scale: Tensor, tol: float):
+    """:func:`active_set` on a :class:`Quadratic` with L1 and L2 terms: each of the ``k``
+    columns of ``W`` is its own problem (the Gram matrix is shared), the L2 term joins the
+    Gram matrix on the penalized rows, the rows past ``loss.penalized`` are free."""
+    P, n, k = theta.shape
+    pen = torch.zeros(n, dtype=theta.dtype, device=theta.device)
+    pen[: loss.penalized] = 1.0
+    A = loss.G + torch.diag_embed(terms.l2[:, None] * pen)
+    a = terms.l1[:, None] * pen
+    if k > 1:
+        A, a = A.repeat_interleave(k, 0), a.repeat_interleave(k, 0)
+    b = loss.B.transpose(1, 2).reshape(P * k, n)
+    x0 = theta.transpose(1, 2).reshape(P * k, n)
+    stop = (scale * min(tol, 1e-11)).repeat_interleave(k)
+    x, kkt = active_set(A, b, a, x0, stop)
+    kkt = kkt.reshape(P, k).amax(1) / scale
+    theta = x.reshape(P, k, n).transpose(1, 2).contiguous()
+    steps = torch.zeros(P, dtype=torch.long, device=theta.device)
+    return theta, SolveInfo(converged=kkt <= tol, kkt=kkt, steps=steps)
+
+
 def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, max_iter: int):
     """Proximal Newton (as newGLMNET): minimize the loss's second-order model plus the
-    L1 term exactly (:func:`solve` on a :class:`Quadratic` in the flattened
-    coordinates, the bias unpenalized), then backtrack on the true objective; until the
-    KKT violation relative to ``scale`` is at most ``tol``."""
+    L1 term (:func:`active_set` in the flattened coordinates, the bias unpenalized, each
+    problem to 1/100 of its own outer violation), then backtrack on the true objective;
+    until the KKT violation relative to ``scale`` is at most ``tol``. ``steps`` counts
+    the outer iterations."""
     P, D, K = theta.shape
-    d = loss.penalized
-    inner = Terms(terms.l1, torch.zeros_like(terms.l1), torch.zeros_like(terms.l1))
     pen = torch.zeros(P, D, K, dtype=theta.dtype, device=theta.device)
-    pen[:, :d] = 1.0
+    pen[:, : loss.penalized] = 1.0
     pen = pen.reshape(P, -1)
+    a = terms.l1[:, None] * pen
     rel = _violation(loss, terms, theta) / scale
     steps = torch.zeros(P, dtype=torch.long, device=theta.device)
     for _ in range(50):
-        if bool((rel <= tol).all()) or int(steps.max()) >= max_iter:
+        live = rel > tol
+        if not bool(live.any()) or int(steps.max()) >= max_iter:
             break
-        g = _smooth_grad(loss, terms, theta).reshape(P, -1, 1)
-        H = loss.hessian(theta) + torch.diag_embed(_col(terms.l2)[:, :, 0] * pen)
-        H = H + torch.diag_embed(
-            1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand(P, D * K)
-        )
-        x0 = theta.reshape(P, -1, 1)
-        q = Quadratic(H, H @ x0 - g, penalized=d * K)
-        # inexact subproblems (a fraction of the outer violation), as in newGLMNET
-        inner_tol = max(1e-13, 0.01 * float(rel[rel > tol].min()))
-        x, info = solve(q, inner, x0, tol=inner_tol, max_iter=INNER_ITER, newton_iters=3)
-        steps += info.steps
+        g = _smooth_grad(loss, terms, theta).reshape(P, -1)
+        H = loss.hessian(theta) + torch.diag_embed(terms.l2[:, None] * pen)
+        H = H + torch.diag_embed(1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand_as(g))
+        x0 = theta.reshape(P, -1)
+        stop = torch.where(live, (0.01 * rel).clamp_min(1e-13) * scale, math.inf)
+        x, _ = active_set(H, (H @ x0[..., None])[..., 0] - g, a, x0, stop)
         new = _backtrack(loss, terms, theta, x.reshape(P, D, K))
-        new_rel = _violation(loss, terms, new) / scale
-        keep = rel <= tol
-        theta = torch.where(keep[:, None, None], theta, new)
-        rel = torch.where(keep, rel, new_rel)
+        theta = torch.where(live[:, None, None], new, theta)
+        rel = torch.where(live, _violation(loss, terms, theta) / scale, rel)
+        steps += live.long()
     return theta, SolveInfo(converged=rel <= tol, kkt=rel, steps=steps)
 
 
@@ -485,8 +618,13 @@ def solve(
     d = loss.penalized
     scale = _smooth_grad(loss, Terms.of(torch.zeros_like(terms.l1)), null)[:, :d]
     scale = scale.abs().amax((1, 2)).clamp_min(1e-300)
-    if not isinstance(loss, Quadratic) and not bool((terms.group > 0).any()):
+    grouped = bool((terms.group > 0).any())
+    if not isinstance(loss, Quadratic) and not grouped:
         return _prox_newton(loss, terms, theta, scale, tol, max_iter)
+    if not grouped:  # the active-set method; FISTA only for what it leaves unconverged
+        theta, info = _active_quadratic(loss, terms, theta, scale, tol)
+        if bool(info.converged.all()):
+            return theta, info
     step = 1.0 / (loss.lipschitz() + terms.l2)
     P = theta.shape[0]
     done = torch.zeros(P, dtype=torch.bool, device=theta.device)
@@ -568,6 +706,8 @@ class PathFit:
     converged: Tensor
     kkt: Tensor
     steps: Tensor
+    x_mean: Tensor | None = None
+    x_std: Tensor | None = None
 
 
 def _standardized(X: Tensor, rows: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
@@ -591,6 +731,8 @@ def _path(loss, base: Terms, strengths, theta0, tol, max_iter):
     """Solve ``loss`` at every strength, largest first, each warm-started from the
     previous solution; ``base`` holds the per-problem coefficients at strength 1."""
     order = sorted(range(len(strengths)), key=lambda i: -strengths[i])
+    if isinstance(loss, Quadratic) and not bool((base.group > 0).any()):
+        return _active_path(loss, base, strengths, order, tol, max_iter)
     out, infos = [None] * len(strengths), [None] * len(strengths)
     theta = theta0
     for i in order:
@@ -601,35 +743,121 @@ def _path(loss, base: Terms, strengths, theta0, tol, max_iter):
     return torch.stack(out), infos
 
 
+def _active_path(loss: Quadratic, base: Terms, strengths, order, tol, max_iter):
+    """:func:`_path` of a :class:`Quadratic` with L1 and L2 terms by :func:`active_set`
+    (each output column its own problem, the Gram matrix shared); :func:`solve` (FISTA)
+    takes over a strength only where the active-set method stopped short of ``tol``."""
+    G, B = loss.G, loss.B
+    P, d, k = B.shape
+    scale = B.abs().amax((1, 2)).clamp_min(1e-300)
+    stop = (scale * min(tol, 1e-11)).repeat_interleave(k)
+    b = B.transpose(1, 2).reshape(P * k, d)
+    Gk = G.repeat_interleave(k, 0) if k > 1 else G
+    eye = torch.eye(d, dtype=G.dtype, device=G.device)
+    l1 = base.l1.repeat_interleave(k)[:, None].expand(P * k, d)
+    l2 = base.l2.repeat_interleave(k)[:, None, None]
+    ridge = bool((base.l2 > 0).any())
+    x = torch.zeros_like(b)
+    out, infos = [None] * len(strengths), [None] * len(strengths)
+    for i in order:
+        s = float(strengths[i])
+        x, kkt = active_set(Gk + (s * l2) * eye if ridge else Gk, b, s * l1, x, stop)
+        kkt = kkt.reshape(P, k).amax(1) / scale
+        theta = x.reshape(P, k, d).transpose(1, 2)
+        info = SolveInfo(kkt <= tol, kkt, torch.zeros(P, dtype=torch.long, device=G.device))
+        if not bool(info.converged.all()):
+            terms = Terms(base.l1 * s, base.l2 * s, base.group * s, base.group_dim)
+            theta, info = solve(loss, terms, theta, tol=tol, max_iter=max_iter)
+            x = theta.transpose(1, 2).reshape(P * k, d)
+        out[i], infos[i] = theta, info
+    return torch.stack(out), infos
+
+
 def _info(infos) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.stack([getattr(i, k) for i in infos]) for k in ("converged", "kkt", "steps"))
+
+
+def split_moments(X: Tensor, Y: Tensor, splits) -> tuple[Tensor, Tensor, Tensor]:
+    """Per split, ``M = sum over its training rows of a a^T`` with ``a = [x - g, y - h, 1]``
+    (``g``, ``h`` the all-rows means: centering first keeps the fold moments exact to
+    rounding), shape ``(F, d+k+1, d+k+1)``, and ``g``, ``h``. A split whose training rows
+    are the complement of its validation rows costs one product of its validation rows:
+    ``M = M_all - M_val``; the all-rows total is the sum of the validation blocks when
+    they partition the rows (K-fold). Other splits take their own product.
+
+    >>> X = torch.arange(12.0, dtype=torch.float64).reshape(6, 2) ** 2
+    >>> Y = torch.ones(6, 1, dtype=torch.float64)
+    >>> idx = torch.arange(6); splits = [(idx[2:], idx[:2]), (idx[:4], idx[4:])]
+    >>> M, g, h = split_moments(X, Y, splits)
+    >>> a = torch.cat([X - g, Y - h, torch.ones(6, 1, dtype=X.dtype)], 1)
+    >>> bool(torch.allclose(M[0], a[2:].T @ a[2:])), int(M[1, -1, -1])
+    (True, 4)
+    """
+    n = len(X)
+    g, h = X.mean(0), Y.mean(0)
+    A = torch.cat([X - g, Y - h, torch.ones(n, 1, dtype=X.dtype, device=X.device)], 1)
+    complement = [len(tr) + len(va) == n for tr, va in splits]
+    vals = [
+        A[va].T @ A[va] for (tr, va), c in zip(splits, complement, strict=True) if c and len(va)
+    ]
+    cover = torch.zeros(n, dtype=torch.long, device=X.device)
+    for (_, va), c in zip(splits, complement, strict=True):
+        if c:
+            cover[va] += 1
+    total = sum(vals) if vals and bool((cover == 1).all()) else A.T @ A
+    out, it = [], iter(vals)
+    for (tr, va), c in zip(splits, complement, strict=True):
+        out.append((total - next(it) if len(va) else total) if c else A[tr].T @ A[tr])
+    return torch.stack(out), g, h
+
+
+def _fold_quadratics(X: Tensor, Y: Tensor, splits, standardize: bool):
+    """``G = Zc^T Zc / n``, ``B = Zc^T Yc / n`` per split from :func:`split_moments` (``Z``
+    the inputs standardized on the split's training rows, ``c``: centered there), with the
+    standardization (``x_mean``, ``x_std``), the inputs' and target's training means in
+    the units the model sees (``zm``, ``ym``, for the bias)."""
+    d = X.shape[1]
+    M, g, h = split_moments(X, Y, splits)
+    n = M[:, -1, -1]
+    m, yb = M[:, :d, -1] / n[:, None], M[:, d:-1, -1] / n[:, None]
+    Cxx = M[:, :d, :d] - n[:, None, None] * m[:, :, None] * m[:, None, :]
+    Cxy = M[:, :d, d:-1] - n[:, None, None] * m[:, :, None] * yb[:, None, :]
+    var = Cxx.diagonal(0, 1, 2)
+    live = var > 1e-12 * M[:, :d, :d].diagonal(0, 1, 2)  # a constant column: exactly zero
+    Cxx = Cxx * (live[:, :, None] & live[:, None, :])
+    Cxy = Cxy * live[:, :, None]
+    if standardize:
+        sx = torch.where(live, (var / n[:, None]).sqrt(), 1.0)
+        mx, zm = m + g, torch.zeros_like(m)
+    else:
+        sx, mx, zm = torch.ones_like(m), torch.zeros_like(m), m + g
+    G = Cxx / (n[:, None, None] * sx[:, :, None] * sx[:, None, :])
+    B = Cxy / (n[:, None, None] * sx[:, :, None])
+    return G, B, mx, sx, zm, yb + h
 
 
 def mse_path(X, Y, splits, strengths, coef: dict, *, standardize=True, fit_intercept=True,
              tol=TOL, max_iter=MAX_ITER) -> PathFit:  # fmt: skip
     """The path of ``mean((Z W^T + b - Y)**2) + s * P(W)`` (mean over rows and the ``k``
     outputs, ``Y`` raw) on every split: per fold ``G = Zc^T Zc / n`` and ``B = Zc^T Yc / n``
-    of its training rows, then :func:`solve` with the penalty scaled by ``k/2``."""
+    of its training rows (:func:`_fold_quadratics`), then :func:`solve` with the penalty
+    scaled by ``k/2``."""
     X = torch.as_tensor(X, dtype=torch.float64)
     Y = torch.as_tensor(Y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
     k = Y.shape[1]
-    mx, sx = fold_scalings(X, splits, standardize)
-    Gs, Bs, bias = [], [], []
-    for f, (tr, _) in enumerate(splits):
-        Z = (X[tr] - mx[f]) / sx[f]
-        zm = Z.mean(0) if fit_intercept else torch.zeros_like(Z[0])
-        ym = Y[tr].mean(0) if fit_intercept else torch.zeros_like(Y[0])
-        Zc = Z - zm
-        Gs.append(Zc.T @ Zc / len(tr))
-        Bs.append(Zc.T @ (Y[tr] - ym) / len(tr))
-        bias.append((zm, ym))
-    loss = Quadratic(torch.stack(Gs), torch.stack(Bs))
+    if fit_intercept:
+        G, B, mx, sx, zm, ym = _fold_quadratics(X, Y, splits, standardize)
+    else:
+        mx, sx = fold_scalings(X, splits, standardize)
+        Zs = [(X[tr] - mx[f]) / sx[f] for f, (tr, _) in enumerate(splits)]
+        G = torch.stack([Z.T @ Z / len(Z) for Z in Zs])
+        B = torch.stack([Z.T @ Y[tr] / len(Z) for Z, (tr, _) in zip(Zs, splits, strict=True)])
+        zm, ym = torch.zeros_like(mx), torch.zeros(len(splits), k, dtype=X.dtype, device=X.device)
+    loss = Quadratic(G, B)
     base = Terms.of(torch.ones(len(splits), dtype=torch.float64, device=X.device), **coef)
     W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
-    zm = torch.stack([z for z, _ in bias])
-    ym = torch.stack([y for _, y in bias])
     b = ym - torch.einsum("fd,sfdk->sfk", zm, W)
-    return PathFit(W.transpose(2, 3), b, *_info(infos))
+    return PathFit(W.transpose(2, 3), b, *_info(infos), mx, sx)
 
 
 def ce_path(X, codes, n_classes, splits, strengths, coef: dict, *, standardize=True,
@@ -655,7 +883,7 @@ def ce_path(X, codes, n_classes, splits, strengths, coef: dict, *, standardize=T
     theta, infos = _path(loss, base, strengths, None, tol, max_iter)  # (S, F, d+1, K')
     if binary:
         theta = torch.cat([-theta / 2, theta / 2], -1)
-    return PathFit(theta[:, :, :-1].transpose(2, 3), theta[:, :, -1], *_info(infos))
+    return PathFit(theta[:, :, :-1].transpose(2, 3), theta[:, :, -1], *_info(infos), mx, sx)
 
 
 # ---------------------------------------------------------------------------- tp.sweep
@@ -717,38 +945,50 @@ def path_records(v, splits, fit: PathFit) -> list:
     """One :class:`~torchpenalty.sweep.engine.Record` per (strength, fold) of the first
     ``len(splits)`` folds: validation and training loss in the data's units (mean squared
     error over rows and outputs, or mean cross-entropy, with accuracy), the weight's norm
-    and fraction of exact zeros."""
+    and fraction of exact zeros. Every fold and strength in a few batched operations."""
     from .engine import Record
 
+    F = len(splits)
     X = torch.as_tensor(v.X, dtype=torch.float64, device=fit.weight.device)
-    mx, sx = fold_scalings(X, splits, v.options["standardize"])
+    if fit.x_mean is None:
+        mx, sx = fold_scalings(X, splits, v.options["standardize"])
+    else:
+        mx, sx = fit.x_mean[:F], fit.x_std[:F]
+    W, bias = fit.weight[:, :F], fit.bias[:, :F]
+    g = X.mean(0)  # (X - mx)/sx W^T + b = (X - g) Wr^T + b - ((mx - g)/sx) W^T, Wr = W/sx
+    Wr = W / sx[None, :, None]
+    shift = bias - torch.einsum("fd,sfkd->sfk", (mx - g) / sx, W)
+    out = torch.einsum("nd,sfkd->sfnk", X - g, Wr) + shift[:, :, None]  # (S, F, n, k)
     ce = v.loss == "cross_entropy"
     if ce:
-        target = torch.as_tensor(np.unique(v.y, return_inverse=True)[1], device=X.device)
+        t = torch.as_tensor(np.unique(v.y, return_inverse=True)[1], device=X.device)
+        per = (
+            torch.logsumexp(out, -1) - out.gather(-1, t.expand(*out.shape[:-1])[..., None])[..., 0]
+        )
+        hit = (out.argmax(-1) == t).double()
     else:
-        target = torch.as_tensor(v.y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
+        t = torch.as_tensor(v.y, dtype=torch.float64, device=X.device).reshape(len(X), -1)
+        per = (out - t).pow(2).mean(-1)
+    va = torch.zeros(F, len(X), dtype=torch.float64, device=X.device)
+    for f, (_, rows) in enumerate(splits):
+        va[f, torch.as_tensor(rows, device=X.device)] = 1.0
+    n_va, n_tr = va.sum(1), (1 - va).sum(1)
+    has_va = (n_va > 0).tolist()
+    val = (per * va).sum(-1) / n_va  # NaN where a fold has no rows
+    train = (per * (1 - va)).sum(-1) / n_tr
+    acc = ((hit * va).sum(-1) / n_va).tolist() if ce else None
+    norm = W.flatten(2).norm(dim=-1).tolist()
+    zeros = (W == 0).flatten(2).double().mean(-1).tolist()
+    val, train = val.tolist(), train.tolist()
     records = []
-    for f, (tr, va) in enumerate(splits):
-        out = ((X - mx[f]) / sx[f]) @ fit.weight[:, f].transpose(1, 2) + fit.bias[:, f, None]
-        for i, s in enumerate(v.grid):
-            losses, acc = [], None
-            for rows in (va, tr):
-                o, t = out[i, rows], target[rows]
-                if len(t) == 0:
-                    losses.append(float("nan"))
-                elif ce:
-                    losses.append(float(torch.nn.functional.cross_entropy(o, t)))
-                else:
-                    losses.append(float((o - t).pow(2).mean()))
-            if ce and len(va):
-                acc = float((out[i, va].argmax(-1) == target[va]).double().mean())
-            W = fit.weight[i, f]
-            records.append(Record(i=i, fold=f, strength=float(s), val_loss=losses[0],
-                                  train_loss=losses[1], param_norm=float(W.norm()),
-                                  zero_fraction=float((W == 0).double().mean()), best_epoch=0,
-                                  val_accuracy=acc,
-                                  history={"train": [losses[1]], "val": [losses[0]]}))  # fmt: skip
-    return sorted(records, key=lambda r: (r.i, r.fold))
+    for i, s in enumerate(v.grid):
+        for f in range(F):
+            a = acc[i][f] if ce and has_va[f] else None
+            records.append(Record(i=i, fold=f, strength=float(s), val_loss=val[i][f],
+                                  train_loss=train[i][f], param_norm=norm[i][f],
+                                  zero_fraction=zeros[i][f], best_epoch=0, val_accuracy=a,
+                                  history={"train": [train[i][f]], "val": [val[i][f]]}))  # fmt: skip
+    return records
 
 
 @contextlib.contextmanager
@@ -785,7 +1025,7 @@ def sweep_path(make_model, v, splits):
     full = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
     with _few_threads(v):
         fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
-    records = path_records(v, splits, fit)
+        records = path_records(v, splits, fit)
     converged = fit.converged[:, : len(splits)].all(1).tolist()
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
@@ -810,10 +1050,9 @@ def sweep_path(make_model, v, splits):
     classes = np.unique(v.y).tolist() if v.loss == "cross_entropy" else None
     result = SweepResult(v.grid, o["folds"], records, settings, classes=classes,
                          model_name=describe_model(model))  # fmt: skip
-    X = torch.as_tensor(v.X, dtype=torch.float64)
-    mx, sx = fold_scalings(X, full[-1:], o["standardize"])
     result.path_fit = {"weight": fit.weight[:, -1].cpu(), "bias": fit.bias[:, -1].cpu(),
-                       "x_mean": mx[0], "x_std": sx[0], "make_model": make_model}  # fmt: skip
+                       "x_mean": fit.x_mean[-1].cpu(), "x_std": fit.x_std[-1].cpu(),
+                       "make_model": make_model}  # fmt: skip
     if o["refit"] and result.chosen_strength is not None:
         result.refit = o["refit"]
         result.model = path_model(result, result.chosen_strength)
