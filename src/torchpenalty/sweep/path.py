@@ -77,6 +77,8 @@ CHECK_EVERY = 10
 MAX_ITER = 20_000
 #: Most proximal-gradient steps of one proximal-Newton subproblem (it may stop inexact).
 INNER_ITER = 100
+#: Squared-error problems with at most this many features solve every strength at once.
+ONE_BATCH_FEATURES = 32
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -462,9 +464,9 @@ def _restricted_solve(A: Tensor, rhs: Tensor, m: Tensor) -> Tensor:
         )
         x = _restricted_solve(sub, rhs.gather(1, idx), m.gather(1, idx)) if r else rhs[:, :0]
         return torch.zeros_like(rhs).scatter(1, idx, x)
-    mf = m.to(A.dtype)
-    Am = A * (mf[:, :, None] * mf[:, None, :]) + torch.diag_embed(1 - mf)
-    return torch.where(m, _batched_solve(Am, (rhs * mf)[..., None])[..., 0], 0.0)
+    eye = torch.eye(n, dtype=torch.bool, device=A.device)
+    Am = torch.where(m[:, :, None] & m[:, None, :], A, eye.to(A.dtype))
+    return torch.where(m, _batched_solve(Am, torch.where(m, rhs, 0.0)[..., None])[..., 0], 0.0)
 
 
 def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_iter: int = 100):
@@ -745,10 +747,14 @@ def _path(loss, base: Terms, strengths, theta0, tol, max_iter):
 
 def _active_path(loss: Quadratic, base: Terms, strengths, order, tol, max_iter):
     """:func:`_path` of a :class:`Quadratic` with L1 and L2 terms by :func:`active_set`
-    (each output column its own problem, the Gram matrix shared); :func:`solve` (FISTA)
-    takes over a strength only where the active-set method stopped short of ``tol``."""
+    (each output column its own problem, the Gram matrix shared): with at most
+    ``ONE_BATCH_FEATURES`` features every (strength, fold) at once from zero (fewer, larger
+    operations: their cost is per operation), else strength by strength, warm-started.
+    :func:`solve` (FISTA) takes over a strength only where the active-set method stopped
+    short of ``tol``."""
     G, B = loss.G, loss.B
     P, d, k = B.shape
+    S = len(strengths)
     scale = B.abs().amax((1, 2)).clamp_min(1e-300)
     stop = (scale * min(tol, 1e-11)).repeat_interleave(k)
     b = B.transpose(1, 2).reshape(P * k, d)
@@ -757,11 +763,20 @@ def _active_path(loss: Quadratic, base: Terms, strengths, order, tol, max_iter):
     l1 = base.l1.repeat_interleave(k)[:, None].expand(P * k, d)
     l2 = base.l2.repeat_interleave(k)[:, None, None]
     ridge = bool((base.l2 > 0).any())
+    if d <= ONE_BATCH_FEATURES:
+        s = torch.as_tensor(strengths, dtype=G.dtype, device=G.device)[:, None, None, None]
+        A = (Gk + s * l2 * eye if ridge else Gk.expand(S, -1, -1, -1)).reshape(-1, d, d)
+        a = (s[..., 0] * l1).reshape(-1, d)
+        xs, kkts = active_set(A, b.repeat(S, 1), a, torch.zeros_like(a), stop.repeat(S))
+        xs, kkts = xs.reshape(S, P * k, d), kkts.reshape(S, P * k)
+    out, infos = [None] * S, [None] * S
     x = torch.zeros_like(b)
-    out, infos = [None] * len(strengths), [None] * len(strengths)
     for i in order:
         s = float(strengths[i])
-        x, kkt = active_set(Gk + (s * l2) * eye if ridge else Gk, b, s * l1, x, stop)
+        if d <= ONE_BATCH_FEATURES:
+            x, kkt = xs[i], kkts[i]
+        else:
+            x, kkt = active_set(Gk + (s * l2) * eye if ridge else Gk, b, s * l1, x, stop)
         kkt = kkt.reshape(P, k).amax(1) / scale
         theta = x.reshape(P, k, d).transpose(1, 2)
         info = SolveInfo(kkt <= tol, kkt, torch.zeros(P, dtype=torch.long, device=G.device))
