@@ -84,6 +84,8 @@ MAX_ITER = 20_000
 INNER_ITER = 100
 #: Squared-error problems with at most this many features solve every strength at once.
 ONE_BATCH_FEATURES = 32
+#: Elements per operation below which the solver runs in one CPU thread.
+SMALL_OPS = 5_000_000
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -875,7 +877,8 @@ def mse_path(X, Y, splits, strengths, coef: dict, *, standardize=True, fit_inter
         zm, ym = torch.zeros_like(mx), torch.zeros(len(splits), k, dtype=X.dtype, device=X.device)
     loss = Quadratic(G, B)
     base = Terms.of(torch.ones(len(splits), dtype=torch.float64, device=X.device), **coef)
-    W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
+    with _one_thread(G.numel() * k < SMALL_OPS, X.device):  # the solves: d x d per problem
+        W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
     b = ym - torch.einsum("fd,sfdk->sfk", zm, W)
     return PathFit(W.transpose(2, 3), b, *_info(infos), mx, sx)
 
@@ -1012,12 +1015,11 @@ def path_records(v, splits, fit: PathFit) -> list:
 
 
 @contextlib.contextmanager
-def _few_threads(v, small: int = 50_000):
-    """One CPU thread for small problems (``rows * features < small``): their cost is
-    per-operation overhead, which a second thread only adds to (and on a loaded machine
-    a thread waiting at every operation's barrier multiplies)."""
-    dev = torch.device(v.options.get("device", "cpu"))
-    if dev.type != "cpu" or v.X.shape[0] * v.X.shape[1] >= small:
+def _one_thread(on: bool, device=None):
+    """Run the block in one CPU thread when ``on`` (and the work is on the CPU): for
+    operations too small to share, where a second thread only adds its wake-up and
+    barrier (on a loaded machine, many times the operation itself)."""
+    if not on or torch.device(device or "cpu").type != "cpu" or torch.get_num_threads() == 1:
         yield
         return
     before = torch.get_num_threads()
@@ -1026,6 +1028,11 @@ def _few_threads(v, small: int = 50_000):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _few_threads(v, small: int = 50_000):
+    """:func:`_one_thread` for small problems (``rows * features < small``)."""
+    return _one_thread(v.X.shape[0] * v.X.shape[1] < small, v.options.get("device", "cpu"))
 
 
 def sweep_path(make_model, v, splits):
