@@ -6,16 +6,21 @@ Rows (``--quick``: diabetes L1 and L2 only, one repetition):
 - diabetes (442 x 10), raw target: ``LassoCV``, ``ElasticNetCV(l1_ratio=0.5)`` against
   ``penalty="l1"`` / ``"elastic_net"``; ``GridSearchCV(Ridge)`` against ``penalty="l2"``;
 - breast cancer (569 x 30): ``LogisticRegressionCV`` (liblinear, saga; L1) against
-  ``penalty="l1"`` with ``nn.Linear(30, 2)``;
-- synthetic regression, 20,000 x 200 (``--n``/``--d``): ``LassoCV``, ``GridSearchCV(Ridge)``.
+  ``penalty="l1"`` with ``nn.Linear(30, 2)``; (lbfgs; L2) against ``"l2"``; (saga;
+  elastic net, ``l1_ratio=0.5``) against ``"elastic_net"``;
+- synthetic regression, 20,000 x 200 (``--n``/``--d``): ``LassoCV``, ``ElasticNetCV``,
+  ``GridSearchCV(Ridge)``.
 
 Grid: 13 strengths from 1e-3 to 10 (x the target's variance for regressions), 5 folds:
 the sweep's own folds passed to scikit-learn as ``cv=``. The conversions: ``Lasso(alpha=s/2)``,
 ``ElasticNet(alpha=s/2)``, ``Ridge(alpha=s*n_train/2)`` (``n_train`` is the same for every
 fold when 5 divides n; otherwise it differs by one row and ``GridSearchCV(Ridge)`` solves a
-slightly different problem per fold), logistic L1 ``C = 1/(s*n_train)`` (liblinear also
-penalizes the intercept: its choice may differ). scikit-learn runs at its default ``tol``;
-ours at its KKT tolerance (``1e-8`` relative).
+slightly different problem per fold), binary logistic L1 ``C = 1/(s*n_train)``, L2
+``C = 2/(s*n_train)``, elastic net ``C = 2/(s*n_train*(1+r))`` with ``l1_ratio = 2r/(1+r)``
+(a two-output model is the logistic model of ``w_1 - w_0``; liblinear also penalizes the
+intercept: its choice may differ). scikit-learn runs at its default ``tol``;
+ours at its KKT tolerance (``1e-8`` relative). ``LogisticRegressionCV`` chooses by
+validation log loss (``scoring="neg_log_loss"``), as the sweep does.
 
 Each contender is timed in turn (interleaved), the median of ``--repeats`` (3), with one
 thread (``torch.set_num_threads(1)`` and threadpoolctl for NumPy/scikit-learn) and with the
@@ -82,7 +87,16 @@ def rows(quick: bool, n: int, d: int):
         out.append(("breast cancer", Xc, yc, "l1", Sc, 2, {
             f"LogisticRegressionCV({solver})": (lambda solver=solver: 1 / (nc * pipe(
                 LogisticRegressionCV(Cs=[1 / (s * nc) for s in Sc], l1_ratios=(1.0,),
-                                     solver=solver, cv=csplits, max_iter=10_000)
+                                     solver=solver, cv=csplits, max_iter=10_000,
+                                     scoring="neg_log_loss")
+            ).fit(Xc, yc)[-1].C_[0]))}))  # fmt: skip
+    # binary L2(s): C = 2/(s*n); ElasticNet(s, r): C = 2/(s*n*(1+r)), l1_ratio = 2r/(1+r)
+    for pen, r, solver in (("l2", 0.0, "lbfgs"), ("elastic_net", 0.5, "saga")):
+        out.append(("breast cancer", Xc, yc, pen, Sc, 2, {
+            f"LogisticRegressionCV({solver})": (lambda r=r, solver=solver: 2 / (nc * (1 + r) * pipe(
+                LogisticRegressionCV(Cs=[2 / (s * nc * (1 + r)) for s in Sc],
+                                     l1_ratios=(2 * r / (1 + r),), solver=solver, cv=csplits,
+                                     max_iter=10_000, scoring="neg_log_loss")
             ).fit(Xc, yc)[-1].C_[0]))}))  # fmt: skip
     rng = np.random.default_rng(0)
     Xs = rng.normal(size=(n, d))
@@ -91,6 +105,9 @@ def rows(quick: bool, n: int, d: int):
     Ss = grid(float(ys.var()) / 100)
     out.append((f"synthetic {n}x{d}", Xs, ys, "l1", Ss, None, {
         "LassoCV": lambda: 2 * pipe(LassoCV(alphas=[s / 2 for s in Ss], cv=ssplits)).fit(Xs, ys)[-1].alpha_}))  # fmt: skip
+    out.append((f"synthetic {n}x{d}", Xs, ys, "elastic_net", Ss, None, {
+        "ElasticNetCV": lambda: 2 * pipe(ElasticNetCV(alphas=[s / 2 for s in Ss], l1_ratio=0.5,
+                                                      cv=ssplits)).fit(Xs, ys)[-1].alpha_}))  # fmt: skip
     nts = len(ssplits[0][0])
     out.append((f"synthetic {n}x{d}", Xs, ys, "l2", Ss, None, {
         "GridSearchCV(Ridge)": lambda: 2 / nts * GridSearchCV(

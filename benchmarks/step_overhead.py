@@ -12,7 +12,11 @@ full SGD training step (zero_grad, forward, MSE, backward, step) for:
   foreach SGD adds it out of place, a copy of the gradients);
 * ``fuse grad fused``: the same with ``SGD(fused=True)`` (ratio to ``none fused``);
 * ``none fused``:      no regularization, ``SGD(fused=True)``;
-* ``param_groups fused``: ``SGD(tp.param_groups(model, s), fused=True)`` (ratio to ``none fused``).
+* ``param_groups fused``: ``SGD(tp.param_groups(model, s), fused=True)`` (ratio to ``none fused``);
+* ``one-graph <mode>`` (compiled only): the attached mode with ``tp.one_graph_step(opt)()``
+  in place of ``opt.step()``, so that the hooks and SGD's update compile into one graph
+  (``one-graph none``: the same for the unregularized step, the baseline of these rows; it
+  is itself faster than the compiled ``none``, whose step breaks the graph twice).
 
 Each is timed eager and compiled (``torch.compile`` of the whole step, ``--backend``,
 inductor by default, with a tensor lr), as ratios to the same unregularized step: eager to
@@ -66,8 +70,14 @@ MODES = {  # variant -> (mode, attach options)
     "fuse grad fused": ("grad", {"fuse": True}),  # SGD(fused=True): ratio to "none fused"
 }
 VARIANTS = ["none", "tutorial", "reg() in loss", *MODES, "none fused", "param_groups fused"]
+#: compiled only: the same step through ``tp.one_graph_step(opt)`` (hooks and SGD in one graph)
+ONE_GRAPH = ["one-graph none"] + [
+    "one-graph " + m.removeprefix("attach ") for m in MODES if m.startswith("attach")
+]
 #: variants timed compiled (fused SGD is eager-only here)
-COMPILED = ["none", "tutorial", "reg() in loss", *(m for m in MODES if m != "fuse grad fused")]
+COMPILED = [
+    "none", "tutorial", "reg() in loss", *(m for m in MODES if m != "fuse grad fused"), *ONE_GRAPH
+]  # fmt: skip
 #: variants whose baseline is the unregularized fused-SGD step
 ON_FUSED = ("param_groups fused", "fuse grad fused")
 
@@ -99,9 +109,13 @@ def build(variant, sizes, batch, device="cpu", compiled=None):
     else:
         fused = variant in ("none fused", "fuse grad fused")
         opt = torch.optim.SGD(model.parameters(), lr=lr, fused=fused)
+    one_graph = variant.startswith("one-graph ")
+    if one_graph and variant != "one-graph none":
+        variant = "attach " + variant.removeprefix("one-graph ")
     if variant in MODES:
         mode, options = MODES[variant]
         reg.attach(opt, mode=mode, **options)
+    opt_step = tp.one_graph_step(opt) if one_graph else opt.step
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -111,7 +125,7 @@ def build(variant, sizes, batch, device="cpu", compiled=None):
         elif variant == "reg() in loss":
             loss = loss + reg()
         loss.backward()
-        opt.step()
+        opt_step()
 
     if compiled:
         step = torch.compile(_own_code(step, variant), backend=compiled)
@@ -207,7 +221,8 @@ def _ratios(med):
     """variant -> ratio to its own run's unregularized step."""
     out = {}
     for v, t in med.items():
-        out[v] = t / (med["none fused"] if v in ON_FUSED else med["none"])
+        base = "none fused" if v in ON_FUSED else "one-graph none" if v in ONE_GRAPH else "none"
+        out[v] = t / med[base]
     return out
 
 
@@ -218,10 +233,11 @@ def report(name, sizes, batch, eager, compiled, mem):
     print(f"  {'variant':22s} {'eager ms':>9s} {'ratio':>6s}x {'compiled ms':>12s} "
           f"{'ratio':>6s}x {'peak +MiB':>10s}")  # fmt: skip
     er, cr = _ratios(eager), _ratios(compiled) if compiled else {}
-    for v in VARIANTS:
+    for v in VARIANTS + (ONE_GRAPH if compiled else []):
         c = f"{compiled[v] * 1e3:12.3f} {cr[v]:6.3f}x" if v in cr else f"{'-':>12s} {'-':>7s}"
-        m = f"{mem[v]:+10.1f}" if mem else f"{'-':>10s}"
-        print(f"  {v:22s} {eager[v] * 1e3:9.3f} {er[v]:6.3f}x {c} {m}")
+        e = f"{eager[v] * 1e3:9.3f} {er[v]:6.3f}x" if v in er else f"{'-':>9s} {'-':>7s}"
+        m = f"{mem[v]:+10.1f}" if mem and v in mem else f"{'-':>10s}"
+        print(f"  {v:22s} {e} {c} {m}")
 
 
 def _thread_settings(spec):
@@ -247,6 +263,10 @@ def _args(argv):
 
 def main(argv=None):
     args = _args(argv)
+    # every variant has its own optimizer: torch.optim's step wrapper is one code object
+    # recompiled per optimizer, and past the default limit (8) dynamo runs it eagerly
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.accumulated_recompile_limit = 4096
     cuda = args.device.startswith("cuda")
     models = {"tutorial 5-10-5": MODELS["tutorial 5-10-5"]} if args.quick else MODELS
     if args.models:

@@ -285,3 +285,18 @@ def test_ridge_loo_equals_brute_force_and_ridgecv(n, d, k):
     ours = np.moveaxis(loo**2, 0, -1)
     first = 0 if n >= d else 2
     assert rel(ours[..., first:], cv[..., first:]) < 1e-8
+
+
+@pytest.mark.parametrize(("n", "d"), [(200, 8), (8, 200), (50, 50)])
+def test_gram_and_svd_routes_agree(n, d):
+    """n >= d goes through the Gram matrix's eigendecomposition, n < d through the thin
+    SVD: both equal a direct solve of the normal equations to 1e-9 (in norm)."""
+    X, Y = data(n=n, d=d, k=2)
+    Z = (X - X.mean(0)) / X.std(0)
+    lams = [1e-3, 1.0, 50.0]
+    W, b = ridge_solutions(Z, Y, lams)
+    Zc, Yc = Z - Z.mean(0), Y - Y.mean(0)
+    for j, lam in enumerate(lams):
+        ref = np.linalg.solve(Zc.T @ Zc + lam * np.eye(d), Zc.T @ Yc)
+        assert np.linalg.norm(W[j] - ref) < 1e-9 * np.linalg.norm(ref)
+        assert np.allclose(b[j], Y.mean(0) - Z.mean(0) @ ref, rtol=1e-9, atol=1e-9)

@@ -21,6 +21,7 @@ import inspect
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,10 +118,10 @@ def train_region(mode, compile_with=None, *, hooks_eager=False, base_lr=0.05, **
     cnt = CompileCounterWithBackend(compile_with or "eager")
     if hooks_eager:
         region = hooked_step(opt, compiled_body(opt, cnt))
-    elif compile_with is not None:
-        region = torch.compile(hooked_step(opt), backend=cnt, fullgraph=True)
-    else:
-        region = hooked_step(opt)
+    elif compile_with is not None:  # the public one-graph step, traced whole
+        region = torch.compile(tp.one_graph_step(opt), backend=cnt, fullgraph=True)
+    else:  # torch's own eager step
+        region = opt.step
     for k in range(STEPS):
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
@@ -252,9 +253,10 @@ def test_inductor_decoupled_fullgraph():
     assert_same(got, ref)
 
 
-def whole_step(mode, compiled):
-    """The user's step: zero_grad, forward, backward, opt.step(), compiled as a whole
-    (fullgraph=False: torch breaks it); returns (params, frames after each step, breaks)."""
+def whole_step(mode, compiled, one_graph=False):
+    """The user's step: zero_grad, forward, backward, opt.step() (``one_graph``:
+    ``tp.one_graph_step(opt)()``), compiled as a whole (fullgraph=False: torch breaks it);
+    returns (params, frames after each step, breaks)."""
     if mode is None:
         model = net()
         lr = torch.tensor(0.05)
@@ -262,11 +264,12 @@ def whole_step(mode, compiled):
     else:
         model, opt, _, lr = setup(mode, momentum=0.9)
     x, y = data()
+    opt_step = tp.one_graph_step(opt) if one_graph else opt.step
 
     def step():
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
+        opt_step()
 
     torch._dynamo.reset()
     counters.clear()
@@ -299,6 +302,50 @@ def test_whole_step_hooks_add_no_graph_break_and_no_recompile(mode):
 
 
 # ----------------------------------------------------------------------- check_capturable
+@pytest.mark.parametrize("mode", list(MODES))
+def test_whole_step_with_one_graph_step_compiles_the_hooks_into_the_step(mode):
+    """With ``tp.one_graph_step`` the optimizer region (hooks + step) is one graph: the
+    regularized step compiles exactly as many frames as the unregularized one, and only
+    torch's zero_grad/backward breaks remain."""
+    _, base_frames, base_breaks = whole_step(None, compiled=True, one_graph=True)
+    got, frames, breaks = whole_step(mode, compiled=True, one_graph=True)
+    ref, _, _ = whole_step(mode, compiled=False)
+    assert breaks == base_breaks
+    assert not any("graph_break()" in b for b in breaks)  # _use_grad's breaks are gone
+    assert frames == base_frames  # the hooks add no frame
+    assert_same(got, ref)
+
+
+def test_one_graph_step_eager_is_optimizer_step_and_keeps_scheduler_bookkeeping():
+    """Outside tracing it is ``optimizer.step`` (closure passed through); traced, it marks
+    the step for the LR scheduler as torch's wrapper does (no "scheduler before optimizer"
+    warning) and returns the closure's loss."""
+    model, opt, _, _ = setup("decoupled")
+    x, y = data()
+    step = tp.one_graph_step(opt)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = step(closure)
+    assert isinstance(loss, torch.Tensor) and opt._opt_called
+    sched.step()
+    traced = torch.compile(step, backend="eager")
+    opt._opt_called = False
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = traced(closure)
+        sched.step()
+    assert not [w for w in seen if "lr_scheduler.step()" in str(w.message)]
+    assert opt._opt_called and torch.isfinite(out)
+    with pytest.raises(TypeError, match="optimizer"):
+        tp.one_graph_step(model)
+
+
 def _reg_with(strength=SCHEDULE, mode="decoupled", lr=None, opt_cls=torch.optim.SGD, **kw):
     model = net()
     lr = torch.tensor(0.05) if lr is None else lr

@@ -106,6 +106,23 @@ def test_mse_path_equals_sklearn_on_harder_problems(name, coef, make, problem):
     assert worst < 1e-5 and same, (worst, same)
 
 
+@pytest.mark.parametrize("batch", [0, 32], ids=["strength by strength", "all strengths at once"])
+def test_active_set_cut_short_hands_over_to_fista(monkeypatch, batch):
+    """Where the active-set method stops short of the tolerance (here: after 2 iterations),
+    FISTA with Newton steps finishes the strength: the same Lasso solutions."""
+    monkeypatch.setattr(path, "ONE_BATCH_FEATURES", batch)
+    real = path.active_set
+    monkeypatch.setattr(path, "active_set", lambda *a, **k: real(*a, **{**k, "max_iter": 2}))
+    X, y = DIABETES
+    splits = kfold(len(X), 5, seed=0)
+    fit = path.mse_path(X, y, splits, GRID[:7], {"l1": 1.0})
+    assert bool(fit.converged.all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        worst, same = compare(fit, X, y, splits, REGRESSION[0][2], GRID[:7])
+    assert worst < 1e-5 and same, (worst, same)
+
+
 def test_mse_validation_curve_equals_gridsearchcv():
     X, y = DIABETES
     r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), penalty="l1", strengths=GRID, folds=5,

@@ -373,3 +373,18 @@ def test_group_kfold_invariants(groups, k, seed):
     # balanced like LPT: no fold exceeds the smallest by more than the largest group
     sizes = [len(v) for _, v in folds]
     assert max(sizes) - min(sizes) <= np.bincount(g).max()
+
+
+def test_table_is_built_once_and_handed_out_as_copies():
+    """The table is computed once per state of the records (best_strength, strength_1se,
+    warnings reuse it); callers get copies, and new records rebuild it."""
+    vals = {(0, 0): 2.0, (0, 1): 2.0, (1, 0): 1.0, (1, 1): 9.0}
+    recs = [Record(i=i, fold=f, strength=[0.1, 1.0][i], val_loss=v, train_loss=v,
+                   param_norm=1.0, zero_fraction=0.0, best_epoch=0)
+            for (i, f), v in vals.items()]  # fmt: skip
+    r = SweepResult([0.1, 1.0], 2, recs[:3])
+    assert r._rows() is r._rows() and r.best_strength == 1.0  # 1.0 has one fold so far
+    r.table[0]["val_loss_mean"] = -1.0  # a copy
+    assert r.table[0]["val_loss_mean"] == 2.0
+    r.records.append(recs[3])
+    assert r.table[1]["folds_done"] == 2 and r.best_strength == 0.1

@@ -24,6 +24,7 @@ _EXPORTS = {
     "MODES": "optim",
     "AttachHandle": "optim",
     "param_groups": "optim",
+    "one_graph_step": "optim",
     "Evidence": "evidence",
     "fit_evidence": "evidence",
     "L1": "penalties",
@@ -111,6 +112,7 @@ __all__ = [
     "load_sweep",
     "muon_param_groups",
     "normalized_weights",
+    "one_graph_step",
     "param_groups",
     "resolve",
     "schedules",
@@ -147,7 +149,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compact import compact
     from .evidence import Evidence, fit_evidence
     from .muon import muon_param_groups
-    from .optim import MODES, AttachHandle, param_groups
+    from .optim import MODES, AttachHandle, one_graph_step, param_groups
     from .penalties import (
         L1,
         L2,

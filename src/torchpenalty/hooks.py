@@ -9,11 +9,13 @@ This module knows a Regularizer only through its public read-only view
 
 from __future__ import annotations
 
+import inspect
 import warnings
 import weakref
 from typing import Any, Protocol
 
 import torch
+from torch.optim import optimizer as _opt
 
 from . import _fuse
 from ._validation import check_choice, type_error
@@ -360,3 +362,72 @@ def attach(
     _warn_overlap(optimizer, handle)
     _ATTACHED.setdefault(optimizer, []).append(handle)
     return handle
+
+
+# ---------------------------------------------------------------------- one graph
+def one_graph_step(optimizer: torch.optim.Optimizer) -> Any:
+    """``optimizer.step`` as a function that ``torch.compile`` traces in one graph with
+    the step hooks (the Regularizer's among them), so that inductor fuses the penalty's
+    update into the optimizer's own kernel.
+
+    torch.optim's ``step()`` breaks the graph twice on purpose (``_use_grad``,
+    pytorch#104053), so hooks registered by ``attach()`` compile as graphs of their own:
+    one more pass over every parameter. The returned ``step(closure=None)`` runs exactly
+    what ``Optimizer.step`` runs -- global and per-optimizer pre hooks, the optimizer's
+    unwrapped ``step`` with gradients off (``defaults["differentiable"]``), post hooks --
+    without those two breaks when traced, and calls ``optimizer.step`` itself when not
+    (eager: identical, profiler and LR-scheduler bookkeeping included). The parameters
+    equal those of ``optimizer.step()`` (tested for every mode, ``tests/test_compile.py``).
+
+    >>> import torch, torchpenalty as tp
+    >>> net = torch.nn.Linear(3, 1)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=torch.tensor(0.1))
+    >>> _ = tp.Regularizer(net, tp.L2(1e-2)).attach(opt, mode="decoupled")
+    >>> step = tp.one_graph_step(opt)
+    >>> @torch.compile(backend="eager")
+    ... def train(x, y):
+    ...     opt.zero_grad()
+    ...     torch.nn.functional.mse_loss(net(x), y).backward()
+    ...     step()
+    >>> train(torch.randn(8, 3), torch.randn(8, 1))
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise type_error("optimizer", optimizer, "a torch.optim.Optimizer")
+    body = inspect.unwrap(type(optimizer).step)
+
+    def step(closure: Any = None) -> Any:
+        if not torch.compiler.is_compiling():
+            return optimizer.step() if closure is None else optimizer.step(closure)
+        return _traced_step(optimizer, body, closure)
+
+    step.optimizer = optimizer  # type: ignore[attr-defined]
+    return step
+
+
+def _traced_step(optimizer: torch.optim.Optimizer, body: Any, closure: Any) -> Any:
+    """``Optimizer.step``'s wrapper, inlined: hooks, the body, hooks (no graph break)."""
+    args: tuple = (optimizer,) if closure is None else (optimizer, closure)
+    kwargs: dict[str, Any] = {}
+    pre = (
+        *_opt._global_optimizer_pre_hooks.values(),
+        *optimizer._optimizer_step_pre_hooks.values(),
+    )
+    for hook in pre:
+        result = hook(optimizer, args, kwargs)
+        if result is not None:
+            args, kwargs = result
+    if getattr(optimizer.step, "_wrapped_by_lr_sched", False):
+        optimizer._opt_called = True  # type: ignore[attr-defined]  # what the LR scheduler checks
+    prev = torch.is_grad_enabled()
+    torch.set_grad_enabled(bool(optimizer.defaults.get("differentiable", False)))
+    try:
+        out = body(*args, **kwargs)
+    finally:
+        torch.set_grad_enabled(prev)
+    post = (
+        *optimizer._optimizer_step_post_hooks.values(),
+        *_opt._global_optimizer_post_hooks.values(),
+    )
+    for hook in post:
+        hook(optimizer, args, kwargs)
+    return out

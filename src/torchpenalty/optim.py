@@ -21,11 +21,11 @@ from typing import Any
 from torch import nn
 
 from ._validation import check_strength
-from .hooks import AttachHandle
+from .hooks import AttachHandle, one_graph_step
 from .select import Matcher, select, trainable
 from .updates import ROUNDINGS, modes
 
-__all__ = ["MODES", "ROUNDINGS", "AttachHandle", "param_groups"]  # noqa: F822 (MODES: __getattr__)
+__all__ = ["MODES", "ROUNDINGS", "AttachHandle", "one_graph_step", "param_groups"]  # noqa: F822 (MODES: __getattr__)
 
 
 def __getattr__(name: str) -> Any:

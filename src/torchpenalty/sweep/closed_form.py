@@ -75,24 +75,29 @@ def is_linear_model(model: nn.Module) -> bool:
 def ridge_solutions(
     Z: np.ndarray, T: np.ndarray, lams: Sequence[float], *, fit_intercept: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge solutions for every ``lam`` in ``lams`` from one SVD (float64).
+    """Ridge solutions for every ``lam`` in ``lams`` from one decomposition (float64).
 
     Minimizes ``||Z W + 1 b - T||**2 + lam * ||W||**2`` (``b`` unpenalized, fixed at 0 when
     ``fit_intercept=False``). Returns ``W`` of shape ``(len(lams), d, k)`` and ``b`` of shape
-    ``(len(lams), k)``. ``lam = 0`` gives the minimum-norm least-squares solution.
+    ``(len(lams), k)``. With ``n >= d`` rows the Gram matrix ``Zc^T Zc`` (``d x d``, cost
+    ``n d^2``) is eigendecomposed (:func:`gram_solutions`); with ``n < d`` the thin SVD
+    ``Zc = U S V^T`` (cost ``n^2 d``) gives ``W = V diag(S / (S**2 + lam)) U^T Tc``.
+    ``lam = 0`` gives the minimum-norm least-squares solution.
     """
     Z = np.asarray(Z, dtype=np.float64)
     T = np.asarray(T, dtype=np.float64).reshape(len(Z), -1)
     zm = Z.mean(0) if fit_intercept else np.zeros(Z.shape[1])
     tm = T.mean(0) if fit_intercept else np.zeros(T.shape[1])
-    U, S, Vt = np.linalg.svd(Z - zm, full_matrices=False)
-    UtT = U.T @ (T - tm)  # (r, k)
-    lam = np.asarray(lams, dtype=np.float64)[:, None]
-    tol = S.max(initial=0.0) * max(Z.shape) * np.finfo(np.float64).eps
-    keep = tol < S
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shrink = np.where(keep, S / (S**2 + lam), 0.0)  # (L, r)
-    W = np.einsum("rd,lr,rk->ldk", Vt, shrink, UtT)
+    Zc, Tc = Z - zm, T - tm
+    if len(Z) >= Z.shape[1]:
+        W = gram_solutions(Zc.T @ Zc, Zc.T @ Tc, lams, len(Z))
+    else:
+        U, S, Vt = np.linalg.svd(Zc, full_matrices=False)
+        lam = np.asarray(lams, dtype=np.float64)[:, None]
+        keep = S.max(initial=0.0) * max(Z.shape) * np.finfo(np.float64).eps < S
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shrink = np.where(keep, S / (S**2 + lam), 0.0)  # (L, r)
+        W = np.einsum("rd,lr,rk->ldk", Vt, shrink, U.T @ Tc)
     b = tm - np.einsum("d,ldk->lk", zm, W)
     return W, b
 
@@ -104,9 +109,50 @@ def _scaled(X: np.ndarray, Y: np.ndarray, rows: np.ndarray, standardize: bool):
     return sx, sy, sx.transform(X), sy.transform(Y)
 
 
-def _mse(pred: np.ndarray, target: np.ndarray, scale: np.ndarray) -> float:
-    """Mean squared error in the data's units (NaN for no rows)."""
-    return float(np.mean(((pred - target) * scale) ** 2)) if len(target) else float("nan")
+def _losses(Z: np.ndarray, T: np.ndarray, W: np.ndarray, b: np.ndarray, scale: np.ndarray):
+    """Mean squared error in the data's units of every solution ``(W[l], b[l])`` on the
+    rows ``Z``, ``T``: shape ``(L,)`` (NaN for no rows)."""
+    if not len(T):
+        return np.full(len(W), np.nan)
+    err = (np.matmul(Z, W) + b[:, None, :] - T) * scale  # (L, rows, k)
+    return np.mean(err**2, axis=(1, 2))
+
+
+def fold_statistics(
+    X: np.ndarray,
+    Y: np.ndarray,
+    split: tuple[np.ndarray, np.ndarray],
+    strengths: Sequence[float],
+    *,
+    standardize: bool = True,
+    fit_intercept: bool = True,
+) -> np.ndarray:
+    """One fold's ``(4, L)`` statistics at every strength, all from one decomposition:
+    validation and training mean squared errors in the data's units, the weight's norm and
+    its fraction of exact zeros (standardized units, as the trained sweep reports)."""
+    tr, va = split
+    _, sy, Z, T = _scaled(X, Y, tr, standardize)
+    lams = [s * len(tr) * Y.shape[1] / 2 for s in strengths]
+    W, b = ridge_solutions(Z[tr], T[tr], lams, fit_intercept=fit_intercept)
+    return np.stack([
+        _losses(Z[va], T[va], W, b, sy.std),
+        _losses(Z[tr], T[tr], W, b, sy.std),
+        np.sqrt(np.sum(W**2, axis=(1, 2))),
+        np.mean(W == 0, axis=(1, 2)),
+    ])  # fmt: skip
+
+
+def records_of(stats: np.ndarray, strengths: Sequence[float]) -> list[Record]:
+    """:class:`Record` objects, one per (strength, fold) in that order, from statistics of
+    shape ``(folds, 4, L)`` (:func:`fold_statistics`)."""
+    vals = stats.tolist()  # Python floats once, not one NumPy scalar per field
+    return [
+        Record(i=i, fold=f, strength=float(s), val_loss=vals[f][0][i], train_loss=vals[f][1][i],
+               param_norm=vals[f][2][i], zero_fraction=vals[f][3][i], best_epoch=0,
+               history={"train": [vals[f][1][i]], "val": [vals[f][0][i]]})
+        for i, s in enumerate(strengths)
+        for f in range(len(vals))
+    ]  # fmt: skip
 
 
 def sweep_records(
@@ -120,30 +166,15 @@ def sweep_records(
 ) -> list[Record]:
     """One :class:`Record` per (strength, fold), in that order, computed exactly: the
     validation and training mean-squared errors in the data's units, the weight's norm
-    and fraction of exact zeros (in standardized units, as the trained sweep reports)."""
+    and fraction of exact zeros (in standardized units, as the trained sweep reports).
+    Each fold is one decomposition for all strengths (:func:`fold_statistics`)."""
     Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
-    k = Y.shape[1]
-    records = []
-    for f, (tr, va) in enumerate(splits):
-        _, sy, Z, T = _scaled(X, Y, tr, standardize)
-        lams = [s * len(tr) * k / 2 for s in strengths]
-        W, b = ridge_solutions(Z[tr], T[tr], lams, fit_intercept=fit_intercept)
-        for i, s in enumerate(strengths):
-            tr_loss, va_loss = (_mse(Z[r] @ W[i] + b[i], T[r], sy.std) for r in (tr, va))
-            records.append(
-                Record(
-                    i=i,
-                    fold=f,
-                    strength=float(s),
-                    val_loss=va_loss,
-                    train_loss=tr_loss,
-                    param_norm=float(np.sqrt(np.sum(W[i] ** 2))),
-                    zero_fraction=float(np.mean(W[i] == 0)),
-                    best_epoch=0,
-                    history={"train": [tr_loss], "val": [va_loss]},
-                )
-            )
-    return sorted(records, key=lambda r: (r.i, r.fold))  # the trained sweep's order
+    X = np.asarray(X, dtype=np.float64)
+    stats = np.stack([
+        fold_statistics(X, Y, sp, strengths, standardize=standardize, fit_intercept=fit_intercept)
+        for sp in splits
+    ])  # fmt: skip
+    return records_of(stats, strengths)
 
 
 def fit_linear(

@@ -18,17 +18,20 @@ conversions; a two-output binary model is the logistic model of ``v = w_1 - w_0`
 :func:`binary_terms`).
 
 How: the mean squared error is a quadratic in ``W`` (its Gram matrix ``G = Zc^T Zc / n``
-and ``B = Zc^T yc / n`` per fold: one matrix product per fold, then nothing of size ``n``);
-cross-entropy keeps the rows. Each strength starts from the previous one's solution
-(warm start, from the largest strength down), every fold at once as one batch of
-problems (float64, on the data's device: CPU or GPU). A batch runs accelerated proximal
-gradient steps (FISTA with restarts) and, every few steps, tries a Newton step on the
-nonzero coordinates with their signs fixed (for the squared error, one linear solve:
-the exact solution once the zero set is right). Cross-entropy (without a group term)
-runs proximal Newton instead: the loss's second-order model plus the L1 term, solved as
-above, then a backtracking line search on the true objective. It stops when the KKT
-conditions hold to ``tol``: :func:`kkt_violation` over the gradient at the null model is
-at most ``tol``.
+and ``B = Zc^T yc / n`` per fold, from the all-rows moments minus the validation block's:
+:func:`split_moments`); cross-entropy keeps the rows. Problems are batched (folds, output
+columns, and for few features every strength too), float64, on the data's device (CPU or
+GPU). The L1 / elastic-net quadratics are solved by an active-set method
+(:func:`active_set`: the linear system of the active weights with their signs fixed, the
+KKT conditions checked on every weight, violators in, weights reaching zero out at the
+exact minimizer of the objective along the step); along the path each strength starts
+from the previous one's solution (largest first). Cross-entropy (without a group term)
+runs proximal Newton: the loss's second-order model plus the L1 term, solved by the same
+active-set method, then a backtracking line search on the true objective. Group lasso,
+and any strength the active set leaves short of the tolerance, runs accelerated proximal
+gradient steps (FISTA with restarts) with Newton steps on the nonzero coordinates. It
+stops when the KKT conditions hold to ``tol``: :func:`kkt_violation` over the gradient at
+the null model is at most ``tol``.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -59,12 +62,14 @@ __all__ = [
     "Softmax",
     "SolveInfo",
     "Terms",
+    "active_set",
     "chooses_path",
     "kkt_violation",
     "not_applicable",
     "penalty_terms",
     "prox",
     "solve",
+    "split_moments",
     "sweep_path",
 ]
 
@@ -77,6 +82,10 @@ CHECK_EVERY = 10
 MAX_ITER = 20_000
 #: Most proximal-gradient steps of one proximal-Newton subproblem (it may stop inexact).
 INNER_ITER = 100
+#: Squared-error problems with at most this many features solve every strength at once.
+ONE_BATCH_FEATURES = 32
+#: Elements per operation below which the solver runs in one CPU thread.
+SMALL_OPS = 5_000_000
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -462,9 +471,9 @@ def _restricted_solve(A: Tensor, rhs: Tensor, m: Tensor) -> Tensor:
         )
         x = _restricted_solve(sub, rhs.gather(1, idx), m.gather(1, idx)) if r else rhs[:, :0]
         return torch.zeros_like(rhs).scatter(1, idx, x)
-    mf = m.to(A.dtype)
-    Am = A * (mf[:, :, None] * mf[:, None, :]) + torch.diag_embed(1 - mf)
-    return torch.where(m, _batched_solve(Am, (rhs * mf)[..., None])[..., 0], 0.0)
+    eye = torch.eye(n, dtype=torch.bool, device=A.device)
+    Am = torch.where(m[:, :, None] & m[:, None, :], A, eye.to(A.dtype))
+    return torch.where(m, _batched_solve(Am, torch.where(m, rhs, 0.0)[..., None])[..., 0], 0.0)
 
 
 def active_set(A: Tensor, b: Tensor, a: Tensor, x: Tensor, stop: Tensor, max_iter: int = 100):
@@ -745,10 +754,14 @@ def _path(loss, base: Terms, strengths, theta0, tol, max_iter):
 
 def _active_path(loss: Quadratic, base: Terms, strengths, order, tol, max_iter):
     """:func:`_path` of a :class:`Quadratic` with L1 and L2 terms by :func:`active_set`
-    (each output column its own problem, the Gram matrix shared); :func:`solve` (FISTA)
-    takes over a strength only where the active-set method stopped short of ``tol``."""
+    (each output column its own problem, the Gram matrix shared): with at most
+    ``ONE_BATCH_FEATURES`` features every (strength, fold) at once from zero (fewer, larger
+    operations: their cost is per operation), else strength by strength, warm-started.
+    :func:`solve` (FISTA) takes over a strength only where the active-set method stopped
+    short of ``tol``."""
     G, B = loss.G, loss.B
     P, d, k = B.shape
+    S = len(strengths)
     scale = B.abs().amax((1, 2)).clamp_min(1e-300)
     stop = (scale * min(tol, 1e-11)).repeat_interleave(k)
     b = B.transpose(1, 2).reshape(P * k, d)
@@ -757,11 +770,20 @@ def _active_path(loss: Quadratic, base: Terms, strengths, order, tol, max_iter):
     l1 = base.l1.repeat_interleave(k)[:, None].expand(P * k, d)
     l2 = base.l2.repeat_interleave(k)[:, None, None]
     ridge = bool((base.l2 > 0).any())
+    if d <= ONE_BATCH_FEATURES:
+        s = torch.as_tensor(strengths, dtype=G.dtype, device=G.device)[:, None, None, None]
+        A = (Gk + s * l2 * eye if ridge else Gk.expand(S, -1, -1, -1)).reshape(-1, d, d)
+        a = (s[..., 0] * l1).reshape(-1, d)
+        xs, kkts = active_set(A, b.repeat(S, 1), a, torch.zeros_like(a), stop.repeat(S))
+        xs, kkts = xs.reshape(S, P * k, d), kkts.reshape(S, P * k)
+    out, infos = [None] * S, [None] * S
     x = torch.zeros_like(b)
-    out, infos = [None] * len(strengths), [None] * len(strengths)
     for i in order:
         s = float(strengths[i])
-        x, kkt = active_set(Gk + (s * l2) * eye if ridge else Gk, b, s * l1, x, stop)
+        if d <= ONE_BATCH_FEATURES:
+            x, kkt = xs[i], kkts[i]
+        else:
+            x, kkt = active_set(Gk + (s * l2) * eye if ridge else Gk, b, s * l1, x, stop)
         kkt = kkt.reshape(P, k).amax(1) / scale
         theta = x.reshape(P, k, d).transpose(1, 2)
         info = SolveInfo(kkt <= tol, kkt, torch.zeros(P, dtype=torch.long, device=G.device))
@@ -855,7 +877,8 @@ def mse_path(X, Y, splits, strengths, coef: dict, *, standardize=True, fit_inter
         zm, ym = torch.zeros_like(mx), torch.zeros(len(splits), k, dtype=X.dtype, device=X.device)
     loss = Quadratic(G, B)
     base = Terms.of(torch.ones(len(splits), dtype=torch.float64, device=X.device), **coef)
-    W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
+    with _one_thread(G.numel() * k < SMALL_OPS, X.device):  # the solves: d x d per problem
+        W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
     b = ym - torch.einsum("fd,sfdk->sfk", zm, W)
     return PathFit(W.transpose(2, 3), b, *_info(infos), mx, sx)
 
@@ -992,12 +1015,11 @@ def path_records(v, splits, fit: PathFit) -> list:
 
 
 @contextlib.contextmanager
-def _few_threads(v, small: int = 50_000):
-    """One CPU thread for small problems (``rows * features < small``): their cost is
-    per-operation overhead, which a second thread only adds to (and on a loaded machine
-    a thread waiting at every operation's barrier multiplies)."""
-    dev = torch.device(v.options.get("device", "cpu"))
-    if dev.type != "cpu" or v.X.shape[0] * v.X.shape[1] >= small:
+def _one_thread(on: bool, device=None):
+    """Run the block in one CPU thread when ``on`` (and the work is on the CPU): for
+    operations too small to share, where a second thread only adds its wake-up and
+    barrier (on a loaded machine, many times the operation itself)."""
+    if not on or torch.device(device or "cpu").type != "cpu" or torch.get_num_threads() == 1:
         yield
         return
     before = torch.get_num_threads()
@@ -1006,6 +1028,11 @@ def _few_threads(v, small: int = 50_000):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _few_threads(v, small: int = 50_000):
+    """:func:`_one_thread` for small problems (``rows * features < small``)."""
+    return _one_thread(v.X.shape[0] * v.X.shape[1] < small, v.options.get("device", "cpu"))
 
 
 def sweep_path(make_model, v, splits):

@@ -330,19 +330,35 @@ class SweepResult:
 
     @property
     def table(self) -> list[dict[str, Any]]:
+        """One row per strength (a fresh copy: editing it changes nothing here)."""
+        return [dict(r) for r in self._rows()]
+
+    def _rows(self) -> list[dict[str, Any]]:
+        """The table, computed once per state of ``records`` (its identity, length and the
+        identity of its last record) and of the grid, then reused: ``best_strength`` and
+        the other readers do not rebuild it."""
+        recs = self.records
+        key = (id(recs), len(recs), id(recs[-1]) if recs else None, tuple(self.strengths),
+               bool(self.settings.get("halving")))  # fmt: skip
+        cache = self.__dict__.get("_table_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        by_i: dict[int, list[Record]] = {}
+        for r in recs:
+            by_i.setdefault(r.i, []).append(r)
         rows = []
         for i, s in enumerate(self.strengths):
-            recs = [r for r in self.records if r.i == i]
-            if recs:
-                rows.append(_row(s, recs))
+            if by_i.get(i):
+                rows.append(_row(s, by_i[i]))
                 if self.settings.get("halving"):  # None: trained to the end
-                    rows[-1]["stopped_epoch"] = recs[0].stopped_epoch
+                    rows[-1]["stopped_epoch"] = by_i[i][0].stopped_epoch
+        self.__dict__["_table_cache"] = (key, rows)
         return rows
 
     @property
     def best_strength(self) -> float | None:
         """Strength with the smallest finite mean validation loss (None if all diverged)."""
-        rows = self.table
+        rows = self._rows()
         b = best_index(rows)
         return None if b is None else rows[b]["strength"]
 
@@ -350,7 +366,7 @@ class SweepResult:
     def strength_1se(self) -> float | None:
         """Largest strength whose mean validation loss is within one standard error of
         the minimum (glmnet's lambda.1se): the simplest model as good as the best."""
-        rows = self.table
+        rows = self._rows()
         b = one_se_index(rows)
         return None if b is None else rows[b]["strength"]
 
@@ -415,7 +431,7 @@ class SweepResult:
     def warnings(self) -> list[str]:
         """What to look at before trusting the choice (see :func:`diagnose`): diverged
         strengths, the best strength at an edge of the grid, underfit training."""
-        out = diagnose(self.table, self.learning_curves())
+        out = diagnose(self._rows(), self.learning_curves())
         test = getattr(self, "test", None)
         if isinstance(test, dict) and test.get("loss") is None and test.get("missing"):
             out.append(f"the held-out test set was {test['missing']}")
