@@ -144,8 +144,38 @@ class Problem:
         """``X[folds[:, None], idx]``: the inputs ``(M, r, ...)`` of M models (model ``j``
         reads fold ``folds[j]``'s view) on the rows ``idx`` ``(M, r)``."""
         if isinstance(self.X, Tensor):
-            return self.X[folds[:, None], idx]
+            return _rows_of(self.X, folds, idx)
         return self.X.take(folds, idx)
+
+    def targets(self, folds: Tensor, idx: Tensor) -> Tensor:
+        """The targets of ``inputs(folds, idx)``: per fold for standardized targets
+        (``Y[folds[:, None], idx]``), else shared by every fold (``Y[idx]``)."""
+        if not self.objective.standardized:
+            return _take(self.Y, idx)
+        return _rows_of(self.Y, folds, idx)
+
+
+def _take(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[idx]`` as one ``index_select`` (torch's advanced indexing costs more here)."""
+    return t.index_select(0, idx.reshape(-1)).view(*idx.shape, *t.shape[1:])
+
+
+def _rows_of(t: Tensor, folds: Tensor, idx: Tensor) -> Tensor:
+    """``t[folds[:, None], idx]`` for ``t`` of shape ``(folds, rows, ...)``: one
+    ``index_select`` on the folds' rows laid end to end, or on fold 0's rows when every
+    fold is the same view (stride 0: one copy shared by all folds).
+
+    >>> t = torch.arange(12.0).view(2, 3, 2)
+    >>> folds, idx = torch.tensor([1, 0]), torch.tensor([[2, 0], [1, 1]])
+    >>> torch.equal(_rows_of(t, folds, idx), t[folds[:, None], idx])
+    True
+    """
+    if t.stride(0) == 0 or t.shape[0] == 1:
+        return _take(t[0], idx)
+    if not t.is_contiguous():
+        return t[folds[:, None], idx]
+    flat = t.view(-1, *t.shape[2:])
+    return _take(flat, folds[:, None] * t.shape[1] + idx)
 
 
 @dataclass
@@ -368,10 +398,7 @@ class Engine:
         return self.problem.objective.rows(out, y)
 
     def _gather(self, folds: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.problem.inputs(folds, idx)
-        if not self.problem.objective.standardized:  # targets shared by every fold
-            return x, self.problem.Y[idx]
-        return x, self.problem.Y[folds[:, None], idx]
+        return self.problem.inputs(folds, idx), self.problem.targets(folds, idx)
 
     # ------------------------------------------------------------------ evaluation
     def _masked_loss(self, state, folds, idx, mask) -> tuple[Tensor, Tensor | None]:
@@ -405,8 +432,11 @@ class Engine:
         """Loss of every row ``(M, r)`` in the data's units and, for cross-entropy,
         whether the predicted class is right, with the models in evaluation mode."""
         x, y = self._gather(folds, idx)
-        with self._mode(False):
+        if self.forward_kind == "bmm":  # Linear and activations: no train/eval difference
             out = self.forward(state, x)
+        else:
+            with self._mode(False):
+                out = self.forward(state, x)
         objective = self.problem.objective
         if objective.standardized:  # errors scaled back to the data's units
             o = out if out.ndim == 3 else out.unsqueeze(-1)
@@ -462,9 +492,12 @@ class Engine:
         else:
             rows = rows * mk
             per_model = rows.sum(1) / mk.sum(1).clamp_min(1)
-        # set_to_none: backward writes the gradients instead of adding them to zeros
-        # (the in-place adds were most of a wide model's step)
-        opt.zero_grad(set_to_none=True)
+        # None: backward writes the gradients instead of adding them to zeros (the in-place
+        # adds were most of a wide model's step); what opt.zero_grad(set_to_none=True) does
+        # without its profiler and hook bookkeeping
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = None
         per_model.sum().backward()
         _fill_missing_grads(sel)
         self._penalty_step(opt, sel, strengths)
