@@ -38,7 +38,7 @@ from torch import nn
 from ..penalties import L2
 from .engine import Record
 from .folds import Standardizer
-from .result import StandardizedModel, SweepResult, describe_model
+from .result import StandardizedModel, SweepResult, _row, describe_model
 from .stream import StreamedData, merge, part_scatter
 from .validated import Validated
 
@@ -47,10 +47,12 @@ __all__ = [
     "fit_linear",
     "is_linear_model",
     "linear_of",
+    "loo_table",
     "not_applicable",
     "ridge_loo",
     "ridge_solutions",
     "sweep_closed_form",
+    "sweep_loo",
     "sweep_records",
 ]
 
@@ -500,6 +502,90 @@ def sweep_closed_form(
             else:
                 result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
                                           standardize=o["standardize"]).eval()  # fmt: skip
+    return result
+
+
+def loo_not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
+    """Why ``folds="loo"`` cannot serve this sweep (None when it can): exact leave-one-out
+    is the ridge closed form's (:func:`not_applicable`) on 2-D features held in memory,
+    with ``solver`` ``"auto"`` or ``"closed_form"``."""
+    if v.options["solver"] not in ("auto", "closed_form"):
+        return f"solver 'auto' or 'closed_form' (got solver={v.options['solver']!r})"
+    if not v.tabular or isinstance(v.X, StreamedData):
+        return "2-D float features X held in memory (rows, features)"
+    for key in ("halving", "executor", "resume"):
+        if v.options[key] not in (None, False):
+            return f"{key} unset (got {key}={v.options[key]!r})"
+    return not_applicable(make_model, v)
+
+
+def loo_table(
+    X: np.ndarray, Y: np.ndarray, strengths: Sequence[float], *, standardize: bool = True
+) -> tuple[list[dict], list[Record]]:
+    """The sweep table of exact leave-one-out on ``n`` rows, and one :class:`Record` per
+    strength. ``X`` is standardized with all rows' statistics (per-fold statistics would
+    give each of the ``n`` fits its own penalty scale); each leave-one-out fit minimizes its
+    ``n - 1`` rows' mean squared error plus ``s/2 ||W||^2``: ``lam = s * (n - 1) * k / 2``
+    in :func:`ridge_loo` (``k`` outputs), scikit-learn's ``RidgeCV(alphas=s * (n - 1) / 2)``
+    on the standardized ``X`` (one output; the target's own units: L2 does not depend on
+    them). The validation loss of a strength is the mean over rows (and outputs) of the
+    squared leave-one-out residuals, its standard error ``std(ddof=1) / sqrt(n)`` over the
+    rows; train loss, weight norm and zeros are the all-rows fit's (``lam = s * n * k / 2``):
+    the ``n`` leave-one-out fits are never formed.
+
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(30, 2)); y = X[:, 0] + rng.normal(size=30)
+    >>> rows, _ = loo_table(X, y, [0.1, 1.0])
+    >>> [r["folds_done"] for r in rows], rows[0]["val_loss_mean"] < rows[1]["val_loss_mean"]
+    ([30, 30], True)
+    """
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    n, k = Y.shape
+    _, sy, Z, T = _scaled(np.asarray(X, dtype=np.float64), Y, np.arange(n), standardize)
+    loo = ridge_loo(Z, T, [s * (n - 1) * k / 2 for s in strengths]) * sy.std
+    err = np.mean(loo**2, axis=2)  # (L, n) in the data's units
+    W, b = ridge_solutions(Z, T, [s * n * k / 2 for s in strengths])
+    train = _losses(Z, T, W, b, sy.std)
+    stats = np.stack([err.mean(1), train, np.sqrt(np.sum(W**2, axis=(1, 2))) ,
+                      np.mean(W == 0, axis=(1, 2))])[None]  # fmt: skip
+    records = records_of(stats, strengths)
+    se = (err.std(axis=1, ddof=1) / np.sqrt(n)).tolist()
+    rows = []
+    for r, e in zip(records, se, strict=True):
+        rows.append(_row(r.strength, [r]) | {"val_loss_se": e, "folds_done": n})
+    return rows, records
+
+
+def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
+    """``tp.sweep(..., folds="loo")``: exact leave-one-out for ridge (:func:`loo_table`);
+    ``ValueError`` naming ``folds`` when it cannot apply (:func:`loo_not_applicable`)."""
+    why = loo_not_applicable(make_model, v)
+    if why is not None:
+        raise ValueError(f"folds='loo' needs {why}; got folds='loo'")
+    o = v.options
+    if not _has_bias(make_model):
+        raise ValueError("folds='loo' needs a model with a bias; got folds='loo'")
+    rows, records = loo_table(v.X, v.y, v.grid, standardize=o["standardize"])
+    n = len(v.X)
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": n,
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "solver": "closed_form",
+    }
+    with torch.random.fork_rng(devices=[]):
+        name = describe_model(make_model())
+    result = SweepResult(v.grid, n, records, settings, model_name=name, given_table=rows)
+    if o["refit"] and result.chosen_strength is not None:
+        result.refit = o["refit"]
+        with torch.random.fork_rng(devices=[]):
+            result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
+                                      standardize=o["standardize"]).eval()  # fmt: skip
     return result
 
 

@@ -109,7 +109,12 @@ def sweep(
             float32, never standardized), folds are plain K-fold (stratified only for
             ``"cross_entropy"``), ``result.loss`` is its ``module.qualname`` and
             ``result.predict`` returns the model's raw outputs.
-        folds: K of K-fold cross-validation (shuffled with ``seed``).
+        folds: K of K-fold cross-validation (shuffled with ``seed``), or ``"loo"``: exact
+            leave-one-out for the ridge closed form (one ``nn.Linear``, ``penalty="l2"``,
+            ``loss="mse"``), all strengths from one decomposition, equal to scikit-learn's
+            ``RidgeCV(alphas=s * (n - 1) / 2)`` on ``X`` standardized with all rows'
+            statistics (:func:`~torchpenalty.sweep.closed_form.loo_table`); ``ValueError``
+            where it cannot apply.
         epochs, batch_size, optimizer, lr: training (``batch_size=None``: full batch;
             ``optimizer`` ``"adam"`` or ``"sgd"`` with momentum 0.9). Mini-batches are where
             vectorizing pays most: the sequential loop is bound by per-step overhead.
@@ -199,7 +204,9 @@ def sweep(
     v = validate(make_model, data, **options)
     if not v.tabular and v.options["solver"] == "closed_form":
         raise ValueError("solver='closed_form' needs 2-D float features X (rows, features)")
-    if v.tabular and closed_form.chooses_closed_form(make_model, v):
+    if v.options["folds"] == "loo":
+        result = closed_form.sweep_loo(make_model, v)
+    elif v.tabular and closed_form.chooses_closed_form(make_model, v):
         o = v.options
         splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
         result = closed_form.sweep_closed_form(make_model, v, splits[:-1])

@@ -297,7 +297,9 @@ class SweepResult:
     ``tp.load_sweep``): ``classes`` (the sorted class labels, classification only: the
     model's output ``j`` is ``classes[j]``), ``data_name`` and ``model_name`` (for plot
     titles), ``curves`` (learning curves at the chosen strength, used when the records
-    carry no per-epoch history, as after loading a report)."""
+    carry no per-epoch history, as after loading a report), ``given_table`` (the table as
+    the solver computed it, used as is: exact leave-one-out, ``folds="loo"``, has one fold
+    per row and keeps one record per strength, not ``n`` of them)."""
 
     strengths: list[float]
     folds: int
@@ -310,10 +312,13 @@ class SweepResult:
     model_name: str | None = None
     curves: dict[str, list[float]] | None = None
     feature_names: list[str] | None = None
+    given_table: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ table
     @property
     def complete(self) -> bool:
+        if self.given_table is not None:
+            return len(self.given_table) == len(self.strengths)
         return len(self.records) == len(self.strengths) * self.folds
 
     @property
@@ -337,6 +342,8 @@ class SweepResult:
         """The table, computed once per state of ``records`` (its identity, length and the
         identity of its last record) and of the grid, then reused: ``best_strength`` and
         the other readers do not rebuild it."""
+        if self.given_table is not None:  # leave-one-out: no record per (strength, row)
+            return self.given_table
         recs = self.records
         key = (id(recs), len(recs), id(recs[-1]) if recs else None, tuple(self.strengths),
                bool(self.settings.get("halving")))  # fmt: skip
