@@ -18,17 +18,20 @@ conversions; a two-output binary model is the logistic model of ``v = w_1 - w_0`
 :func:`binary_terms`).
 
 How: the mean squared error is a quadratic in ``W`` (its Gram matrix ``G = Zc^T Zc / n``
-and ``B = Zc^T yc / n`` per fold: one matrix product per fold, then nothing of size ``n``);
-cross-entropy keeps the rows. Each strength starts from the previous one's solution
-(warm start, from the largest strength down), every fold at once as one batch of
-problems (float64, on the data's device: CPU or GPU). A batch runs accelerated proximal
-gradient steps (FISTA with restarts) and, every few steps, tries a Newton step on the
-nonzero coordinates with their signs fixed (for the squared error, one linear solve:
-the exact solution once the zero set is right). Cross-entropy (without a group term)
-runs proximal Newton instead: the loss's second-order model plus the L1 term, solved as
-above, then a backtracking line search on the true objective. It stops when the KKT
-conditions hold to ``tol``: :func:`kkt_violation` over the gradient at the null model is
-at most ``tol``.
+and ``B = Zc^T yc / n`` per fold, from the all-rows moments minus the validation block's:
+:func:`split_moments`); cross-entropy keeps the rows. Problems are batched (folds, output
+columns, and for few features every strength too), float64, on the data's device (CPU or
+GPU). The L1 / elastic-net quadratics are solved by an active-set method
+(:func:`active_set`: the linear system of the active weights with their signs fixed, the
+KKT conditions checked on every weight, violators in, weights reaching zero out at the
+exact minimizer of the objective along the step); along the path each strength starts
+from the previous one's solution (largest first). Cross-entropy (without a group term)
+runs proximal Newton: the loss's second-order model plus the L1 term, solved by the same
+active-set method, then a backtracking line search on the true objective. Group lasso,
+and any strength the active set leaves short of the tolerance, runs accelerated proximal
+gradient steps (FISTA with restarts) with Newton steps on the nonzero coordinates. It
+stops when the KKT conditions hold to ``tol``: :func:`kkt_violation` over the gradient at
+the null model is at most ``tol``.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -59,12 +62,14 @@ __all__ = [
     "Softmax",
     "SolveInfo",
     "Terms",
+    "active_set",
     "chooses_path",
     "kkt_violation",
     "not_applicable",
     "penalty_terms",
     "prox",
     "solve",
+    "split_moments",
     "sweep_path",
 ]
 
