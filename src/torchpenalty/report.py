@@ -457,7 +457,7 @@ def load_sweep(folder: str) -> Any:
                 r["val_accuracy"] = None
             records.append(Record(**r))
         result = SweepResult(report["strengths"], report["folds"], records,
-                             report["settings"], refit=report.get("refit"),
+                             report["settings"], refit_at=report.get("refit"),
                              classes=report.get("classes"), data_name=report.get("data_name"),
                              model_name=report.get("model_name"),
                              curves=report.get("learning_curves"))  # fmt: skip

@@ -493,16 +493,44 @@ def sweep_closed_form(
     result = SweepResult(v.grid, o["folds"], records, settings, model_name=name)
     if not hasattr(type(result), "loss"):
         result.loss = v.loss
+    bias = _has_bias(make_model)
+    if streamed:
+        acc = _merged(parts, None)
+        scaling = _scaling(acc, d, o["standardize"])
+        k = len(acc[1]) - d
+        W, b = _solve(acc, d, [s * acc[0] * k / 2 for s in v.grid], scaling, bias)
+    else:
+        W, b, scaling = all_rows(v.X, v.y, v.grid, standardize=o["standardize"],
+                                 fit_intercept=bias)  # fmt: skip
+    result.path_fit = stored_fit(W, b, scaling, make_model)
     if o["refit"] and result.chosen_strength is not None:
-        result.refit = o["refit"]
-        with torch.random.fork_rng(devices=[]):
-            if streamed:
-                result.model = fit_streamed(make_model, parts, d, result.chosen_strength,
-                                            standardize=o["standardize"])  # fmt: skip
-            else:
-                result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
-                                          standardize=o["standardize"]).eval()  # fmt: skip
+        result.refit_at = o["refit"]
+        result.model = result.refit(result.chosen_strength)
     return result
+
+
+def all_rows(
+    X: np.ndarray, Y: np.ndarray, strengths: Sequence[float], *, standardize: bool = True,
+    fit_intercept: bool = True,
+) -> tuple[np.ndarray, np.ndarray, tuple]:  # fmt: skip
+    """The all-rows ridge solutions ``W`` (L, d, k), ``b`` (L, k) at every strength
+    (``lam = s * n * k / 2``, standardized units) and the scaling ``(x_mean, x_std,
+    y_mean, y_std)`` of all rows: what :func:`fit_linear` computes for one strength."""
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    n, k = Y.shape
+    sx, sy, Z, T = _scaled(np.asarray(X, dtype=np.float64), Y, np.arange(n), standardize)
+    W, b = ridge_solutions(Z, T, [s * n * k / 2 for s in strengths], fit_intercept=fit_intercept)
+    return W, b, (sx.mean, sx.std, sy.mean, sy.std)
+
+
+def stored_fit(W: np.ndarray, b: np.ndarray, scaling: tuple, make_model) -> dict:
+    """Every strength's all-rows solution as ``SweepResult.path_fit`` holds it (the path
+    solver's layout: ``weight`` (L, k, d), ``bias`` (L, k), the scaling), from which
+    :meth:`SweepResult.refit` builds a model at any grid strength without solving again."""
+    mx, sx, my, sy = (torch.as_tensor(np.asarray(t, dtype=np.float64)) for t in scaling)
+    return {"weight": torch.as_tensor(W.transpose(0, 2, 1)), "bias": torch.as_tensor(b),
+            "x_mean": mx, "x_std": sx, "y_mean": my, "y_std": sy,
+            "make_model": make_model}  # fmt: skip
 
 
 def loo_not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
@@ -521,9 +549,9 @@ def loo_not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str
 
 def loo_table(
     X: np.ndarray, Y: np.ndarray, strengths: Sequence[float], *, standardize: bool = True
-) -> tuple[list[dict], list[Record]]:
-    """The sweep table of exact leave-one-out on ``n`` rows, and one :class:`Record` per
-    strength. ``X`` is standardized with all rows' statistics (per-fold statistics would
+) -> tuple[list[dict], list[Record], tuple]:
+    """The sweep table of exact leave-one-out on ``n`` rows, one :class:`Record` per
+    strength and the all-rows solutions (``W``, ``b``, scaling: :func:`all_rows`). ``X`` is standardized with all rows' statistics (per-fold statistics would
     give each of the ``n`` fits its own penalty scale); each leave-one-out fit minimizes its
     ``n - 1`` rows' mean squared error plus ``s/2 ||W||^2``: ``lam = s * (n - 1) * k / 2``
     in :func:`ridge_loo` (``k`` outputs), scikit-learn's ``RidgeCV(alphas=s * (n - 1) / 2)``
@@ -535,13 +563,13 @@ def loo_table(
 
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(30, 2)); y = X[:, 0] + rng.normal(size=30)
-    >>> rows, _ = loo_table(X, y, [0.1, 1.0])
+    >>> rows, _, _ = loo_table(X, y, [0.1, 1.0])
     >>> [r["folds_done"] for r in rows], rows[0]["val_loss_mean"] < rows[1]["val_loss_mean"]
     ([30, 30], True)
     """
     Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
     n, k = Y.shape
-    _, sy, Z, T = _scaled(np.asarray(X, dtype=np.float64), Y, np.arange(n), standardize)
+    sx, sy, Z, T = _scaled(np.asarray(X, dtype=np.float64), Y, np.arange(n), standardize)
     loo = ridge_loo(Z, T, [s * (n - 1) * k / 2 for s in strengths]) * sy.std
     err = np.mean(loo**2, axis=2)  # (L, n) in the data's units
     W, b = ridge_solutions(Z, T, [s * n * k / 2 for s in strengths])
@@ -553,7 +581,7 @@ def loo_table(
     rows = []
     for r, e in zip(records, se, strict=True):
         rows.append(_row(r.strength, [r]) | {"val_loss_se": e, "folds_done": n})
-    return rows, records
+    return rows, records, (W, b, (sx.mean, sx.std, sy.mean, sy.std))
 
 
 def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
@@ -565,7 +593,7 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     o = v.options
     if not _has_bias(make_model):
         raise ValueError("folds='loo' needs a model with a bias; got folds='loo'")
-    rows, records = loo_table(v.X, v.y, v.grid, standardize=o["standardize"])
+    rows, records, (W, b, scaling) = loo_table(v.X, v.y, v.grid, standardize=o["standardize"])
     n = len(v.X)
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
@@ -581,11 +609,10 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     with torch.random.fork_rng(devices=[]):
         name = describe_model(make_model())
     result = SweepResult(v.grid, n, records, settings, model_name=name, given_table=rows)
+    result.path_fit = stored_fit(W, b, scaling, make_model)
     if o["refit"] and result.chosen_strength is not None:
-        result.refit = o["refit"]
-        with torch.random.fork_rng(devices=[]):
-            result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
-                                      standardize=o["standardize"]).eval()  # fmt: skip
+        result.refit_at = o["refit"]
+        result.model = result.refit(result.chosen_strength)
     return result
 
 

@@ -306,7 +306,7 @@ class SweepResult:
     records: list[Record]
     settings: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = None
-    refit: str | None = None
+    refit_at: str | None = None
     classes: list[Any] | None = None
     data_name: str | None = None
     model_name: str | None = None
@@ -379,8 +379,50 @@ class SweepResult:
 
     @property
     def chosen_strength(self) -> float | None:
-        """The strength the refit used (``refit="1se"`` or ``"best"``)."""
-        return self.strength_1se if self.refit == "1se" else self.best_strength
+        """The strength ``model`` was refit at (``refit_at`` ``"1se"`` or ``"best"``)."""
+        return self.strength_1se if self.refit_at == "1se" else self.best_strength
+
+    def refit(self, which: str | float = "best") -> nn.Module:
+        """A model fit on all rows at ``which`` -- ``"best"`` (``best_strength``), ``"1se"``
+        (``strength_1se``) or a strength -- without a second sweep, taking raw ``X`` and
+        returning the data's units like ``model``. The closed form, leave-one-out and the
+        path solver keep every grid strength's all-rows solution (``path_fit``): the model
+        is read from it (``which`` a strength of the grid). A trained sweep trains the one
+        all-rows model at that strength as its own refit did (``tp.sweep`` keeps what it
+        needs; a result loaded by ``tp.load_sweep`` has no data: ``ValueError``).
+
+        >>> import numpy as np, torch, torchpenalty as tp
+        >>> X = np.random.default_rng(0).normal(size=(60, 3)); y = X[:, 0] + 1.0
+        >>> r = tp.sweep(lambda: torch.nn.Linear(3, 1), (X, y), strengths=[0.01, 1.0],
+        ...              folds=3, progress=False)
+        >>> m = r.refit("1se"); bool(abs(r.refit("best")(X[:2]) - r.model(X[:2])).max() < 1e-5)
+        True
+        """
+        s = self._strength_of(which)
+        if getattr(self, "path_fit", None) is not None:
+            if s not in self.strengths:
+                raise ValueError(f"which must be 'best', '1se' or a strength of the grid "
+                                 f"{self.strengths} (solved, not trained), got {which!r}")  # fmt: skip
+            from .path import path_model
+
+            return path_model(self, s)
+        train = getattr(self, "refit_with", None)
+        if train is None:
+            raise ValueError("refit needs the sweep's data, which this result does not hold "
+                             f"(loaded from a report?); got which={which!r}")  # fmt: skip
+        with torch.enable_grad():  # it trains, even when called under torch.no_grad()
+            return train(s)
+
+    def _strength_of(self, which: str | float) -> float:
+        rules = {"best": self.best_strength, "1se": self.strength_1se}
+        if isinstance(which, str) and which in rules:
+            if rules[which] is None:
+                raise ValueError(f"which={which!r} names no strength: every strength diverged")
+            return rules[which]
+        ok = isinstance(which, (int, float)) and not isinstance(which, bool)
+        if not ok or not math.isfinite(which) or which < 0:
+            raise ValueError(f"which must be 'best', '1se' or a strength >= 0, got {which!r}")
+        return float(which)
 
     def learning_curves(self, strength: float | None = None) -> dict[str, list[float]]:
         """Mean train and validation loss per epoch across folds at ``strength`` (default:
@@ -403,8 +445,9 @@ class SweepResult:
         """The input features a linear model keeps (a nonzero weight for some output) on
         all rows, at the best and at the 1-SE strength: ``{"best": [...], "1se": [...]}``,
         named by ``feature_names`` (the CSV header on the command line), else ``"x0"``,
-        ``"x1"``, ... A path sweep (``settings["solver"] == "path"``) holds every
-        strength's all-rows solution; otherwise only the refit model's strength is known
+        ``"x1"``, ... A solved sweep (``settings["solver"]`` ``"path"`` or
+        ``"closed_form"``) holds every strength's all-rows solution (``path_fit``);
+        otherwise only the refit model's strength is known
         (the other rule is None). None when there is no such linear model.
 
         >>> import numpy as np, torch, torchpenalty as tp
@@ -528,7 +571,7 @@ class SweepResult:
         if self.records:
             out["best_strength"] = self.best_strength
             out["strength_1se"] = self.strength_1se
-            out["refit"] = self.refit
+            out["refit"] = self.refit_at
             out["learning_curves"] = self.learning_curves() if self.complete else None
             out["warnings"] = self.warnings
             selected = self.selected
@@ -566,14 +609,14 @@ class SweepResult:
             + ("" if self.complete else f" ({done} of {total} models finished)")
             + f", best_strength={fmt(best)}, strength_1se={fmt(one)}"
             + (
-                f", refit={self.refit!r} at {fmt(chosen)}"
-                if self.refit and chosen is not None
+                f", refit={self.refit_at!r} at {fmt(chosen)}"
+                if self.refit_at and chosen is not None
                 else ""
             )
             + ")"
         )
         table = format_table(
-            self.table, best=best, one_se=one, chosen=chosen if self.refit else None
+            self.table, best=best, one_se=one, chosen=chosen if self.refit_at else None
         )
         warn = "".join(f"\nwarning: {w}" for w in self.warnings)
         return f"{head}\n{table}{warn}"
