@@ -385,3 +385,67 @@ def test_cli_folds_loo_and_load_sweep(diabetes, tmp_path):
     assert (
         rel([r["val_loss_se"] for r in back.table], [r["val_loss_se"] for r in ours.table]) < 1e-9
     )
+
+
+def targets3(n=150, d=6, seed=1):
+    """Three outputs on very different scales and noise levels: their best strengths differ."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    Y = np.stack([X @ rng.normal(size=d) + 0.1 * rng.normal(size=n),
+                  (X[:, 0] + 3.0 * rng.normal(size=n)) * 100 + 5000,
+                  rng.normal(size=n)], 1)  # fmt: skip
+    return X, Y
+
+
+PT_GRID = [1e-10, 1e-4, 1e-2, 0.1, 1.0, 10.0, 100.0]
+
+
+def test_per_target_loo_equals_ridgecv_alpha_per_target():
+    """per_target=True with folds="loo": output j's strength is its own column's,
+    RidgeCV(alphas=s * (n - 1) / 2, alpha_per_target=True): per-output mean squared LOO
+    errors to 1e-8 and the same per-output choice."""
+    from sklearn.linear_model import RidgeCV
+
+    X, Y = targets3()
+    n = len(X)
+    r = tp.sweep(lambda: nn.Linear(6, 3), (X, Y), strengths=PT_GRID, folds="loo",
+                 per_target=True, progress=False)  # fmt: skip
+    Z = (X - X.mean(0)) / X.std(0)
+    ref = RidgeCV(alphas=[s * (n - 1) / 2 for s in PT_GRID], alpha_per_target=True,
+                  store_cv_results=True).fit(Z, Y)  # fmt: skip
+    ours = np.array([row["val_loss_mean_per_target"] for row in r.table])  # (L, k)
+    assert rel(ours, ref.cv_results_.mean(0).T) < 1e-8
+    assert r.best_strength == pytest.approx(list(ref.alpha_ * 2 / (n - 1)), rel=1e-12)
+    assert len(set(r.best_strength)) > 1  # the outputs do choose differently here
+
+
+def test_per_target_kfold_equals_a_loop_of_single_target_sweeps():
+    """per_target=True with K folds (which RidgeCV refuses) equals one single-output sweep
+    per column on the same folds: table, choices, and the refit model's outputs."""
+    X, Y = targets3()
+    r = tp.sweep(lambda: nn.Linear(6, 3), (X, Y), strengths=PT_GRID, folds=5, per_target=True,
+                 refit="1se", progress=False)  # fmt: skip
+    assert r.settings["per_target"] and isinstance(r.best_strength, list)
+    with torch.no_grad():
+        pred = r.model(X).double().numpy()
+    for j in range(3):
+        one = tp.sweep(lambda: nn.Linear(6, 1), (X, Y[:, j]), strengths=PT_GRID, folds=5,
+                       refit="1se", progress=False)  # fmt: skip
+        col = [row["val_loss_mean_per_target"][j] for row in r.table]
+        assert rel(col, [row["val_loss_mean"] for row in one.table]) < 1e-10
+        assert r.best_strength[j] == one.best_strength
+        assert r.strength_1se[j] == one.strength_1se
+        with torch.no_grad():
+            theirs = one.model(X).double().numpy()[:, 0]
+        assert np.max(np.abs(pred[:, j] - theirs)) < 1e-5 * np.abs(Y[:, j]).max()
+    with torch.no_grad():  # refit(which) reads the stored solutions, per output
+        assert torch.equal(r.refit("1se")(X), r.model(X))
+    assert "[" in str(r).splitlines()[0]  # the choices print as lists
+
+
+def test_per_target_refuses_what_the_closed_form_cannot_solve():
+    X, Y = targets3(n=40)
+    with pytest.raises(ValueError, match=r"per_target=True needs penalty='l2' \(got 'l1'\)"):
+        tp.sweep(lambda: nn.Linear(6, 3), (X, Y), penalty="l1", per_target=True, progress=False)
+    with pytest.raises(TypeError, match=r"per_target must be True or False, got 'yes'"):
+        tp.sweep(lambda: nn.Linear(6, 3), (X, Y), per_target="yes", progress=False)

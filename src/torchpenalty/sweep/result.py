@@ -363,18 +363,29 @@ class SweepResult:
         return rows
 
     @property
-    def best_strength(self) -> float | None:
-        """Strength with the smallest finite mean validation loss (None if all diverged)."""
-        rows = self._rows()
-        b = best_index(rows)
-        return None if b is None else rows[b]["strength"]
+    def best_strength(self) -> Any:
+        """Strength with the smallest finite mean validation loss (None if all diverged);
+        with ``per_target=True``, a list: each output's own."""
+        return self._choose(best_index)
 
     @property
-    def strength_1se(self) -> float | None:
+    def strength_1se(self) -> Any:
         """Largest strength whose mean validation loss is within one standard error of
-        the minimum (glmnet's lambda.1se): the simplest model as good as the best."""
+        the minimum (glmnet's lambda.1se): the simplest model as good as the best; with
+        ``per_target=True``, a list: each output's own."""
+        return self._choose(one_se_index)
+
+    def _choose(self, rule: Any) -> Any:
         rows = self._rows()
-        b = one_se_index(rows)
+        if rows and "val_loss_mean_per_target" in rows[0]:  # one choice per output
+            out = []
+            for j in range(len(rows[0]["val_loss_mean_per_target"])):
+                col = [{"strength": r["strength"], "val_loss_mean": r["val_loss_mean_per_target"][j],
+                        "val_loss_se": r["val_loss_se_per_target"][j]} for r in rows]  # fmt: skip
+                b = rule(col)
+                out.append(None if b is None else col[b]["strength"])
+            return out
+        b = rule(rows)
         return None if b is None else rows[b]["strength"]
 
     @property
@@ -384,7 +395,7 @@ class SweepResult:
 
     def refit(self, which: str | float = "best") -> nn.Module:
         """A model fit on all rows at ``which`` -- ``"best"`` (``best_strength``), ``"1se"``
-        (``strength_1se``) or a strength -- without a second sweep, taking raw ``X`` and
+        (``strength_1se``), a strength, or with ``per_target=True`` one per output -- without a second sweep, taking raw ``X`` and
         returning the data's units like ``model``. The closed form, leave-one-out and the
         path solver keep every grid strength's all-rows solution (``path_fit``): the model
         is read from it (``which`` a strength of the grid). A trained sweep trains the one
@@ -399,6 +410,11 @@ class SweepResult:
         True
         """
         s = self._strength_of(which)
+        if self.settings.get("per_target"):  # one strength per output
+            from .closed_form import per_target_model
+
+            k = self.path_fit["weight"].shape[1]
+            return per_target_model(self, s if isinstance(s, list) else [s] * k)
         if getattr(self, "path_fit", None) is not None:
             if s not in self.strengths:
                 raise ValueError(f"which must be 'best', '1se' or a strength of the grid "
@@ -413,12 +429,14 @@ class SweepResult:
         with torch.enable_grad():  # it trains, even when called under torch.no_grad()
             return train(s)
 
-    def _strength_of(self, which: str | float) -> float:
+    def _strength_of(self, which: Any) -> Any:
         rules = {"best": self.best_strength, "1se": self.strength_1se}
         if isinstance(which, str) and which in rules:
-            if rules[which] is None:
+            if rules[which] is None or (isinstance(rules[which], list) and None in rules[which]):
                 raise ValueError(f"which={which!r} names no strength: every strength diverged")
             return rules[which]
+        if isinstance(which, (list, tuple)) and self.settings.get("per_target"):
+            return [self._strength_of(w) for w in which]  # one per output
         ok = isinstance(which, (int, float)) and not isinstance(which, bool)
         if not ok or not math.isfinite(which) or which < 0:
             raise ValueError(f"which must be 'best', '1se' or a strength >= 0, got {which!r}")
@@ -428,7 +446,7 @@ class SweepResult:
         """Mean train and validation loss per epoch across folds at ``strength`` (default:
         the chosen one); ``{}`` when there is none (all diverged, or no history kept)."""
         s = self.chosen_strength if strength is None else strength
-        if s is None or not self.records:
+        if s is None or isinstance(s, list) or not self.records:
             return {}
         i = min(range(len(self.strengths)), key=lambda j: abs(self.strengths[j] - s))
         recs = [r for r in self.records if r.i == i]
@@ -459,6 +477,8 @@ class SweepResult:
         """
         weights = {}
         fit = getattr(self, "path_fit", None)
+        if self.settings.get("per_target"):
+            return None
         for rule, s in (("best", self.best_strength), ("1se", self.strength_1se)):
             if s is not None and fit is not None:
                 weights[rule] = fit["weight"][self.strengths.index(s)]
@@ -600,7 +620,9 @@ class SweepResult:
             return "SweepResult(no completed models)"
         best, one, chosen = self.best_strength, self.strength_1se, self.chosen_strength
 
-        def fmt(v: float | None) -> str:
+        def fmt(v: Any) -> str:
+            if isinstance(v, list):  # per_target=True: one per output
+                return "[" + ", ".join(map(fmt, v)) + "]"
             return "None" if v is None else f"{v:.3g}"
 
         done, total = len(self.records), len(self.strengths) * self.folds

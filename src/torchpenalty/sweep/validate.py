@@ -239,6 +239,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "test": _optional(_pair),
     "read_threads": _int(0),
     "halving": _bool,
+    "per_target": _bool,
     "executor": _optional(_executor),
 }
 
@@ -598,5 +599,6 @@ _DEFAULTS: dict[str, Any] = {
     "test": None,
     "read_threads": 0,
     "halving": False,
+    "per_target": False,
     "executor": None,
 }
