@@ -131,7 +131,7 @@ def _records(vals_per_strength, acc=None):
 
 def test_print_result_shows_the_table_marks_and_warnings():
     vals = [[1.0, 1.2], [0.8, 0.9], [0.85, 0.95], [NAN, 1.0]]
-    r = SweepResult([0.01, 0.1, 1.0, 10.0], 2, _records(vals), {"loss": "mse"}, refit="1se")
+    r = SweepResult([0.01, 0.1, 1.0, 10.0], 2, _records(vals), {"loss": "mse"}, refit_at="1se")
     text = str(r)
     assert repr(r) == text
     lines = text.splitlines()
