@@ -505,20 +505,26 @@ def sweep_closed_form(
                          given_table=_given[0] if per_target else None)  # fmt: skip
     if not hasattr(type(result), "loss"):
         result.loss = v.loss
-    bias = _has_bias(make_model)
-    if streamed:
-        acc = _merged(parts, None)
-        scaling = _scaling(acc, d, o["standardize"])
-        k = len(acc[1]) - d
-        W, b = _solve(acc, d, [s * acc[0] * k / 2 for s in v.grid], scaling, bias)
-    else:
-        W, b, scaling = all_rows(v.X, v.y, v.grid, standardize=o["standardize"],
-                                 fit_intercept=bias, per_target=per_target)  # fmt: skip
-    result.path_fit = stored_fit(W, b, scaling, make_model)
+    result.path_fit = _all_rows_fit(make_model, v, parts if streamed else None, per_target)
     if o["refit"] and result.chosen_strength is not None:
         result.refit_at = o["refit"]
         result.model = result.refit(result.chosen_strength)
     return result
+
+
+def _all_rows_fit(make_model, v: Validated, parts: list | None, per_target: bool) -> dict:
+    """Every grid strength's all-rows solution (:func:`stored_fit`), from the streamed
+    parts' scatter matrices or from the rows in memory."""
+    bias, standardize = _has_bias(make_model), v.options["standardize"]
+    if parts is not None:
+        acc, d = _merged(parts, None), int(v.X.shape[1])
+        scaling = _scaling(acc, d, standardize)
+        k = len(acc[1]) - d
+        W, b = _solve(acc, d, [s * acc[0] * k / 2 for s in v.grid], scaling, bias)
+    else:
+        W, b, scaling = all_rows(v.X, v.y, v.grid, standardize=standardize,
+                                 fit_intercept=bias, per_target=per_target)  # fmt: skip
+    return stored_fit(W, b, scaling, make_model)
 
 
 def all_rows(
