@@ -87,7 +87,14 @@ def _subsets():  # training rows that are not the complement of the validation r
     return X, y, splits
 
 
-PROBLEMS = {"wide 300x60": _wide, "offset + constant column": _offset, "subsets": _subsets}
+def _more_features_than_rows():  # singular Gram matrices: 40 training rows, 100 features
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 100))
+    return X, X[:, :5].sum(1) + rng.normal(size=60), kfold(60, 3, seed=4)
+
+
+PROBLEMS = {"wide 300x60": _wide, "offset + constant column": _offset, "subsets": _subsets,
+            "100 features, 40 rows": _more_features_than_rows}  # fmt: skip
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))
@@ -121,6 +128,27 @@ def test_active_set_cut_short_hands_over_to_fista(monkeypatch, batch):
         warnings.simplefilter("ignore")
         worst, same = compare(fit, X, y, splits, REGRESSION[0][2], GRID[:7])
     assert worst < 1e-5 and same, (worst, same)
+
+
+def test_duplicate_features_reach_lassos_objective():
+    """Two identical columns and more features than rows: no unique solution, so compare
+    the objective mean((Zw + b - y)**2) + s*|w|_1 with Lasso's (and no singular solve
+    stops the path)."""
+    X, y, splits = _more_features_than_rows()
+    X[:, 1] = X[:, 0]
+    grid = [1.0, 0.1, 0.01, 0.003]
+    fit = path.mse_path(X, y, splits, grid, {"l1": 1.0})
+    assert bool(fit.converged.all())
+    for i, s in enumerate(grid):
+        for f, (tr, _) in enumerate(splits):
+            Z = StandardScaler().fit(X[tr]).transform(X[tr])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = Lasso(alpha=s / 2, tol=1e-14, max_iter=10**6).fit(Z, y[tr])
+            w, b = fit.weight[i, f, 0].numpy(), float(fit.bias[i, f, 0])
+            ours = np.mean((Z @ w + b - y[tr]) ** 2) + s * np.abs(w).sum()
+            theirs = np.mean((ref.predict(Z) - y[tr]) ** 2) + s * np.abs(ref.coef_).sum()
+            assert ours <= theirs * (1 + 1e-9), (s, f, ours, theirs)
 
 
 def test_mse_validation_curve_equals_gridsearchcv():
