@@ -80,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "penalty": "l2", "l1_ratio": 0.5, "strengths": "1e-5:10:13", "mode": None, "folds": 5,
     "epochs": 100, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "early_stopping": None,
     "select": "best", "seed": 0, "no_vectorize": False, "device": "cpu", "test": None,
-    "groups": None,
+    "groups": None, "halving": False,
 }  # fmt: skip
 
 
@@ -200,7 +200,11 @@ def _sweep_parser(sub: Any) -> None:
 
 
 def _executor_options(group: Any) -> None:
-    """Issue #17: chunks of stacked models on other processes (not saved with the run)."""
+    """Issue #17: successive halving (saved with the run: it changes the result) and chunks
+    of stacked models on other processes (not saved with the run)."""
+    group.add_argument("--halving", action="store_true", default=None,
+                       help="stop strengths clearly worse than the best (3 standard errors) "
+                       "at 10%%, 20%%, 40%%, ... of the epochs (default: all train to the end)")  # fmt: skip
     group.add_argument("--workers", type=int, metavar="N",
                        help="train chunks in N local processes (default: this process)")  # fmt: skip
     group.add_argument("--executor", metavar="MODULE:FACTORY",
@@ -364,6 +368,7 @@ def _sweep_call(args: dict[str, Any], ds: Any, quiet: bool) -> tuple[Any, tuple,
         **{k: args[k] for k in ("folds", "epochs", "optimizer", "lr", "mode", "seed")},
         "batch_size": None if args["batch_size"] == 0 else args["batch_size"],
         "vectorize": False if args["no_vectorize"] else "auto",
+        "halving": bool(args["halving"]),
         "progress": not quiet,
         "early_stopping": args["early_stopping"],
         "refit": args["select"],

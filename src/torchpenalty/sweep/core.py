@@ -180,7 +180,8 @@ def sweep(
             then be picklable (a top-level function of an importable module). A chunk
             whose worker dies is submitted once more; if it fails again,
             :class:`~torchpenalty.sweep.executors.SweepIncomplete` carries the state to
-            ``resume=``. Not with ``halving`` or under torchrun.
+            ``resume=``. With ``halving``, every rung's chunks go to the executor (the
+            one-model training states travel with them). Not under torchrun.
 
     Every argument is checked first by :func:`validate`: a bad one raises ``TypeError`` or
     ``ValueError`` naming it, before any training.
@@ -208,11 +209,13 @@ def sweep(
         splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
         result = path.sweep_path(make_model, v, splits[:-1])
     else:
-        if v.options["executor"] is not None and (v.options["halving"] or world()[1] > 1):
-            raise ValueError("executor runs a sweep without halving, outside torchrun; got "
-                             f"halving={v.options['halving']}, world size {world()[1]}")  # fmt: skip
-        if v.options["halving"] and world()[1] > 1:
-            raise ValueError("halving=True is not supported under torch.distributed")
+        if v.options["executor"] is not None and world()[1] > 1:
+            raise ValueError("executor runs a sweep outside torchrun (its workers take the "
+                             f"ranks' place); got an executor under world size {world()[1]}")  # fmt: skip
+        if v.options["halving"] and world()[1] > 1:  # ranks would exchange states each rung
+            raise ValueError("halving=True is not supported under torchrun (world size "
+                             f"{world()[1]}): run it in one process, or across machines with "
+                             "executor= (every rung's chunks go to the executor's workers)")  # fmt: skip
         plan = _plan(make_model, v)
         done: dict[tuple[int, int], Record] = {}
         snap = None

@@ -9,7 +9,12 @@ penalties use per-model strengths (``torchpenalty.functional`` with a 1-D streng
 
 Determinism: a model's initialization depends on (seed, fold) only, and its mini-batches
 on (seed, fold, epoch) only, so a model gets the same numbers whatever chunk it is
-trained in (``vectorize=False`` is the same code with chunks of one model).
+trained in (``vectorize=False`` is the same code with chunks of one model), and in
+whatever thread or process. Random numbers drawn in a training forward pass (dropout)
+come from the chunk's own generator (:func:`chunk_seed`: seed, the chunk's models and its
+first epoch), never from torch's global one, which threads of one process share: the
+same chunks give the same table in any executor (with dropout, a different chunking
+gives models that agree in distribution, not bit for bit).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import functools
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ __all__ = [
     "Engine",
     "Problem",
     "Task",
+    "chunk_seed",
     "denormals_flushed",
     "flush_denormal",
     "join_states",
@@ -54,6 +61,59 @@ ACTIVATIONS = (
     nn.Softplus,
     nn.Identity,
 )
+
+
+_RNG_LOCK = threading.RLock()
+"""Held while torch's global generator is seeded or swapped (model initialization, a
+random training forward pass): threads of one process share that generator."""
+
+
+def chunk_seed(seed: int, tasks: list[Task], epoch: int) -> int:
+    """The seed of the generator of a chunk of ``tasks`` that starts at ``epoch``: a
+    function of the sweep's ``seed``, the chunk's (strength index, fold) pairs and the
+    epoch only (63 bits, from NumPy's ``SeedSequence``).
+
+    >>> chunk_seed(0, [Task(0, 1, 0.1)], 0) == chunk_seed(0, [Task(0, 1, 0.5)], 0)
+    True
+    >>> chunk_seed(0, [Task(0, 1, 0.1)], 0) == chunk_seed(0, [Task(0, 1, 0.1)], 4)
+    False
+    """
+    keys = [v for t in tasks for v in (t.i, t.fold)]
+    words = np.random.SeedSequence([seed, epoch, len(tasks), *keys]).generate_state(2)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+@contextlib.contextmanager
+def drawing_from(gen: torch.Generator | None, device: torch.device) -> Iterator[None]:
+    """Inside the block, torch's global generator of ``device`` (the CPU's or the CUDA
+    device's) draws from ``gen``'s state; afterwards ``gen`` holds the advanced state and
+    the global generator is as before. torch.func's ``vmap`` and ``F.dropout`` read only
+    the global generator: this gives each chunk its own stream, under a lock shared by
+    the threads of this process. ``gen=None``: nothing changes."""
+    if gen is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    get = (lambda: torch.cuda.get_rng_state(device)) if cuda else torch.get_rng_state
+    put = (lambda s: torch.cuda.set_rng_state(s, device)) if cuda else torch.set_rng_state
+    with _RNG_LOCK:
+        saved = get()
+        put(gen.get_state())
+        try:
+            yield
+        finally:
+            gen.set_state(get())
+            put(saved)
+
+
+def _generator(seed: int, device: torch.device, state: Tensor | None = None) -> torch.Generator:
+    """A generator for ``device`` seeded with ``seed``, or set to ``state``."""
+    gen = torch.Generator(device=device)
+    if state is None:
+        gen.manual_seed(seed)
+    else:
+        gen.set_state(state.cpu())
+    return gen
 
 
 @dataclass
@@ -193,7 +253,7 @@ class Engine:
 
     # ------------------------------------------------------------------ models
     def _module(self, fold: int) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
+        with _RNG_LOCK, torch.random.fork_rng(devices=[]):  # threads share the generator
             torch.manual_seed(self.seed * 1_000_003 + fold)
             model = self.make_model()
         if not isinstance(model, nn.Module):
@@ -386,15 +446,16 @@ class Engine:
             return torch.optim.Adam(params, lr=self.lr, **fast)
         return torch.optim.SGD(params, lr=self.lr, momentum=0.9, **fast)
 
-    def _step(self, live, opt, sel, strengths, folds, idx, mk) -> Tensor:
+    def _step(self, live, opt, sel, strengths, folds, idx, mk, gen=None) -> Tensor:
         """One optimizer step of the stacked models on the batch rows ``idx`` (M, bs) with
         mask ``mk`` (None: no padding in this batch); returns the detached summed loss of
-        each model's real rows."""
+        each model's real rows. The forward pass draws its random numbers from ``gen``
+        (:func:`drawing_from`)."""
         x, y = self._gather(folds, idx)
         if self.forward_kind == "bmm":  # Linear and activations: no train/eval difference
             rows = self._row_losses(self.forward(live, x), y)
         else:
-            with self._mode(True):
+            with self._mode(True), drawing_from(gen, self.device):
                 rows = self._row_losses(self.forward(live, x), y)
         if mk is None:
             per_model = rows.mean(1)
@@ -444,6 +505,7 @@ class Engine:
         sel = [params[n] for n in self.selected]
         idx, mask = self.batches(tasks, 0)
         count = iter(range(2**62))
+        gen = _generator(0, dev)
 
         def step() -> float:
             b = next(count) % idx.shape[1]
@@ -451,7 +513,7 @@ class Engine:
             with flush_denormal(dev):
                 _sync(dev)
                 t0 = time.perf_counter()
-                self._step(live, opt, sel, strengths, folds, rows, mk)
+                self._step(live, opt, sel, strengths, folds, rows, mk, gen)
                 _sync(dev)
             return time.perf_counter() - t0
 
@@ -492,7 +554,9 @@ class Engine:
         best_epoch = torch.full((m,), -1, dtype=torch.long, device=dev)
         stopped = torch.zeros(m, dtype=torch.bool, device=dev)
         best = {n: t.detach().clone() for n, t in live.items()} if patience else None
-        start = 0
+        start = 0 if state is None else state["epoch"]
+        rng = None if state is None else state.get("rng")  # a repacked chunk: a new stream
+        gen = _generator(chunk_seed(self.seed, tasks, start), dev, rng)
         if state is not None:
             with torch.no_grad():
                 for n, t in live.items():
@@ -504,14 +568,14 @@ class Engine:
             )
             if best is not None:
                 best = {n: t.clone() for n, t in state["best"].items()}
-            start = state["epoch"]
 
         val_rows = self.padded_rows(tasks, "val")
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
         if not self.problem.objective.standardized:
             scale2 = torch.ones_like(scale2)
         for epoch in range(start, epochs):
-            train_loss = self._epoch(tasks, epoch, live, opt, sel, strengths, folds) * scale2
+            train_loss = self._epoch(tasks, epoch, live, opt, sel, (strengths, folds, gen))
+            train_loss = train_loss * scale2
             with torch.no_grad():
                 val_loss = self._masked_loss(live, folds, *val_rows)[0]
             history["train"].append(train_loss.tolist())
@@ -524,7 +588,7 @@ class Engine:
                     best[n][improved] = t.detach()[improved]
                 stopped |= (epoch - best_epoch) >= patience
             if on_epoch is not None:
-                tracked = (best_val, best_epoch, stopped, best)
+                tracked = (best_val, best_epoch, stopped, best, gen)
                 on_epoch(epoch, functools.partial(_snapshot, epoch, live, opt, history, tracked))
             if patience and bool(stopped.all()):
                 break
@@ -536,15 +600,17 @@ class Engine:
             best_epoch = torch.full((m,), len(history["val"]) - 1, dtype=torch.long, device=dev)
         return self._records(tasks, folds, final, best_epoch, history), final
 
-    def _epoch(self, tasks, epoch, live, opt, sel, strengths, folds) -> Tensor:
-        """One epoch of training steps; the mean training loss per model (standardized)."""
+    def _epoch(self, tasks, epoch, live, opt, sel, models) -> Tensor:
+        """One epoch of training steps; the mean training loss per model (standardized).
+        ``models``: the chunk's strengths, folds and generator."""
+        strengths, folds, gen = models
         idx, mask = self.batches(tasks, epoch)
         seen = mask.sum((1, 2))
         padded = (~mask).any(2).any(0).tolist()  # per batch: any padding row
         total = torch.zeros(len(tasks), device=self.device)
         for b in range(idx.shape[1]):
             rows, mk = _trimmed(idx[:, b], mask[:, b]) if padded[b] else (idx[:, b], None)
-            total += self._step(live, opt, sel, strengths, folds, rows, mk)
+            total += self._step(live, opt, sel, strengths, folds, rows, mk, gen)
         return total / seen.clamp_min(1)
 
     def _records(self, tasks, folds, final, best_epoch, history) -> list[Record]:
@@ -688,8 +754,9 @@ def _fill_missing_grads(params: list[Tensor]) -> None:
 
 def _snapshot(epoch, live, opt, history, tracked) -> dict[str, Any]:
     """A copy of the training state after ``epoch`` (what a resume continues from);
-    ``tracked`` is (best_val, best_epoch, stopped, best) of early stopping."""
-    best_val, best_epoch, stopped, best = tracked
+    ``tracked`` is (best_val, best_epoch, stopped, best) of early stopping and the chunk's
+    generator (its state continues the chunk's random stream)."""
+    best_val, best_epoch, stopped, best, gen = tracked
     return {
         "epoch": epoch + 1,
         "params": {n: t.detach().clone() for n, t in live.items()},
@@ -699,6 +766,7 @@ def _snapshot(epoch, live, opt, history, tracked) -> dict[str, Any]:
         "best_epoch": best_epoch.clone(),
         "stopped": stopped.clone(),
         "best": {n: t.clone() for n, t in best.items()} if best is not None else None,
+        "rng": gen.get_state(),
     }
 
 
@@ -716,11 +784,12 @@ def _map_models(v: Any, fn: Callable[[Tensor], Any], m: int) -> Any:
 
 def split_state(snap: dict[str, Any], m: int) -> list[dict[str, Any]]:
     """A snapshot of a chunk of ``m`` models (what ``Engine.run``'s ``on_epoch`` copies) as
-    ``m`` snapshots of one model each, to be repacked with :func:`join_states`."""
+    ``m`` snapshots of one model each, to be repacked with :func:`join_states` (without
+    the chunk's generator state: a repacked chunk draws from its own new stream)."""
     out = []
     for j in range(m):
         one = {k: _map_models(v, lambda t, j=j: t[j : j + 1].clone(), m)
-               for k, v in snap.items() if k != "history"}  # fmt: skip
+               for k, v in snap.items() if k not in ("history", "rng")}  # fmt: skip
         one["history"] = {k: [[row[j]] for row in v] for k, v in snap["history"].items()}
         out.append(one)
     return out

@@ -23,16 +23,28 @@ import concurrent.futures as cf
 import hashlib
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["SweepIncomplete", "spec_bytes", "submit_chunks", "train_chunk", "workers"]
+__all__ = [
+    "RungFailed",
+    "SweepIncomplete",
+    "spec_bytes",
+    "submit_chunks",
+    "submit_rung",
+    "train_chunk",
+    "train_rung_chunk",
+    "workers",
+]
 
-_ENGINES: dict[str, Any] = {}
-"""The engine last built in this (worker) process, keyed by its spec's hash."""
+_ENGINES = threading.local()
+"""The engine last built in this thread of this (worker) process, keyed by its spec's
+hash: every thread has its own (an engine switches its model between training and
+evaluation mode, which threads sharing it would see)."""
 
 DIE_ENV = "TORCHPENALTY_TEST_WORKER_DIES"
 """Test hook: a file path; the first :func:`train_chunk` that finds no file there creates
@@ -50,6 +62,16 @@ class SweepIncomplete(RuntimeError):
             "the finished models are kept: resume to train the rest"
         )
         self.state, self.result, self.errors = state, result, errors
+
+
+class RungFailed(RuntimeError):
+    """A chunk of a successive-halving rung failed twice on the executor; ``errors`` the
+    last exception of each failed chunk (the sweep turns it into
+    :class:`SweepIncomplete`)."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        super().__init__(f"{len(errors)} chunk(s) of a rung failed twice: {errors[-1]!r}")
+        self.errors = errors
 
 
 def spec_bytes(engine: Any) -> bytes:
@@ -90,14 +112,28 @@ def _engine(spec: bytes) -> Any:
     from .engine import Engine
 
     key = hashlib.sha256(spec).hexdigest()
-    if key not in _ENGINES:
+    if getattr(_ENGINES, "key", None) != key:
         d = pickle.loads(spec)
         dev = torch.device(d["settings"]["device"])
         pb = d["problem"]
         pb.X, pb.Y, pb.y_scale = pb.X.to(dev), pb.Y.to(dev), pb.y_scale.to(dev)
-        _ENGINES.clear()
-        _ENGINES[key] = Engine(d["make_model"], pb, d["penalty"], **d["settings"])
-    return _ENGINES[key]
+        _ENGINES.engine = Engine(d["make_model"], pb, d["penalty"], **d["settings"])
+        _ENGINES.key = key
+    return _ENGINES.engine
+
+
+def _die_hook() -> Callable[[int, Any], None] | None:
+    """The :data:`DIE_ENV` test hook's ``on_epoch``, or None when it is not armed."""
+    marker = os.environ.get(DIE_ENV)
+    if not marker or os.path.exists(marker):
+        return None
+
+    def on_epoch(epoch: int, snapshot: Any) -> None:
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+        os._exit(3)
+
+    return on_epoch
 
 
 def train_chunk(spec: bytes, tasks: list[tuple[int, int, float]]) -> list[dict[str, Any]]:
@@ -106,17 +142,35 @@ def train_chunk(spec: bytes, tasks: list[tuple[int, int, float]]) -> list[dict[s
     from .engine import Task
 
     engine = _engine(spec)
-    on_epoch = None
-    marker = os.environ.get(DIE_ENV)
-    if marker and not os.path.exists(marker):
-
-        def on_epoch(epoch: int, snapshot: Any) -> None:
-            with open(marker, "w", encoding="utf-8") as f:
-                f.write(str(os.getpid()))
-            os._exit(3)
-
-    recs, _ = engine.run([Task(i, k, s) for i, k, s in tasks], on_epoch=on_epoch)
+    recs, _ = engine.run([Task(i, k, s) for i, k, s in tasks], on_epoch=_die_hook())
     return [r.to_dict() for r in recs]
+
+
+def _moved(v: Any, device: torch.device) -> Any:
+    """``v`` (tensors in dicts and lists) with every tensor on ``device``."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, dict):
+        return {k: _moved(x, device) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_moved(x, device) for x in v]
+    return v
+
+
+def train_rung_chunk(
+    spec: bytes, tasks: list[tuple[int, int, float]], end: int, states: list[Any]
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """One chunk of successive halving (:func:`torchpenalty.sweep.halving.train_rung`) in
+    this process: train ``tasks`` from their one-model ``states`` (None: from the start)
+    to epoch ``end``; return the records as dicts and the states after ``end``, on the
+    CPU (they travel back to the sweep, and to the next rung's worker)."""
+    from .engine import Task
+    from .halving import train_rung
+
+    engine = _engine(spec)
+    chunk = [Task(i, k, s) for i, k, s in tasks]
+    recs, new = train_rung(engine, chunk, _moved(states, engine.device), end, _die_hook())
+    return [r.to_dict() for r in recs], _moved(new, torch.device("cpu"))
 
 
 def workers(executor: Any) -> int | None:
@@ -156,6 +210,10 @@ def _finished(futures: list[Any]) -> Iterator[Any]:
             time.sleep(0.05)
 
 
+def _triples(chunk: list[Any]) -> list[tuple[int, int, float]]:
+    return [(t.i, t.fold, t.strength) for t in chunk]
+
+
 def submit_chunks(
     executor: Any,
     spec: bytes,
@@ -165,23 +223,46 @@ def submit_chunks(
     """Submit every chunk, hand each finished chunk's records to ``on_records`` (in the
     order chunks finish), submit a failed chunk once more; return the errors of chunks
     that failed twice."""
+    jobs = [(train_chunk, spec, _triples(c)) for c in chunks]
+    return _submit_all(executor, jobs, lambda j, recs: on_records(recs))
+
+
+def submit_rung(
+    executor: Any, spec: bytes, jobs: list[tuple[list[Any], list[Any]]], end: int
+) -> tuple[list[tuple[list[Any], list[dict[str, Any]], list[Any]]], list[BaseException]]:
+    """One rung of successive halving on ``executor``: every job ``(chunk, states)`` sent
+    to :func:`train_rung_chunk` (a failed one once more); return ``(chunk, record dicts,
+    states)`` of the jobs that finished, in the order of ``jobs``, and the errors of
+    those that failed twice."""
+    calls = [(train_rung_chunk, spec, _triples(c), end, st) for c, st in jobs]
+    out: dict[int, Any] = {}
+    errors = _submit_all(executor, calls, lambda j, res: out.__setitem__(j, res))
+    return [(jobs[j][0], *out[j]) for j in sorted(out)], errors
+
+
+def _submit_all(
+    executor: Any, calls: list[tuple[Any, ...]], on_result: Callable[[int, Any], None]
+) -> list[BaseException]:
+    """Submit every call ``(fn, *args)``, hand each result to ``on_result(j, result)`` as
+    it finishes, submit a failed call once more; return the errors of calls that failed
+    twice."""
     tries: dict[int, int] = {}
     owner: dict[Any, int] = {}
 
     def submit(j: int) -> Any:
         tries[j] = tries.get(j, 0) + 1
-        fut = executor.submit(train_chunk, spec, [(t.i, t.fold, t.strength) for t in chunks[j]])
+        fut = executor.submit(*calls[j])
         owner[fut] = j
         return fut
 
     errors: list[BaseException] = []
-    batch = [submit(j) for j in range(len(chunks))]
+    batch = [submit(j) for j in range(len(calls))]
     while batch:
         again = []
         for fut in _finished(batch):
             j = owner[fut]
             try:
-                recs = fut.result()
+                res = fut.result()
             except Exception as e:  # the worker died, or the executor broke
                 if tries[j] >= 2:
                     errors.append(e)
@@ -191,6 +272,6 @@ def submit_chunks(
                 except Exception as e2:  # a broken pool refuses new work
                     errors.append(e2)
                 continue
-            on_records(recs)
+            on_result(j, res)
         batch = again
     return errors

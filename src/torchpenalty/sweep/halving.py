@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GUARD", "N_SE", "WARMUP", "run", "rungs", "to_stop"]
+__all__ = ["GUARD", "N_SE", "WARMUP", "run", "rungs", "to_stop", "train_rung"]
 
 N_SE = 3.0
 """A strength stops when its mean validation loss is more than this many standard errors
@@ -90,6 +90,46 @@ def to_stop(
     return stop
 
 
+Trained = tuple[list[Any], list[Any], list[dict[str, Any] | None]]
+"""A chunk trained to a rung: its tasks, their records, their states after the rung."""
+
+
+def train_rung(
+    engine: Any,
+    chunk: list[Any],
+    states: list[dict[str, Any] | None],
+    end: int,
+    on_epoch: Callable[[int, Any], None] | None = None,
+) -> tuple[list[Any], list[dict[str, Any] | None]]:
+    """Train the stack of ``chunk`` to epoch ``end``, each task from its one-model state
+    in ``states`` (repacked with :func:`~torchpenalty.sweep.engine.join_states`; None for
+    all: from the start); return the records and each task's state after ``end`` (split
+    with :func:`~torchpenalty.sweep.engine.split_state`). ``on_epoch`` is called too."""
+    from .engine import join_states, split_state
+
+    state = None if states[0] is None else join_states(states)
+    last: list[Callable[[], dict[str, Any]]] = []
+
+    def keep(epoch: int, snap: Callable[[], dict[str, Any]]) -> None:
+        last.append(snap)
+        if on_epoch is not None:
+            on_epoch(epoch, snap)
+
+    out, _ = engine.run(chunk, epochs=end, state=state, on_epoch=keep)
+    if not last:  # no epoch ran (every model had stopped early): the states stand
+        return out, list(states)
+    return out, split_state(last[-1](), len(chunk))
+
+
+def _in_turn(engine: Any) -> Callable[[list[Any], int], list[Trained]]:
+    """The rung trainer of one process: every job ``(chunk, states)`` in turn."""
+
+    def train(jobs: list[Any], end: int) -> list[Trained]:
+        return [(c, *train_rung(engine, c, st, end)) for c, st in jobs]
+
+    return train
+
+
 def run(
     engine: Any,
     tasks: list[Any],
@@ -97,28 +137,26 @@ def run(
     *,
     on_rung: Callable[[dict[tuple[int, int], Any]], None] | None = None,
     n_se: float = N_SE,
+    train: Callable[[list[Any], int], list[Trained]] | None = None,
 ) -> dict[tuple[int, int], Any]:
     """Train ``tasks`` with successive halving; return their records keyed by (strength
     index, fold). ``chunks(live_tasks)`` cuts the live tasks into stacks; every stack
     trains to the next rung from its tasks' saved states (repacked: states are kept per
-    task). ``on_rung(finished)`` is called after each rung with the records of the
-    strengths that stopped so far (the checkpoint of the command line)."""
-    from .engine import join_states, split_state
-
-    states: dict[tuple[int, int], dict[str, Any]] = {}
+    task). ``train(jobs, end)`` trains the jobs ``(chunk, states)`` of a rung to epoch
+    ``end`` and returns ``(chunk, records, states)`` for each (default: in this process,
+    in turn, :func:`train_rung`; the sweep's executor sends each job to a worker).
+    ``on_rung(finished)`` is called after each rung with the records of the strengths that
+    stopped so far (the checkpoint of the command line)."""
+    train = _in_turn(engine) if train is None else train
+    states: dict[tuple[int, int], dict[str, Any] | None] = {}
     done: dict[tuple[int, int], Any] = {}
     live = list(tasks)
     ends = rungs(engine.epochs)
     for end in ends:
         recs = {}
-        for chunk in chunks(live):
-            keys = [(t.i, t.fold) for t in chunk]
-            state = join_states([states[k] for k in keys]) if keys[0] in states else None
-            last: list[Callable[[], dict[str, Any]]] = []
-            out, _ = engine.run(chunk, epochs=end, state=state,
-                                on_epoch=lambda e, snap, last=last: last.append(snap))  # fmt: skip
-            if last:  # the state after the rung's last epoch, kept per task
-                states.update(zip(keys, split_state(last[-1](), len(chunk)), strict=True))
+        jobs = [(c, [states.get((t.i, t.fold)) for t in c]) for c in chunks(live)]
+        for chunk, out, new in train(jobs, end):
+            states.update(((t.i, t.fold), st) for t, st in zip(chunk, new, strict=True))
             recs.update(((r.i, r.fold), r) for r in out)
         stop = _decide(recs, n_se) if end < ends[-1] else {i for i, _ in recs}
         for key, r in recs.items():

@@ -432,8 +432,7 @@ def _run_chunks(
             if use is not None and bar is not None:
                 bar.update(use["epoch"])
             recs, _ = plan.engine.run(chunk, state=use, on_epoch=on_epoch)
-            for r in recs:  # the engine ran at per-fold converted strengths
-                r.strength = plan.grid[r.i]
+            _in_grid_units(plan, recs)  # the engine ran at per-fold converted strengths
             snap = current["snapshot"] = None
             if bar is not None and plan.engine.early_stopping and recs:
                 bar.update(epochs - len(recs[0].history["val"]))
@@ -449,24 +448,62 @@ def _run_chunks(
             bar.close()
 
 
+def _in_grid_units(plan: _Plan, recs: Any) -> Any:
+    """``recs`` with each record's strength the user's grid value (the engine trains at
+    strengths converted per fold for standardized targets: ``plan.meta["factors"]``)."""
+    for r in recs:
+        r.strength = plan.grid[r.i]
+    return recs
+
+
 def _run_halving(plan: _Plan, done: dict, on_chunk: Callable | None) -> None:
     """Successive halving (:func:`torchpenalty.sweep.halving.run`) over the tasks not in
-    ``done``; the records of stopped strengths join ``done`` rung by rung (a resume
-    repeats the rungs of the strengths still training: same data, same decisions)."""
+    ``done``, in this process or, with ``plan.executor``, every rung's chunks on the
+    executor (:func:`_rung_on_executor`); the records of stopped strengths join ``done``
+    rung by rung (a resume repeats the rungs of the strengths still training: same data,
+    same decisions). Chunks that failed twice on the executor raise
+    :class:`~torchpenalty.sweep.executors.SweepIncomplete` with the state."""
 
     def on_rung(finished: dict[tuple[int, int], Record]) -> None:
-        done.update(finished)
+        done.update(zip(finished, _in_grid_units(plan, finished.values()), strict=True))
         if on_chunk is not None:
             on_chunk(_state(plan, done, None))
 
     todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
+    size, train = plan.chunk_size, None
+    shares = executors.workers(plan.executor) or 1
+    if plan.executor is not None:
+        train = _rung_on_executor(plan)
     try:
         if on_chunk is not None:
             on_chunk(_state(plan, done, None))
-        cut = lambda live: _chunks(plan.engine, live, plan.chunk_size)  # noqa: E731
-        halving.run(plan.engine, todo, cut, on_rung=on_rung)
+
+        def cut(live: list[Task]) -> list[list[Task]]:  # every worker gets a share
+            return _chunks(plan.engine, live, min(size, -(-len(live) // shares)))
+
+        halving.run(plan.engine, todo, cut, on_rung=on_rung, train=train)
     except KeyboardInterrupt:
         raise SweepInterrupted(_state(plan, done, None), _result(plan, done)) from None
+    except executors.RungFailed as e:
+        raise executors.SweepIncomplete(
+            _state(plan, done, None), _result(plan, done), e.errors
+        ) from None
+
+
+def _rung_on_executor(plan: _Plan) -> Callable[[list[Any], int], list[Any]]:
+    """The rung trainer of :func:`torchpenalty.sweep.halving.run` that sends every
+    ``(chunk, states)`` job to ``plan.executor``
+    (:func:`~torchpenalty.sweep.executors.submit_rung`); a job that failed twice raises
+    :class:`~torchpenalty.sweep.executors.RungFailed` (the rung cannot be decided)."""
+    spec = executors.spec_bytes(plan.engine)
+
+    def train(jobs: list[Any], end: int) -> list[Any]:
+        out, errors = executors.submit_rung(plan.executor, spec, jobs, end)
+        if errors:
+            raise executors.RungFailed(errors)
+        return [(c, [Record(**d) for d in recs], st) for c, recs, st in out]
+
+    return train
 
 
 def _run_on_executor(plan: _Plan, done: dict, on_chunk: Callable | None) -> None:
@@ -478,7 +515,7 @@ def _run_on_executor(plan: _Plan, done: dict, on_chunk: Callable | None) -> None
     todo = [t for t in plan.tasks if (t.i, t.fold) not in done]
 
     def on_records(recs: list[dict[str, Any]]) -> None:
-        done.update(((d["i"], d["fold"]), Record(**d)) for d in recs)
+        done.update(((r.i, r.fold), r) for r in _in_grid_units(plan, [Record(**d) for d in recs]))
         if on_chunk is not None:
             on_chunk(_state(plan, done, None))
 
