@@ -86,6 +86,9 @@ INNER_ITER = 100
 ONE_BATCH_FEATURES = 32
 #: Elements per operation below which the solver runs in one CPU thread.
 SMALL_OPS = 5_000_000
+#: Ridge of proximal Newton's second-order model, relative to its largest diagonal entry
+#: (the model only: the outer KKT conditions are those of the true objective).
+RIDGE = 1e-10
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -591,7 +594,7 @@ def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, m
             break
         g = _smooth_grad(loss, terms, theta).reshape(P, -1)
         H = loss.hessian(theta) + torch.diag_embed(terms.l2[:, None] * pen)
-        H = H + torch.diag_embed(1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand_as(g))
+        H = H + torch.diag_embed(RIDGE * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand_as(g))
         x0 = theta.reshape(P, -1)
         stop = torch.where(live, (0.01 * rel).clamp_min(1e-13) * scale, math.inf)
         x, _ = active_set(H, (H @ x0[..., None])[..., 0] - g, a, x0, stop)
