@@ -80,7 +80,7 @@ class SweepDisplay:
             penalty=str(settings.get("penalty", {}).get("name", "l2")),
             loss=str(settings.get("loss", "mse")),
             curves=result.learning_curves() if result.complete else {},
-            chosen_strength=result.chosen_strength if result.refit else None,
+            chosen_strength=result.chosen_strength if result.refit_at else None,
             val_accuracy=acc if any(math.isfinite(a) for a in acc) else None,
             diverged=[r["strength"] for r in rows if not math.isfinite(r["val_loss_mean"])],
             warnings=list(result.warnings),

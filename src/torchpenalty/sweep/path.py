@@ -1103,7 +1103,7 @@ def sweep_path(make_model, v, splits):
                        "x_mean": fit.x_mean[-1].cpu(), "x_std": fit.x_std[-1].cpu(),
                        "make_model": make_model}  # fmt: skip
     if o["refit"] and result.chosen_strength is not None:
-        result.refit = o["refit"]
+        result.refit_at = o["refit"]
         result.model = path_model(result, result.chosen_strength)
     return result
 
@@ -1125,4 +1125,5 @@ def path_model(result, strength: float):
         if lin.bias is not None:
             lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
     f64 = torch.float64  # statistics kept in float64: cast only at the model's input
-    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64)).eval()
+    y = [pf[key].to(f64) if key in pf else None for key in ("y_mean", "y_std")]  # ridge
+    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64), *y).eval()
