@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ from torch import nn
 from ..penalties import L2
 from .engine import Record
 from .folds import Standardizer
-from .result import StandardizedModel, SweepResult, _row, describe_model
+from .result import StandardizedModel, SweepResult, describe_model
 from .stream import StreamedData, merge, part_scatter
 from .validated import Validated
 
@@ -601,9 +602,12 @@ def loo_table(
                       np.mean(W == 0, axis=(1, 2))])[None]  # fmt: skip
     records = records_of(stats, strengths)
     se = (err.std(axis=1, ddof=1) / np.sqrt(n)).tolist()
-    rows = []
-    for r, e in zip(records, se, strict=True):
-        rows.append(_row(r.strength, [r]) | {"val_loss_se": e, "folds_done": n})
+    bad = np.sum(~np.isfinite(err), axis=1).tolist()
+    rows = [{"strength": r.strength, "val_loss_mean": r.val_loss, "val_loss_se": e,
+             "train_loss_mean": r.train_loss, "param_norm_mean": r.param_norm,
+             "zero_fraction_mean": r.zero_fraction, "folds_done": n,
+             "diverged": not math.isfinite(r.val_loss), "folds_diverged": nb}
+            for r, e, nb in zip(records, se, bad, strict=True)]  # fmt: skip
     if per_target:
         per = loo**2  # (L, n, k)
         _add_per_target(rows, per.mean(1), per.std(1, ddof=1) / np.sqrt(n))
@@ -680,7 +684,9 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     if why is not None:
         raise ValueError(f"folds='loo' needs {why}; got folds='loo'")
     o = v.options
-    if not _has_bias(make_model):
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()  # once: its bias and its name
+    if linear_of(model).bias is None:
         raise ValueError("folds='loo' needs a model with a bias; got folds='loo'")
     rows, records, (W, b, scaling) = loo_table(v.X, v.y, v.grid, standardize=o["standardize"],
                                                per_target=o["per_target"])  # fmt: skip
@@ -697,9 +703,8 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
         "solver": "closed_form",
         **({"per_target": True} if o["per_target"] else {}),
     }
-    with torch.random.fork_rng(devices=[]):
-        name = describe_model(make_model())
-    result = SweepResult(v.grid, n, records, settings, model_name=name, given_table=rows)
+    result = SweepResult(v.grid, n, records, settings, model_name=describe_model(model),
+                         given_table=rows)  # fmt: skip
     result.path_fit = stored_fit(W, b, scaling, make_model)
     if o["refit"] and result.chosen_strength is not None:
         result.refit_at = o["refit"]
