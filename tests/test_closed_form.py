@@ -449,3 +449,21 @@ def test_per_target_refuses_what_the_closed_form_cannot_solve():
         tp.sweep(lambda: nn.Linear(6, 3), (X, Y), penalty="l1", per_target=True, progress=False)
     with pytest.raises(TypeError, match=r"per_target must be True or False, got 'yes'"):
         tp.sweep(lambda: nn.Linear(6, 3), (X, Y), per_target="yes", progress=False)
+
+
+def test_per_target_result_prints_serializes_and_plots(tmp_path):
+    """A per-target result prints, turns into strict JSON and plots (the per-output
+    strengths, lists, are not marked on the mean-over-outputs curve)."""
+    import json
+
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    X, Y = targets3(n=60)
+    r = tp.sweep(lambda: nn.Linear(6, 3), (X, Y), strengths=PT_GRID, folds=3,
+                 per_target=True, progress=False)  # fmt: skip
+    d = json.loads(r.to_json())
+    assert d["best_strength"] == r.best_strength and len(d["best_strength"]) == 3
+    for kind in ("validation", "norm", "learning"):
+        r.plot(kind=kind)
