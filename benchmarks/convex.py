@@ -128,8 +128,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--d", type=int, default=200)
+    ap.add_argument("--ridge", action="store_true", help="only the ridge rows (ridge_rows)")
     a = ap.parse_args()
     repeats = 1 if a.quick else a.repeats
+    if a.ridge:
+        return ridge_main(a.quick, repeats, a.n, a.d)
     warnings.simplefilter("ignore")  # scikit-learn's convergence warnings at default tol
     from threadpoolctl import threadpool_limits
 
@@ -151,6 +154,68 @@ def main() -> None:
                     same = bool(np.isclose(best, chosen, rtol=1e-6))
                     print(f"{name:<20} {pen:<12} {label:<30} {threads:>3} {m:>8.3f} {s:>8.3f} "
                           f"{s / m:>8.2f}  {same!s:<11}  {solver}")  # fmt: skip
+    torch.set_num_threads(default_threads)
+
+
+# ---------------------------------------------------------------------------- ridge rows
+def ridge_rows(quick: bool, n: int, d: int):
+    """Ridge rows, (name, X, y, folds, grid, {contender: fit -> chosen strength}):
+    ``RidgeCV`` (its leave-one-out, ``alpha = s * (n - 1) / 2`` on all rows' standardized
+    X) against ``folds="loo"``; ``RidgeCV(cv=folds)`` and ``GridSearchCV(Ridge)`` (pipelines
+    with ``StandardScaler``, ``alpha = s * n_train / 2``) against ``folds=5``. On diabetes
+    (raw target) and the synthetic ``n x d`` regression (``--quick``: diabetes only)."""
+    from sklearn.linear_model import RidgeCV
+
+    Xd, yd = load_diabetes(return_X_y=True)
+    rng = np.random.default_rng(0)
+    Xs = rng.normal(size=(n, d))
+    ys = Xs[:, :20] @ rng.normal(size=20) + rng.normal(size=n) * 3
+    out = []
+    for name, X, y in [("diabetes", Xd, yd)] + ([] if quick else [(f"synthetic {n}x{d}", Xs, ys)]):
+        S = grid(1.0)
+        m = len(X)
+        Z = (X - X.mean(0)) / X.std(0)
+        out.append((name, X, y, "loo", S, {"RidgeCV (LOO)": lambda Z=Z, y=y, S=S, m=m: 2 / (m - 1) * RidgeCV(
+            alphas=[s * (m - 1) / 2 for s in S]).fit(Z, y).alpha_}))  # fmt: skip
+        splits = kfold(m, 5, seed=0)
+        ntr = len(splits[0][0])
+        alphas = [s * ntr / 2 for s in S]
+        out.append((name, X, y, 5, S, {
+            "RidgeCV(cv=folds)": lambda X=X, y=y, sp=splits, a=alphas, ntr=ntr: 2 / ntr * make_pipeline(
+                StandardScaler(), RidgeCV(alphas=a, cv=sp, scoring="neg_mean_squared_error")
+            ).fit(X, y)[-1].alpha_,
+            "GridSearchCV(Ridge)": lambda X=X, y=y, sp=splits, a=alphas, ntr=ntr: 2 / ntr * GridSearchCV(
+                make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": a}, cv=sp,
+                scoring="neg_mean_squared_error").fit(X, y).best_params_["ridge__alpha"]}))  # fmt: skip
+    return out
+
+
+def ridge_main(quick: bool, repeats: int, n: int, d: int) -> None:
+    """Time :func:`ridge_rows` (one thread, then the default; interleaved; medians)."""
+    from threadpoolctl import threadpool_limits
+
+    default_threads = torch.get_num_threads()
+
+    def ours_ridge(X, y, folds, S):
+        r = tp.sweep(lambda: nn.Linear(X.shape[1], 1), (X, y), strengths=S, folds=folds,
+                     progress=False)  # fmt: skip
+        return r.best_strength
+
+    for name, X, y, folds, S, contenders in ridge_rows(quick, n, d):
+        for threads in (1, default_threads):
+            torch.set_num_threads(threads)
+            with threadpool_limits(limits=threads):
+                for label, fn in contenders.items():
+                    mine, theirs = [], []
+                    for _ in range(repeats):  # interleaved
+                        t, best = timed(ours_ridge, X, y, folds, S)
+                        mine.append(t)
+                        t, chosen = timed(fn)
+                        theirs.append(t)
+                    m, s = statistics.median(mine), statistics.median(theirs)
+                    same = bool(np.isclose(best, chosen, rtol=1e-6))
+                    print(f"{name:<20} {'l2 folds=' + str(folds):<12} {label:<30} {threads:>3} "
+                          f"{m:>8.4f} {s:>8.4f} {s / m:>8.2f}  {same!s:<11}  closed_form")  # fmt: skip
     torch.set_num_threads(default_threads)
 
 

@@ -59,6 +59,19 @@ def _optimizer(kind, params):
 
 
 def train(wrapper, mode, penalty, optimizer, rank=0, world=1):
+    """``wrapper`` "ddp"/"fsdp": every penalized weight takes the in-place loss-mode gradient
+    path (``functional._DEFER_MIN = 0``; the reference, unwrapped, keeps the default, under
+    which these small weights get their gradient returned)."""
+    defer_min = tp.functional._DEFER_MIN
+    if wrapper is not None:
+        tp.functional._DEFER_MIN = 0
+    try:
+        return _train(wrapper, mode, penalty, optimizer, rank, world)
+    finally:
+        tp.functional._DEFER_MIN = defer_min
+
+
+def _train(wrapper, mode, penalty, optimizer, rank, world):
     model = make_model()
     if wrapper == "ddp":
         model = nn.parallel.DistributedDataParallel(model)

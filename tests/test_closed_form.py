@@ -300,3 +300,170 @@ def test_gram_and_svd_routes_agree(n, d):
         ref = np.linalg.solve(Zc.T @ Zc + lam * np.eye(d), Zc.T @ Yc)
         assert np.linalg.norm(W[j] - ref) < 1e-9 * np.linalg.norm(ref)
         assert np.allclose(b[j], Y.mean(0) - Z.mean(0) @ ref, rtol=1e-9, atol=1e-9)
+
+
+LOO_GRID = [1e-10, 1e-6, 1e-3, 1e-2, 0.1, 1.0, 10.0]
+
+
+@pytest.mark.parametrize(("shift", "scale"), [(0.0, 1.0), (5000.0, 1000.0)])
+def test_sweep_loo_equals_ridgecv(diabetes, shift, scale):
+    """folds="loo": each row's fit minimizes its n - 1 training rows' mean squared error
+    plus s/2 ||w||^2, i.e. RidgeCV(alphas=s * (n - 1) / 2) on X standardized with all rows'
+    statistics, on the raw target (also y*1000 + 5000): mean squared LOO error to 1e-8
+    down to s = 1e-10, its standard error over the rows, and the same choice."""
+    from sklearn.linear_model import RidgeCV
+
+    X, y = diabetes
+    y = y * scale + shift
+    n = len(X)
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), strengths=LOO_GRID, folds="loo",
+                 progress=False)  # fmt: skip
+    Z = (X - X.mean(0)) / X.std(0)
+    ref = RidgeCV(alphas=[s * (n - 1) / 2 for s in LOO_GRID], store_cv_results=True).fit(Z, y)
+    cv = ref.cv_results_  # (n, L) squared LOO errors
+    assert rel([row["val_loss_mean"] for row in r.table], cv.mean(0)) < 1e-8
+    assert rel([row["val_loss_se"] for row in r.table], cv.std(0, ddof=1) / np.sqrt(n)) < 1e-8
+    assert r.best_strength == pytest.approx(ref.alpha_ * 2 / (n - 1), rel=1e-12)
+    assert r.settings["folds"] == "loo" and r.folds == n and r.complete
+    pipe = make_pipeline(StandardScaler(), Ridge(alpha=r.best_strength * n / 2)).fit(X, y)
+    assert rel(r.predict(X), pipe.predict(X)) < 1e-6  # the refit: all rows, lam = s n / 2
+
+
+@pytest.mark.parametrize(("n", "d", "k", "first"), [(80, 5, 3, 0), (30, 60, 1, 2)])
+def test_sweep_loo_multi_output_and_wide(n, d, k, first):
+    """k outputs: alpha = s * (n - 1) * k / 2 (our loss is the mean over outputs too);
+    n < d: from s = 1e-3 up (below, RidgeCV's own rounding, see the test above)."""
+    from sklearn.linear_model import RidgeCV
+
+    X, Y = data(n=n, d=d, k=k)
+    r = tp.sweep(lambda: nn.Linear(d, k), (X, Y if k > 1 else Y[:, 0]), strengths=LOO_GRID,
+                 folds="loo", progress=False)  # fmt: skip
+    Z = (X - X.mean(0)) / X.std(0)
+    alphas = [s * (n - 1) * k / 2 for s in LOO_GRID]
+    ref = RidgeCV(alphas=alphas, store_cv_results=True).fit(Z, Y if k > 1 else Y[:, 0])
+    cv = ref.cv_results_.reshape(n, k, len(LOO_GRID)).mean(1)
+    ours = [row["val_loss_mean"] for row in r.table]
+    assert rel(ours[first:], cv.mean(0)[first:]) < 1e-8
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"penalty": "l1"}, r"folds='loo' needs penalty='l2' \(got 'l1'\); got folds='loo'"),
+        ({"solver": "train"}, r"folds='loo' needs solver 'auto' or 'closed_form' \(got solver='train'\)"),
+        ({"loss": "huber"}, r"folds='loo' needs loss='mse'"),
+        ({"folds": "lo"}, r"folds must be an integer >= 2 or 'loo', got 'lo'"),
+        ({"groups": np.arange(442) % 5}, r"folds must be an integer when groups are given"),
+    ],
+)  # fmt: skip
+def test_sweep_loo_refuses_what_it_cannot_solve(diabetes, kw, match):
+    X, y = diabetes
+    with pytest.raises(ValueError, match=match):
+        tp.sweep(lambda: nn.Linear(10, 1), (X, y), **{"folds": "loo", **kw}, progress=False)
+    with pytest.raises(ValueError, match=r"folds='loo' needs a model that is one trainable"):
+        tp.sweep(lambda: nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 1)), (X, y),
+                 folds="loo", progress=False)  # fmt: skip
+
+
+def test_cli_folds_loo_and_load_sweep(diabetes, tmp_path):
+    """--folds loo on the command line: report.json says folds "loo", tp.load_sweep
+    rebuilds the same table (standard errors included) and choice."""
+    from torchpenalty import cli
+
+    X, y = diabetes
+    csv = tmp_path / "d.csv"
+    np.savetxt(csv, np.c_[X, y], delimiter=",", header=",".join([f"f{j}" for j in range(10)]
+               + ["target"]), comments="")  # fmt: skip
+    out = tmp_path / "run"
+    cli.main(["sweep", "--data", str(csv), "--target", "target", "--model", "linear",
+              "--folds", "loo", "--out", str(out), "--quiet"])  # fmt: skip
+    back = tp.load_sweep(str(out))
+    ours = tp.sweep(lambda: nn.Linear(10, 1), (X, y), strengths=back.strengths, folds="loo",
+                    progress=False)  # fmt: skip
+    assert back.settings["folds"] == "loo" and back.best_strength == ours.best_strength
+    assert back.strength_1se == ours.strength_1se
+    assert (
+        rel([r["val_loss_se"] for r in back.table], [r["val_loss_se"] for r in ours.table]) < 1e-9
+    )
+
+
+def targets3(n=150, d=6, seed=1):
+    """Three outputs on very different scales and noise levels: their best strengths differ."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    Y = np.stack([X @ rng.normal(size=d) + 0.1 * rng.normal(size=n),
+                  (X[:, 0] + 3.0 * rng.normal(size=n)) * 100 + 5000,
+                  rng.normal(size=n)], 1)  # fmt: skip
+    return X, Y
+
+
+PT_GRID = [1e-10, 1e-4, 1e-2, 0.1, 1.0, 10.0, 100.0]
+
+
+def test_per_target_loo_equals_ridgecv_alpha_per_target():
+    """per_target=True with folds="loo": output j's strength is its own column's,
+    RidgeCV(alphas=s * (n - 1) / 2, alpha_per_target=True): per-output mean squared LOO
+    errors to 1e-8 and the same per-output choice."""
+    from sklearn.linear_model import RidgeCV
+
+    X, Y = targets3()
+    n = len(X)
+    r = tp.sweep(lambda: nn.Linear(6, 3), (X, Y), strengths=PT_GRID, folds="loo",
+                 per_target=True, progress=False)  # fmt: skip
+    Z = (X - X.mean(0)) / X.std(0)
+    ref = RidgeCV(alphas=[s * (n - 1) / 2 for s in PT_GRID], alpha_per_target=True,
+                  store_cv_results=True).fit(Z, Y)  # fmt: skip
+    ours = np.array([row["val_loss_mean_per_target"] for row in r.table])  # (L, k)
+    assert rel(ours, ref.cv_results_.mean(0).T) < 1e-8
+    assert r.best_strength == pytest.approx(list(ref.alpha_ * 2 / (n - 1)), rel=1e-12)
+    assert len(set(r.best_strength)) > 1  # the outputs do choose differently here
+
+
+def test_per_target_kfold_equals_a_loop_of_single_target_sweeps():
+    """per_target=True with K folds (which RidgeCV refuses) equals one single-output sweep
+    per column on the same folds: table, choices, and the refit model's outputs."""
+    X, Y = targets3()
+    r = tp.sweep(lambda: nn.Linear(6, 3), (X, Y), strengths=PT_GRID, folds=5, per_target=True,
+                 refit="1se", progress=False)  # fmt: skip
+    assert r.settings["per_target"] and isinstance(r.best_strength, list)
+    with torch.no_grad():
+        pred = r.model(X).double().numpy()
+    for j in range(3):
+        one = tp.sweep(lambda: nn.Linear(6, 1), (X, Y[:, j]), strengths=PT_GRID, folds=5,
+                       refit="1se", progress=False)  # fmt: skip
+        col = [row["val_loss_mean_per_target"][j] for row in r.table]
+        assert rel(col, [row["val_loss_mean"] for row in one.table]) < 1e-10
+        assert r.best_strength[j] == one.best_strength
+        assert r.strength_1se[j] == one.strength_1se
+        with torch.no_grad():
+            theirs = one.model(X).double().numpy()[:, 0]
+        assert np.max(np.abs(pred[:, j] - theirs)) < 1e-5 * np.abs(Y[:, j]).max()
+    with torch.no_grad():  # refit(which) reads the stored solutions, per output
+        assert torch.equal(r.refit("1se")(X), r.model(X))
+    assert "[" in str(r).splitlines()[0]  # the choices print as lists
+
+
+def test_per_target_refuses_what_the_closed_form_cannot_solve():
+    X, Y = targets3(n=40)
+    with pytest.raises(ValueError, match=r"per_target=True needs penalty='l2' \(got 'l1'\)"):
+        tp.sweep(lambda: nn.Linear(6, 3), (X, Y), penalty="l1", per_target=True, progress=False)
+    with pytest.raises(TypeError, match=r"per_target must be True or False, got 'yes'"):
+        tp.sweep(lambda: nn.Linear(6, 3), (X, Y), per_target="yes", progress=False)
+
+
+def test_per_target_result_prints_serializes_and_plots(tmp_path):
+    """A per-target result prints, turns into strict JSON and plots (the per-output
+    strengths, lists, are not marked on the mean-over-outputs curve)."""
+    import json
+
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    X, Y = targets3(n=60)
+    r = tp.sweep(lambda: nn.Linear(6, 3), (X, Y), strengths=PT_GRID, folds=3,
+                 per_target=True, progress=False)  # fmt: skip
+    d = json.loads(r.to_json())
+    assert d["best_strength"] == r.best_strength and len(d["best_strength"]) == 3
+    for kind in ("validation", "norm", "learning"):
+        r.plot(kind=kind)

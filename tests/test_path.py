@@ -87,7 +87,14 @@ def _subsets():  # training rows that are not the complement of the validation r
     return X, y, splits
 
 
-PROBLEMS = {"wide 300x60": _wide, "offset + constant column": _offset, "subsets": _subsets}
+def _more_features_than_rows():  # singular Gram matrices: 40 training rows, 100 features
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 100))
+    return X, X[:, :5].sum(1) + rng.normal(size=60), kfold(60, 3, seed=4)
+
+
+PROBLEMS = {"wide 300x60": _wide, "offset + constant column": _offset, "subsets": _subsets,
+            "100 features, 40 rows": _more_features_than_rows}  # fmt: skip
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))
@@ -121,6 +128,27 @@ def test_active_set_cut_short_hands_over_to_fista(monkeypatch, batch):
         warnings.simplefilter("ignore")
         worst, same = compare(fit, X, y, splits, REGRESSION[0][2], GRID[:7])
     assert worst < 1e-5 and same, (worst, same)
+
+
+def test_duplicate_features_reach_lassos_objective():
+    """Two identical columns and more features than rows: no unique solution, so compare
+    the objective mean((Zw + b - y)**2) + s*|w|_1 with Lasso's (and no singular solve
+    stops the path)."""
+    X, y, splits = _more_features_than_rows()
+    X[:, 1] = X[:, 0]
+    grid = [1.0, 0.1, 0.01, 0.003]
+    fit = path.mse_path(X, y, splits, grid, {"l1": 1.0})
+    assert bool(fit.converged.all())
+    for i, s in enumerate(grid):
+        for f, (tr, _) in enumerate(splits):
+            Z = StandardScaler().fit(X[tr]).transform(X[tr])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = Lasso(alpha=s / 2, tol=1e-14, max_iter=10**6).fit(Z, y[tr])
+            w, b = fit.weight[i, f, 0].numpy(), float(fit.bias[i, f, 0])
+            ours = np.mean((Z @ w + b - y[tr]) ** 2) + s * np.abs(w).sum()
+            theirs = np.mean((ref.predict(Z) - y[tr]) ** 2) + s * np.abs(ref.coef_).sum()
+            assert ours <= theirs * (1 + 1e-9), (s, f, ours, theirs)
 
 
 def test_mse_validation_curve_equals_gridsearchcv():
@@ -203,6 +231,33 @@ def test_group_lasso_path_satisfies_kkt_in_numpy():
                 else:
                     assert np.linalg.norm(grad[:, j]) <= s * (1 + 1e-9)
     assert (fit.weight == 0).any()  # some groups are exactly zero
+
+
+def test_logistic_l1_with_more_features_than_rows_reaches_sagas_objective():
+    """Binary L1 on 40 training rows and 80 features (a singular Hessian): every fold and
+    strength converges, and the objective mean log loss + s*|v|_1 (v = w_1 - w_0) is at
+    most saga's (C = 1/(s*n), tol 1e-10)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 80))
+    y = (X[:, :5].sum(1) + rng.normal(size=60) > 0).astype(int)
+    splits, grid = stratified_kfold(y, 3, seed=0), [0.1, 0.03]
+    fit = path.ce_path(X, y, 2, splits, grid, {"l1": 1.0})
+    assert bool(fit.converged.all())
+    for i, s in enumerate(grid):
+        for f, (tr, _) in enumerate(splits):
+            Z = StandardScaler().fit(X[tr]).transform(X[tr])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = LogisticRegression(C=1 / (s * len(tr)), l1_ratio=1.0, solver="saga",
+                                         tol=1e-10, max_iter=10**5).fit(Z, y[tr])  # fmt: skip
+            W, b = fit.weight[i, f].numpy(), fit.bias[i, f].numpy()
+
+            def objective(v, c, Z=Z, t=y[tr], s=s):
+                u = Z @ v + c
+                return np.mean(np.logaddexp(0, u) - t * u) + s * np.abs(v).sum()
+
+            ours = objective(W[1] - W[0], b[1] - b[0])
+            assert ours <= objective(ref.coef_[0], ref.intercept_[0]) * (1 + 1e-9), (s, f)
 
 
 def test_sweep_solver_choice():

@@ -31,7 +31,7 @@ def result(val, *, acc=None, loss="mse", train_curve=None, names=True, refit="be
                        None if acc is None else acc[i], {"train": curve, "val": curve})
             )  # fmt: skip
     r = SweepResult(
-        GRID[: len(val)], 2, recs, {"loss": loss, "penalty": {"name": "l2"}}, refit=refit
+        GRID[: len(val)], 2, recs, {"loss": loss, "penalty": {"name": "l2"}}, refit_at=refit
     )
     if names:
         r.data_name, r.model_name = "toy.csv", "mlp:8"

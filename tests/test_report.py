@@ -58,7 +58,7 @@ def test_load_sweep_rebuilds_result_and_model(iris_run, capsys):
     assert [row["val_loss_mean"] for row in r.table] == pytest.approx(
         [row["val_loss_mean"] for row in saved["table"]]
     )
-    assert r.best_strength == saved["best_strength"] and r.refit == "best"
+    assert r.best_strength == saved["best_strength"] and r.refit_at == "best"
     pred = r.predict(X_test)
     assert set(pred.tolist()) <= set(r.classes)
     assert np.mean(pred == y_test) == pytest.approx(saved["test"]["accuracy"])

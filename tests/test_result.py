@@ -131,7 +131,7 @@ def _records(vals_per_strength, acc=None):
 
 def test_print_result_shows_the_table_marks_and_warnings():
     vals = [[1.0, 1.2], [0.8, 0.9], [0.85, 0.95], [NAN, 1.0]]
-    r = SweepResult([0.01, 0.1, 1.0, 10.0], 2, _records(vals), {"loss": "mse"}, refit="1se")
+    r = SweepResult([0.01, 0.1, 1.0, 10.0], 2, _records(vals), {"loss": "mse"}, refit_at="1se")
     text = str(r)
     assert repr(r) == text
     lines = text.splitlines()
@@ -202,7 +202,7 @@ def test_all_strengths_diverging_is_reported_not_crashed():
         lambda: nn.Linear(3, 1), (X, y), strengths=[1e-3, 1e-1, 1.0], folds=3, epochs=20,
         optimizer="sgd", lr=50.0, solver="train", **QUIET,
     )  # fmt: skip
-    assert r.refit == "best" and r.model is None  # nothing to refit
+    assert r.refit_at == "best" and r.model is None  # nothing to refit
     assert all(row["diverged"] for row in r.table)
     assert r.best_strength is None and r.strength_1se is None
     assert len(r.warnings) == 1 and r.warnings[0].startswith("every strength diverged")
@@ -388,3 +388,59 @@ def test_table_is_built_once_and_handed_out_as_copies():
     assert r.table[0]["val_loss_mean"] == 2.0
     r.records.append(recs[3])
     assert r.table[1]["folds_done"] == 2 and r.best_strength == 0.1
+
+
+@pytest.mark.parametrize("folds", [3, "loo"])
+def test_refit_1se_of_the_ridge_closed_form_equals_sklearn(folds):
+    """result.refit(which) reads the stored all-rows solutions (no second sweep):
+    "best" is result.model, "1se" equals StandardScaler + Ridge(alpha=s_1se * n / 2)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_diabetes(return_X_y=True)
+    r = tp.sweep(lambda: nn.Linear(10, 1), (X, y), folds=folds, progress=False)
+    assert r.refit_at == "best" and r.to_dict()["refit"] == "best"
+    with torch.no_grad():
+        assert torch.equal(r.refit("best")(X), r.model(X))
+        ours = r.refit("1se")(X).double().numpy()[:, 0]
+    assert r.strength_1se != r.best_strength
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=r.strength_1se * len(X) / 2)).fit(X, y)
+    assert np.max(np.abs(ours - ref.predict(X))) < 1e-6 * np.abs(y).max() * 10  # float32 model
+
+
+def test_refit_of_path_and_trained_sweeps():
+    """The path solver reads its stored solutions (the 1-SE model has the zeros that
+    result.selected names); a trained sweep trains the one all-rows model again, equal
+    to its own refit at the best strength, and at any strength."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 4))
+    y = 2 * X[:, 0] - X[:, 1] + 0.5 * rng.normal(size=120)
+    r = tp.sweep(lambda: nn.Linear(4, 1), (X, y), penalty="l1", strengths=[1.0, 0.3, 0.1, 0.01],
+                 folds=3, progress=False)  # fmt: skip
+    assert r.settings["solver"] == "path"
+    w = r.refit("1se").model.weight.detach()
+    assert [f"x{j}" for j in range(4) if w[0, j] != 0] == r.selected["1se"]
+    t = tp.sweep(lambda: nn.Linear(4, 1), (X, y), solver="train", strengths=[1.0, 0.01],
+                 folds=2, epochs=5, progress=False)  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(t.refit("best")(X), t.model(X))
+        assert t.refit(0.5)(X).shape == (120, 1)
+
+
+@pytest.mark.parametrize(
+    ("which", "match"),
+    [("foo", "which must be 'best', '1se' or a strength >= 0, got 'foo'"),
+     (-1.0, "which must be 'best', '1se' or a strength >= 0, got -1.0"),
+     (0.5, r"which must be 'best', '1se' or a strength of the grid \[0.01, 1.0\] \(solved")],
+)  # fmt: skip
+def test_refit_errors(which, match, tmp_path):
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    r = tp.sweep(lambda: nn.Linear(2, 1), (X, X[:, 0]), strengths=[0.01, 1.0], folds=2,
+                 progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        r.refit(which)
+    loaded = SweepResult(r.strengths, 2, r.records, r.settings)  # no data, no solutions
+    with pytest.raises(ValueError, match="refit needs the sweep's data"):
+        loaded.refit("best")

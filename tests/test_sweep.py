@@ -94,7 +94,7 @@ def test_one_se_rule_on_a_hand_made_table():
     assert r.table[1]["val_loss_se"] == pytest.approx(se)
     assert r.best_strength == 0.1
     assert r.strength_1se == 1.0
-    r.refit = "1se"
+    r.refit_at = "1se"
     assert r.chosen_strength == 1.0
 
 

@@ -174,7 +174,9 @@ def _sweep_parser(sub: Any) -> None:
     m.add_argument("--mode", choices=SWEEP_MODES,
                    help="default: proximal for sparse penalties, else grad")  # fmt: skip
     t = s.add_argument_group("training")
-    t.add_argument("--folds", type=int, help=f"K-fold cross-validation (default: {D['folds']})")
+    t.add_argument("--folds", type=lambda v: v if v == "loo" else int(v),
+                   help=f"K-fold cross-validation, or loo: exact leave-one-out for ridge "
+                   f"(default: {D['folds']})")  # fmt: skip
     t.add_argument("--epochs", type=int, help=f"default: {D['epochs']}")
     t.add_argument("--batch-size", type=int, help="0 for full batch (default: 64)")
     t.add_argument("--lr", type=float, help="learning rate (default: 0.01)")

@@ -147,19 +147,87 @@ def _scaled(tensors: Sequence[Tensor], scale: Tensor) -> list[Tensor]:
     return out  # type: ignore[return-value]
 
 
+_DEFER_MIN = 1 << 16  # elements from which a weight's gradient is added in place
+
+
+def _deferrable(t: Tensor) -> bool:
+    """A plain leaf weight large enough for an in-place gradient to pay (no DTensor, no
+    subclass: their gradients are reduced and assigned by their own machinery)."""
+    return (
+        type(t) in (Tensor, nn.Parameter)
+        and t.is_leaf
+        and t.requires_grad
+        and t.numel() >= _DEFER_MIN
+    )
+
+
+def _add_later(tensors: Sequence[Tensor], scale: Tensor) -> None:
+    """Add ``scale * t`` to ``t.grad`` in place once the backward pass has accumulated
+    ``t``'s other gradients (a post-accumulate-grad hook), or at the end of the pass for a
+    weight that gets none: one pass over ``grad`` and ``t``, where returning the gradient
+    would allocate ``scale * t`` and then add it to the other gradients (three more)."""
+    pending: dict[int, Tensor] = {id(t): t for t in tensors}
+    handles = []
+
+    def add(t: Tensor) -> None:
+        if pending.pop(id(t), None) is not None:
+            s = scale.to(device=t.device, dtype=t.dtype)
+            if t.grad is None:
+                t.grad = t.detach() * s
+            else:
+                t.grad.addcmul_(t.detach(), s)
+
+    def finish() -> None:
+        for t in list(pending.values()):
+            add(t)
+        for h in handles:
+            h.remove()
+
+    for t in tensors:
+        handles.append(t.register_post_accumulate_grad_hook(add))
+    torch.autograd.Variable._execution_engine.queue_callback(finish)
+
+
 class _SumSquares(torch.autograd.Function):
     """``sum |w|**2`` with a one-pass backward ``2 * g * w`` (autograd through the norm
-    would compute ``g * norm * w / norm`` in several passes)."""
+    would compute ``g * norm * w / norm`` in several passes). In eager ``.backward()``,
+    large plain leaf weights get ``2 * g * w`` added to their ``.grad`` in place after
+    their other gradients (:func:`_add_later`); compiled graphs, ``create_graph=True``,
+    ``torch.autograd.grad`` and tensor subclasses get the gradient returned."""
 
     @staticmethod
     def forward(ctx, *tensors: Tensor) -> Tensor:
         ctx.save_for_backward(*tensors)
+        ctx.may_defer = not torch.compiler.is_compiling()
         return _sum_sq(tensors)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, g: Tensor) -> tuple[Tensor, ...]:
-        return tuple(_scaled(ctx.saved_tensors, 2 * g))
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
+        # grad mode is on here only under create_graph=True: return the gradient then
+        return _sum_squares_backward(ctx, g, ctx.may_defer and not torch.is_grad_enabled())
+
+
+@once_differentiable
+def _sum_squares_backward(ctx, g: Tensor, may_defer: bool) -> tuple[Tensor | None, ...]:
+    tensors = ctx.saved_tensors
+    later = [False] * len(tensors)
+    if may_defer:
+        later = [_deferrable(t) and _accumulates(t) for t in tensors]
+    if any(later):
+        _add_later([t for t, d in zip(tensors, later, strict=True) if d], 2 * g)
+    now = [t for t, d in zip(tensors, later, strict=True) if not d]
+    grads = iter(_scaled(now, 2 * g)) if now else iter(())
+    return tuple(None if d else next(grads) for d in later)
+
+
+def _accumulates(t: Tensor) -> bool:
+    """True when this backward pass will accumulate into ``t.grad`` (``.backward()``;
+    ``torch.autograd.grad`` returns gradients without accumulating)."""
+    node = torch.autograd.graph.get_gradient_edge(t).node
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:  # raised for leaves inside torch.autograd.grad
+        return False
 
 
 class _SumAbs(torch.autograd.Function):

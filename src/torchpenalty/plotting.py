@@ -75,12 +75,12 @@ class SweepDisplay:
             train_mean=_clean([r["train_loss_mean"] for r in rows]),
             param_norm=_clean([r["param_norm_mean"] for r in rows]),
             zero_fraction=[r["zero_fraction_mean"] for r in rows],
-            best_strength=result.best_strength,
-            strength_1se=result.strength_1se,
+            best_strength=_one(result.best_strength),  # per_target: a list, not marked
+            strength_1se=_one(result.strength_1se),
             penalty=str(settings.get("penalty", {}).get("name", "l2")),
             loss=str(settings.get("loss", "mse")),
             curves=result.learning_curves() if result.complete else {},
-            chosen_strength=result.chosen_strength if result.refit else None,
+            chosen_strength=_one(result.chosen_strength) if result.refit_at else None,
             val_accuracy=acc if any(math.isfinite(a) for a in acc) else None,
             diverged=[r["strength"] for r in rows if not math.isfinite(r["val_loss_mean"])],
             warnings=list(result.warnings),
@@ -290,3 +290,8 @@ class SweepDisplay:
         ax.set_ylabel(f"{self._loss_label()} (mean of folds)")
         self._yscale(ax, train, val)
         self._legend(ax)
+
+
+def _one(strength: Any) -> float | None:
+    """A strength to mark on the plot: None for ``per_target=True``'s list (one per output)."""
+    return None if isinstance(strength, list) else strength

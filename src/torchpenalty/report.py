@@ -457,10 +457,13 @@ def load_sweep(folder: str) -> Any:
                 r["val_accuracy"] = None
             records.append(Record(**r))
         result = SweepResult(report["strengths"], report["folds"], records,
-                             report["settings"], refit=report.get("refit"),
+                             report["settings"], refit_at=report.get("refit"),
                              classes=report.get("classes"), data_name=report.get("data_name"),
                              model_name=report.get("model_name"),
                              curves=report.get("learning_curves"))  # fmt: skip
+        if report["settings"].get("folds") == "loo":  # exact leave-one-out: its own table
+            result.given_table = [{**r, **{k: math.nan for k, v in r.items() if v is None}}
+                                  for r in report["table"]]  # fmt: skip
         if report["settings"]["loss"] not in ("mse", "cross_entropy"):
             raise ReportError(f"{REPORT} has a bad entry (settings.loss "
                               f"{str(report['settings']['loss'])[:40]!r})")  # fmt: skip

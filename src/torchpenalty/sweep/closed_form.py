@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -47,10 +48,12 @@ __all__ = [
     "fit_linear",
     "is_linear_model",
     "linear_of",
+    "loo_table",
     "not_applicable",
     "ridge_loo",
     "ridge_solutions",
     "sweep_closed_form",
+    "sweep_loo",
     "sweep_records",
 ]
 
@@ -112,10 +115,15 @@ def _scaled(X: np.ndarray, Y: np.ndarray, rows: np.ndarray, standardize: bool):
 def _losses(Z: np.ndarray, T: np.ndarray, W: np.ndarray, b: np.ndarray, scale: np.ndarray):
     """Mean squared error in the data's units of every solution ``(W[l], b[l])`` on the
     rows ``Z``, ``T``: shape ``(L,)`` (NaN for no rows)."""
+    return _target_losses(Z, T, W, b, scale).mean(1)
+
+
+def _target_losses(Z, T, W, b, scale) -> np.ndarray:
+    """:func:`_losses` for each output: shape ``(L, k)``."""
     if not len(T):
-        return np.full(len(W), np.nan)
+        return np.full(W.shape[::2], np.nan)
     err = (np.matmul(Z, W) + b[:, None, :] - T) * scale  # (L, rows, k)
-    return np.mean(err**2, axis=(1, 2))
+    return np.mean(err**2, axis=1)
 
 
 def fold_statistics(
@@ -450,6 +458,7 @@ def sweep_closed_form(
     make_model: Callable[[], nn.Module],
     v: Validated,
     splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    _given: tuple[list[dict], list[Record]] | None = None,
 ) -> SweepResult:
     """The sweep's result computed exactly on the training path's ``splits`` (train, val):
     the same table and selection rules, ``best_epoch`` 0, one-point learning curves, and
@@ -460,7 +469,10 @@ def sweep_closed_form(
     n = len(v.X)
     groups = getattr(v, "groups", None)
     streamed = isinstance(v.X, StreamedData)
-    if streamed:
+    per_target = _given is not None  # rows and records of sweep_per_target
+    if per_target:
+        records = _given[1]
+    elif streamed:
         part = np.empty(n, dtype=np.int64)
         for f, (_, va) in enumerate(splits):
             part[va] = f
@@ -488,18 +500,215 @@ def sweep_closed_form(
         settings["groups"] = len(np.unique(groups))
     with torch.random.fork_rng(devices=[]):
         name = describe_model(make_model())
-    result = SweepResult(v.grid, o["folds"], records, settings, model_name=name)
+    if per_target:
+        settings["per_target"] = True
+    result = SweepResult(v.grid, o["folds"], records, settings, model_name=name,
+                         given_table=_given[0] if per_target else None)  # fmt: skip
     if not hasattr(type(result), "loss"):
         result.loss = v.loss
+    result.path_fit = _all_rows_fit(make_model, v, parts if streamed else None, per_target)
     if o["refit"] and result.chosen_strength is not None:
-        result.refit = o["refit"]
-        with torch.random.fork_rng(devices=[]):
-            if streamed:
-                result.model = fit_streamed(make_model, parts, d, result.chosen_strength,
-                                            standardize=o["standardize"])  # fmt: skip
-            else:
-                result.model = fit_linear(make_model, v.X, v.y, result.chosen_strength,
-                                          standardize=o["standardize"]).eval()  # fmt: skip
+        result.refit_at = o["refit"]
+        result.model = result.refit(result.chosen_strength)
+    return result
+
+
+def _all_rows_fit(make_model, v: Validated, parts: list | None, per_target: bool) -> dict:
+    """Every grid strength's all-rows solution (:func:`stored_fit`), from the streamed
+    parts' scatter matrices or from the rows in memory."""
+    bias, standardize = _has_bias(make_model), v.options["standardize"]
+    if parts is not None:
+        acc, d = _merged(parts, None), int(v.X.shape[1])
+        scaling = _scaling(acc, d, standardize)
+        k = len(acc[1]) - d
+        W, b = _solve(acc, d, [s * acc[0] * k / 2 for s in v.grid], scaling, bias)
+    else:
+        W, b, scaling = all_rows(v.X, v.y, v.grid, standardize=standardize,
+                                 fit_intercept=bias, per_target=per_target)  # fmt: skip
+    return stored_fit(W, b, scaling, make_model)
+
+
+def all_rows(
+    X: np.ndarray, Y: np.ndarray, strengths: Sequence[float], *, standardize: bool = True,
+    fit_intercept: bool = True, per_target: bool = False,
+) -> tuple[np.ndarray, np.ndarray, tuple]:  # fmt: skip
+    """The all-rows ridge solutions ``W`` (L, d, k), ``b`` (L, k) at every strength
+    (``lam = s * n * k / 2``, standardized units; ``s * n / 2`` with ``per_target``) and
+    the scaling ``(x_mean, x_std, y_mean, y_std)`` of all rows: what :func:`fit_linear`
+    computes for one strength."""
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    n, k = Y.shape
+    sx, sy, Z, T = _scaled(np.asarray(X, dtype=np.float64), Y, np.arange(n), standardize)
+    k = 1 if per_target else k
+    W, b = ridge_solutions(Z, T, [s * n * k / 2 for s in strengths], fit_intercept=fit_intercept)
+    return W, b, (sx.mean, sx.std, sy.mean, sy.std)
+
+
+def stored_fit(W: np.ndarray, b: np.ndarray, scaling: tuple, make_model) -> dict:
+    """Every strength's all-rows solution as ``SweepResult.path_fit`` holds it (the path
+    solver's layout: ``weight`` (L, k, d), ``bias`` (L, k), the scaling), from which
+    :meth:`SweepResult.refit` builds a model at any grid strength without solving again."""
+    mx, sx, my, sy = (torch.as_tensor(np.asarray(t, dtype=np.float64)) for t in scaling)
+    return {"weight": torch.as_tensor(W.transpose(0, 2, 1)), "bias": torch.as_tensor(b),
+            "x_mean": mx, "x_std": sx, "y_mean": my, "y_std": sy,
+            "make_model": make_model}  # fmt: skip
+
+
+def loo_not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
+    """Why ``folds="loo"`` (or ``per_target=True``) cannot serve this sweep (None when it
+    can): exact leave-one-out and per-target strengths are the ridge closed form's (:func:`not_applicable`) on 2-D features held in memory,
+    with ``solver`` ``"auto"`` or ``"closed_form"``."""
+    if v.options["solver"] not in ("auto", "closed_form"):
+        return f"solver 'auto' or 'closed_form' (got solver={v.options['solver']!r})"
+    if not v.tabular or isinstance(v.X, StreamedData):
+        return "2-D float features X held in memory (rows, features)"
+    for key in ("halving", "executor", "resume"):
+        if v.options[key] not in (None, False):
+            return f"{key} unset (got {key}={v.options[key]!r})"
+    return not_applicable(make_model, v)
+
+
+def loo_table(
+    X: np.ndarray, Y: np.ndarray, strengths: Sequence[float], *, standardize: bool = True,
+    per_target: bool = False,
+) -> tuple[list[dict], list[Record], tuple]:  # fmt: skip
+    """The sweep table of exact leave-one-out on ``n`` rows, one :class:`Record` per
+    strength and the all-rows solutions (``W``, ``b``, scaling: :func:`all_rows`). ``X`` is standardized with all rows' statistics (per-fold statistics would
+    give each of the ``n`` fits its own penalty scale); each leave-one-out fit minimizes its
+    ``n - 1`` rows' mean squared error plus ``s/2 ||W||^2``: ``lam = s * (n - 1) * k / 2``
+    in :func:`ridge_loo` (``k`` outputs), scikit-learn's ``RidgeCV(alphas=s * (n - 1) / 2)``
+    on the standardized ``X`` (one output; the target's own units: L2 does not depend on
+    them). The validation loss of a strength is the mean over rows (and outputs) of the
+    squared leave-one-out residuals, its standard error ``std(ddof=1) / sqrt(n)`` over the
+    rows; train loss, weight norm and zeros are the all-rows fit's (``lam = s * n * k / 2``):
+    the ``n`` leave-one-out fits are never formed.
+
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(30, 2)); y = X[:, 0] + rng.normal(size=30)
+    >>> rows, _, _ = loo_table(X, y, [0.1, 1.0])
+    >>> e = ridge_loo((X - X.mean(0)) / X.std(0), y, [0.1 * 29 / 2])  # lam = s (n - 1) / 2
+    >>> [r["folds_done"] for r in rows], bool(np.isclose(rows[0]["val_loss_mean"], np.mean(e**2)))
+    ([30, 30], True)
+    """
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    n, k = Y.shape
+    sx, sy, Z, T = _scaled(np.asarray(X, dtype=np.float64), Y, np.arange(n), standardize)
+    kk = 1 if per_target else k  # per target: each output's lam is its own s * (n - 1) / 2
+    loo = ridge_loo(Z, T, [s * (n - 1) * kk / 2 for s in strengths]) * sy.std
+    err = np.mean(loo**2, axis=2)  # (L, n) in the data's units
+    W, b = ridge_solutions(Z, T, [s * n * kk / 2 for s in strengths])
+    train = _losses(Z, T, W, b, sy.std)
+    stats = np.stack([err.mean(1), train, np.sqrt(np.sum(W**2, axis=(1, 2))) ,
+                      np.mean(W == 0, axis=(1, 2))])[None]  # fmt: skip
+    records = records_of(stats, strengths)
+    se = (err.std(axis=1, ddof=1) / np.sqrt(n)).tolist()
+    bad = np.sum(~np.isfinite(err), axis=1).tolist()
+    rows = [{"strength": r.strength, "val_loss_mean": r.val_loss, "val_loss_se": e,
+             "train_loss_mean": r.train_loss, "param_norm_mean": r.param_norm,
+             "zero_fraction_mean": r.zero_fraction, "folds_done": n,
+             "diverged": not math.isfinite(r.val_loss), "folds_diverged": nb}
+            for r, e, nb in zip(records, se, bad, strict=True)]  # fmt: skip
+    if per_target:
+        per = loo**2  # (L, n, k)
+        _add_per_target(rows, per.mean(1), per.std(1, ddof=1) / np.sqrt(n))
+    return rows, records, (W, b, (sx.mean, sx.std, sy.mean, sy.std))
+
+
+def _add_per_target(rows: list[dict], mean: np.ndarray, se: np.ndarray) -> None:
+    """Each row (strength) gets ``val_loss_mean_per_target`` and ``val_loss_se_per_target``
+    (one entry per output) from arrays of shape ``(L, k)``."""
+    for row, m, e in zip(rows, mean.tolist(), se.tolist(), strict=True):
+        row["val_loss_mean_per_target"], row["val_loss_se_per_target"] = m, e
+
+
+def per_target_kfold(
+    X: np.ndarray, Y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    strengths: Sequence[float], *, standardize: bool = True, fit_intercept: bool = True,
+) -> tuple[list[dict], list[Record]]:  # fmt: skip
+    """K-fold table and records with one strength per output (``per_target=True``): each
+    output ``j`` is the single-output problem of its column, ``lam = s * n_train / 2``
+    (what ``tp.sweep`` on ``(X, Y[:, j])`` solves: ridge's outputs share ``X`` and nothing
+    else), all outputs from one decomposition per fold. Rows hold the mean over outputs
+    and ``val_loss_{mean,se}_per_target``; records the mean over outputs."""
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    X = np.asarray(X, dtype=np.float64)
+    per, stats = [], []
+    for tr, va in splits:
+        _, sy, Z, T = _scaled(X, Y, tr, standardize)
+        W, b = ridge_solutions(Z[tr], T[tr], [s * len(tr) / 2 for s in strengths],
+                               fit_intercept=fit_intercept)  # fmt: skip
+        per.append(_target_losses(Z[va], T[va], W, b, sy.std))  # (L, k)
+        stats.append([per[-1].mean(1), _losses(Z[tr], T[tr], W, b, sy.std),
+                      np.sqrt(np.sum(W**2, axis=(1, 2))), np.mean(W == 0, axis=(1, 2))])  # fmt: skip
+    records = records_of(np.asarray(stats), strengths)
+    rows = SweepResult(list(strengths), len(splits), records).table
+    p = np.stack(per)  # (F, L, k)
+    _add_per_target(rows, p.mean(0), p.std(0, ddof=1) / np.sqrt(len(splits)))
+    return rows, records
+
+
+def per_target_model(result: SweepResult, strengths: Sequence[float]) -> nn.Module:
+    """The all-rows model whose output ``j`` is solved at ``strengths[j]`` (grid values),
+    read from ``result.path_fit`` (a ``per_target=True`` sweep)."""
+    pf = result.path_fit
+    bad = [s for s in strengths if s not in result.strengths]
+    if bad or len(strengths) != pf["weight"].shape[1]:
+        raise ValueError(f"which must be 'best', '1se', a strength of the grid or one per "
+                         f"output ({pf['weight'].shape[1]}), got {list(strengths)!r}")  # fmt: skip
+    idx = [result.strengths.index(s) for s in strengths]
+    cols = range(len(idx))
+    W = torch.stack([pf["weight"][i, j] for i, j in zip(idx, cols, strict=True)])
+    b = torch.stack([pf["bias"][i, j] for i, j in zip(idx, cols, strict=True)])
+    with torch.random.fork_rng(devices=[]):
+        model = pf["make_model"]()
+    scaling = tuple(pf[key].numpy() for key in ("x_mean", "x_std", "y_mean", "y_std"))
+    return _fit_from(model, W.T.numpy(), b.numpy(), scaling)
+
+
+def sweep_per_target(make_model, v: Validated, splits) -> SweepResult:
+    """``tp.sweep(..., per_target=True)`` with K folds (:func:`per_target_kfold`)."""
+    why = loo_not_applicable(make_model, v)
+    if why is not None:
+        raise ValueError(f"per_target=True needs {why}; got per_target=True")
+    o = v.options
+    bias = _has_bias(make_model)
+    rows, records = per_target_kfold(v.X, v.y, splits, v.grid, standardize=o["standardize"],
+                                     fit_intercept=bias)  # fmt: skip
+    return sweep_closed_form(make_model, v, splits, _given=(rows, records))
+
+
+def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
+    """``tp.sweep(..., folds="loo")``: exact leave-one-out for ridge (:func:`loo_table`);
+    ``ValueError`` naming ``folds`` when it cannot apply (:func:`loo_not_applicable`)."""
+    why = loo_not_applicable(make_model, v)
+    if why is not None:
+        raise ValueError(f"folds='loo' needs {why}; got folds='loo'")
+    o = v.options
+    with torch.random.fork_rng(devices=[]):
+        model = make_model()  # once: its bias and its name
+    if linear_of(model).bias is None:
+        raise ValueError("folds='loo' needs a model with a bias; got folds='loo'")
+    rows, records, (W, b, scaling) = loo_table(v.X, v.y, v.grid, standardize=o["standardize"],
+                                               per_target=o["per_target"])  # fmt: skip
+    n = len(v.X)
+    settings = {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": n,
+        "n_features": int(v.X.shape[1]),
+        "data_sha256": v.fingerprint,
+        "solver": "closed_form",
+        **({"per_target": True} if o["per_target"] else {}),
+    }
+    result = SweepResult(v.grid, n, records, settings, model_name=describe_model(model),
+                         given_table=rows)  # fmt: skip
+    result.path_fit = stored_fit(W, b, scaling, make_model)
+    if o["refit"] and result.chosen_strength is not None:
+        result.refit_at = o["refit"]
+        result.model = result.refit(result.chosen_strength)
     return result
 
 

@@ -72,6 +72,7 @@ def sweep(
     read_threads: int = 0,
     halving: bool = False,
     executor: Any = None,
+    per_target: bool = False,
 ) -> SweepResult:
     """Cross-validate the penalty strength: train one model per (strength, fold), all at
     once, and pick the strength.
@@ -109,7 +110,22 @@ def sweep(
             float32, never standardized), folds are plain K-fold (stratified only for
             ``"cross_entropy"``), ``result.loss`` is its ``module.qualname`` and
             ``result.predict`` returns the model's raw outputs.
-        folds: K of K-fold cross-validation (shuffled with ``seed``).
+        folds: K of K-fold cross-validation (shuffled with ``seed``), or ``"loo"``: exact
+            leave-one-out for the ridge closed form (one ``nn.Linear``, ``penalty="l2"``,
+            ``loss="mse"``), all strengths from one decomposition, equal to scikit-learn's
+            ``RidgeCV(alphas=s * (n - 1) / 2)`` on ``X`` standardized with all rows'
+            statistics (:func:`~torchpenalty.sweep.closed_form.loo_table`); ``ValueError``
+            where it cannot apply.
+        per_target: multi-output ridge (the closed form) with one strength per output:
+            output ``j`` is solved as the single-output problem of its column
+            (``Ridge(alpha=s * n_train / 2)`` on it alone, the strength ``tp.sweep`` on
+            ``(X, y[:, j])`` would report), with K folds or ``folds="loo"``
+            (``RidgeCV(alpha_per_target=True)``). ``best_strength``, ``strength_1se`` and
+            ``chosen_strength`` are then lists (one per output); ``table`` rows add
+            ``val_loss_mean_per_target`` / ``val_loss_se_per_target`` and their
+            ``val_loss_mean`` is the mean over outputs; ``model`` (and
+            ``result.refit(which)``) solves each output at its own strength. ``ValueError``
+            naming ``per_target`` where the closed form does not apply.
         epochs, batch_size, optimizer, lr: training (``batch_size=None``: full batch;
             ``optimizer`` ``"adam"`` or ``"sgd"`` with momentum 0.9). Mini-batches are where
             vectorizing pays most: the sequential loop is bound by per-step overhead.
@@ -200,7 +216,13 @@ def sweep(
     v = validate(make_model, data, **options)
     if not v.tabular and v.options["solver"] == "closed_form":
         raise ValueError("solver='closed_form' needs 2-D float features X (rows, features)")
-    if v.tabular and closed_form.chooses_closed_form(make_model, v):
+    if v.options["folds"] == "loo":
+        result = closed_form.sweep_loo(make_model, v)
+    elif v.options["per_target"]:
+        o = v.options
+        splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
+        result = closed_form.sweep_per_target(make_model, v, splits[:-1])
+    elif v.tabular and closed_form.chooses_closed_form(make_model, v):
         o = v.options
         splits, _, _ = _folds(v.y, v.loss, o["folds"], o["seed"], v.groups)
         result = closed_form.sweep_closed_form(make_model, v, splits[:-1])

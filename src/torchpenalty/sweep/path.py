@@ -86,6 +86,9 @@ INNER_ITER = 100
 ONE_BATCH_FEATURES = 32
 #: Elements per operation below which the solver runs in one CPU thread.
 SMALL_OPS = 5_000_000
+#: Ridge of proximal Newton's second-order model, relative to its largest diagonal entry
+#: (the model only: the outer KKT conditions are those of the true objective).
+RIDGE = 1e-10
 
 
 # ---------------------------------------------------------------------------- penalty terms
@@ -410,17 +413,28 @@ def _newton_step(loss, terms: Terms, theta: Tensor, sign: Tensor) -> Tensor:
 
 
 def _batched_solve(A: Tensor, b: Tensor) -> Tensor:
-    """``torch.linalg.solve`` of a batch, on the CPU in one thread: torch 2.13's CPU build
-    aborts the process in a multi-threaded batched LU solve of 200 x 200 float64 systems
-    (oneMKL "Parameter 6 was incorrect on entry to DLASWP")."""
-    if A.device.type != "cpu" or torch.get_num_threads() == 1:
-        return torch.linalg.solve(A, b)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.solve(A, b)
-    finally:
-        torch.set_num_threads(before)
+    """``A^-1 b`` for a batch of symmetric systems; a singular one (duplicate features, more
+    active features than rows) gets a ridge of ``1e-10`` of its largest diagonal entry
+    (near the least-norm solution where ``b`` is in the range of ``A``). On the CPU in
+    one thread: torch 2.13's CPU build aborts the process in a multi-threaded batched LU
+    solve of 200 x 200 float64 systems (oneMKL "Parameter 6 was incorrect on entry to
+    DLASWP").
+
+    >>> A = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)  # singular
+    >>> x = _batched_solve(A, torch.tensor([[[2.0], [2.0]]], dtype=torch.float64))[0, :, 0]
+    >>> [round(v, 6) for v in x.tolist()]
+    [1.0, 1.0]
+    """
+    with _one_thread(A.device.type == "cpu", A.device):
+        x, info = torch.linalg.solve_ex(A, b)
+        bad = (info != 0) | ~torch.isfinite(x).all(-1).all(-1)
+        if bool(bad.any()):  # a ridge of 1e-10 of the largest diagonal entry
+            eps = 1e-10 * A.diagonal(0, 1, 2).abs().amax(-1).clamp_min(1e-300)
+            eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+            x = torch.where(
+                bad[:, None, None], torch.linalg.solve_ex(A + eps[:, None, None] * eye, b)[0], x
+            )
+    return x
 
 
 # ---------------------------------------------------------------------------- active set
@@ -580,7 +594,7 @@ def _prox_newton(loss, terms: Terms, theta: Tensor, scale: Tensor, tol: float, m
             break
         g = _smooth_grad(loss, terms, theta).reshape(P, -1)
         H = loss.hessian(theta) + torch.diag_embed(terms.l2[:, None] * pen)
-        H = H + torch.diag_embed(1e-12 * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand_as(g))
+        H = H + torch.diag_embed(RIDGE * H.diagonal(0, 1, 2).amax(-1, keepdim=True).expand_as(g))
         x0 = theta.reshape(P, -1)
         stop = torch.where(live, (0.01 * rel).clamp_min(1e-13) * scale, math.inf)
         x, _ = active_set(H, (H @ x0[..., None])[..., 0] - g, a, x0, stop)
@@ -770,6 +784,12 @@ def _active_path(loss: Quadratic, base: Terms, strengths, order, tol, max_iter):
     l1 = base.l1.repeat_interleave(k)[:, None].expand(P * k, d)
     l2 = base.l2.repeat_interleave(k)[:, None, None]
     ridge = bool((base.l2 > 0).any())
+    rank = getattr(loss, "rank", None)
+    if not ridge and rank is not None and bool((rank < d).any()):
+        # singular Gram matrices (more features than rows): once the active set fills the
+        # rank, a feature enters only as another leaves, along a flat direction that a
+        # faint ridge (1e-10 of the largest diagonal entry) turns into a finite step
+        Gk = Gk + 1e-10 * Gk.diagonal(0, 1, 2).amax(-1)[:, None, None] * eye
     if d <= ONE_BATCH_FEATURES:
         s = torch.as_tensor(strengths, dtype=G.dtype, device=G.device)[:, None, None, None]
         A = (Gk + s * l2 * eye if ridge else Gk.expand(S, -1, -1, -1)).reshape(-1, d, d)
@@ -876,6 +896,8 @@ def mse_path(X, Y, splits, strengths, coef: dict, *, standardize=True, fit_inter
         B = torch.stack([Z.T @ Y[tr] / len(Z) for Z, (tr, _) in zip(Zs, splits, strict=True)])
         zm, ym = torch.zeros_like(mx), torch.zeros(len(splits), k, dtype=X.dtype, device=X.device)
     loss = Quadratic(G, B)
+    rows = torch.as_tensor([len(tr) for tr, _ in splits], device=X.device)
+    loss.rank = (rows - int(fit_intercept)).clamp_max(X.shape[1])  # of G: at most rows - 1
     base = Terms.of(torch.ones(len(splits), dtype=torch.float64, device=X.device), **coef)
     with _one_thread(G.numel() * k < SMALL_OPS, X.device):  # the solves: d x d per problem
         W, infos = _path(loss, base.scaled(k / 2), strengths, None, tol, max_iter)
@@ -1081,7 +1103,7 @@ def sweep_path(make_model, v, splits):
                        "x_mean": fit.x_mean[-1].cpu(), "x_std": fit.x_std[-1].cpu(),
                        "make_model": make_model}  # fmt: skip
     if o["refit"] and result.chosen_strength is not None:
-        result.refit = o["refit"]
+        result.refit_at = o["refit"]
         result.model = path_model(result, result.chosen_strength)
     return result
 
@@ -1103,4 +1125,5 @@ def path_model(result, strength: float):
         if lin.bias is not None:
             lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
     f64 = torch.float64  # statistics kept in float64: cast only at the model's input
-    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64)).eval()
+    y = [pf[key].to(f64) if key in pf else None for key in ("y_mean", "y_std")]  # ridge
+    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64), *y).eval()

@@ -297,23 +297,28 @@ class SweepResult:
     ``tp.load_sweep``): ``classes`` (the sorted class labels, classification only: the
     model's output ``j`` is ``classes[j]``), ``data_name`` and ``model_name`` (for plot
     titles), ``curves`` (learning curves at the chosen strength, used when the records
-    carry no per-epoch history, as after loading a report)."""
+    carry no per-epoch history, as after loading a report), ``given_table`` (the table as
+    the solver computed it, used as is: exact leave-one-out, ``folds="loo"``, has one fold
+    per row and keeps one record per strength, not ``n`` of them)."""
 
     strengths: list[float]
     folds: int
     records: list[Record]
     settings: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = None
-    refit: str | None = None
+    refit_at: str | None = None
     classes: list[Any] | None = None
     data_name: str | None = None
     model_name: str | None = None
     curves: dict[str, list[float]] | None = None
     feature_names: list[str] | None = None
+    given_table: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ table
     @property
     def complete(self) -> bool:
+        if self.given_table is not None:
+            return len(self.given_table) == len(self.strengths)
         return len(self.records) == len(self.strengths) * self.folds
 
     @property
@@ -337,6 +342,8 @@ class SweepResult:
         """The table, computed once per state of ``records`` (its identity, length and the
         identity of its last record) and of the grid, then reused: ``best_strength`` and
         the other readers do not rebuild it."""
+        if self.given_table is not None:  # leave-one-out: no record per (strength, row)
+            return self.given_table
         recs = self.records
         key = (id(recs), len(recs), id(recs[-1]) if recs else None, tuple(self.strengths),
                bool(self.settings.get("halving")))  # fmt: skip
@@ -356,30 +363,90 @@ class SweepResult:
         return rows
 
     @property
-    def best_strength(self) -> float | None:
-        """Strength with the smallest finite mean validation loss (None if all diverged)."""
-        rows = self._rows()
-        b = best_index(rows)
-        return None if b is None else rows[b]["strength"]
+    def best_strength(self) -> Any:
+        """Strength with the smallest finite mean validation loss (None if all diverged);
+        with ``per_target=True``, a list: each output's own."""
+        return self._choose(best_index)
 
     @property
-    def strength_1se(self) -> float | None:
+    def strength_1se(self) -> Any:
         """Largest strength whose mean validation loss is within one standard error of
-        the minimum (glmnet's lambda.1se): the simplest model as good as the best."""
+        the minimum (glmnet's lambda.1se): the simplest model as good as the best; with
+        ``per_target=True``, a list: each output's own."""
+        return self._choose(one_se_index)
+
+    def _choose(self, rule: Any) -> Any:
         rows = self._rows()
-        b = one_se_index(rows)
+        if rows and "val_loss_mean_per_target" in rows[0]:  # one choice per output
+            out = []
+            for j in range(len(rows[0]["val_loss_mean_per_target"])):
+                col = [{"strength": r["strength"], "val_loss_mean": r["val_loss_mean_per_target"][j],
+                        "val_loss_se": r["val_loss_se_per_target"][j]} for r in rows]  # fmt: skip
+                b = rule(col)
+                out.append(None if b is None else col[b]["strength"])
+            return out
+        b = rule(rows)
         return None if b is None else rows[b]["strength"]
 
     @property
     def chosen_strength(self) -> float | None:
-        """The strength the refit used (``refit="1se"`` or ``"best"``)."""
-        return self.strength_1se if self.refit == "1se" else self.best_strength
+        """The strength ``model`` was refit at (``refit_at`` ``"1se"`` or ``"best"``)."""
+        return self.strength_1se if self.refit_at == "1se" else self.best_strength
+
+    def refit(self, which: str | float = "best") -> nn.Module:
+        """A model fit on all rows at ``which`` -- ``"best"`` (``best_strength``), ``"1se"``
+        (``strength_1se``), a strength, or with ``per_target=True`` one per output -- without a second sweep, taking raw ``X`` and
+        returning the data's units like ``model``. The closed form, leave-one-out and the
+        path solver keep every grid strength's all-rows solution (``path_fit``): the model
+        is read from it (``which`` a strength of the grid). A trained sweep trains the one
+        all-rows model at that strength as its own refit did (``tp.sweep`` keeps what it
+        needs; a result loaded by ``tp.load_sweep`` has no data: ``ValueError``).
+
+        >>> import numpy as np, torch, torchpenalty as tp
+        >>> X = np.random.default_rng(0).normal(size=(60, 3)); y = X[:, 0] + 1.0
+        >>> r = tp.sweep(lambda: torch.nn.Linear(3, 1), (X, y), strengths=[0.01, 1.0],
+        ...              folds=3, progress=False)
+        >>> m = r.refit("1se"); bool(abs(r.refit("best")(X[:2]) - r.model(X[:2])).max() < 1e-5)
+        True
+        """
+        s = self._strength_of(which)
+        if self.settings.get("per_target"):  # one strength per output
+            from .closed_form import per_target_model
+
+            k = self.path_fit["weight"].shape[1]
+            return per_target_model(self, s if isinstance(s, list) else [s] * k)
+        if getattr(self, "path_fit", None) is not None:
+            if s not in self.strengths:
+                raise ValueError(f"which must be 'best', '1se' or a strength of the grid "
+                                 f"{self.strengths} (solved, not trained), got {which!r}")  # fmt: skip
+            from .path import path_model
+
+            return path_model(self, s)
+        train = getattr(self, "refit_with", None)
+        if train is None:
+            raise ValueError("refit needs the sweep's data, which this result does not hold "
+                             f"(loaded from a report?); got which={which!r}")  # fmt: skip
+        with torch.enable_grad():  # it trains, even when called under torch.no_grad()
+            return train(s)
+
+    def _strength_of(self, which: Any) -> Any:
+        rules = {"best": self.best_strength, "1se": self.strength_1se}
+        if isinstance(which, str) and which in rules:
+            if rules[which] is None or (isinstance(rules[which], list) and None in rules[which]):
+                raise ValueError(f"which={which!r} names no strength: every strength diverged")
+            return rules[which]
+        if isinstance(which, (list, tuple)) and self.settings.get("per_target"):
+            return [self._strength_of(w) for w in which]  # one per output
+        ok = isinstance(which, (int, float)) and not isinstance(which, bool)
+        if not ok or not math.isfinite(which) or which < 0:
+            raise ValueError(f"which must be 'best', '1se' or a strength >= 0, got {which!r}")
+        return float(which)
 
     def learning_curves(self, strength: float | None = None) -> dict[str, list[float]]:
         """Mean train and validation loss per epoch across folds at ``strength`` (default:
         the chosen one); ``{}`` when there is none (all diverged, or no history kept)."""
         s = self.chosen_strength if strength is None else strength
-        if s is None or not self.records:
+        if s is None or isinstance(s, list) or not self.records:
             return {}
         i = min(range(len(self.strengths)), key=lambda j: abs(self.strengths[j] - s))
         recs = [r for r in self.records if r.i == i]
@@ -396,8 +463,9 @@ class SweepResult:
         """The input features a linear model keeps (a nonzero weight for some output) on
         all rows, at the best and at the 1-SE strength: ``{"best": [...], "1se": [...]}``,
         named by ``feature_names`` (the CSV header on the command line), else ``"x0"``,
-        ``"x1"``, ... A path sweep (``settings["solver"] == "path"``) holds every
-        strength's all-rows solution; otherwise only the refit model's strength is known
+        ``"x1"``, ... A solved sweep (``settings["solver"]`` ``"path"`` or
+        ``"closed_form"``) holds every strength's all-rows solution (``path_fit``);
+        otherwise only the refit model's strength is known
         (the other rule is None). None when there is no such linear model.
 
         >>> import numpy as np, torch, torchpenalty as tp
@@ -409,6 +477,8 @@ class SweepResult:
         """
         weights = {}
         fit = getattr(self, "path_fit", None)
+        if self.settings.get("per_target"):
+            return None
         for rule, s in (("best", self.best_strength), ("1se", self.strength_1se)):
             if s is not None and fit is not None:
                 weights[rule] = fit["weight"][self.strengths.index(s)]
@@ -521,7 +591,7 @@ class SweepResult:
         if self.records:
             out["best_strength"] = self.best_strength
             out["strength_1se"] = self.strength_1se
-            out["refit"] = self.refit
+            out["refit"] = self.refit_at
             out["learning_curves"] = self.learning_curves() if self.complete else None
             out["warnings"] = self.warnings
             selected = self.selected
@@ -550,7 +620,9 @@ class SweepResult:
             return "SweepResult(no completed models)"
         best, one, chosen = self.best_strength, self.strength_1se, self.chosen_strength
 
-        def fmt(v: float | None) -> str:
+        def fmt(v: Any) -> str:
+            if isinstance(v, list):  # per_target=True: one per output
+                return "[" + ", ".join(map(fmt, v)) + "]"
             return "None" if v is None else f"{v:.3g}"
 
         done, total = len(self.records), len(self.strengths) * self.folds
@@ -559,14 +631,14 @@ class SweepResult:
             + ("" if self.complete else f" ({done} of {total} models finished)")
             + f", best_strength={fmt(best)}, strength_1se={fmt(one)}"
             + (
-                f", refit={self.refit!r} at {fmt(chosen)}"
-                if self.refit and chosen is not None
+                f", refit={self.refit_at!r} at {fmt(chosen)}"
+                if self.refit_at and chosen is not None
                 else ""
             )
             + ")"
         )
         table = format_table(
-            self.table, best=best, one_se=one, chosen=chosen if self.refit else None
+            self.table, best=best, one_se=one, chosen=chosen if self.refit_at else None
         )
         warn = "".join(f"\nwarning: {w}" for w in self.warnings)
         return f"{head}\n{table}{warn}"

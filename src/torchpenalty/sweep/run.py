@@ -557,8 +557,9 @@ def _finish(plan: _Plan, done: dict[tuple[int, int], Record], refit: str | bool)
     result = _result(plan, done)
     if world()[1] > 1:
         result.settings["world_size"] = world()[1]
+    result.refit_with = lambda s: _refit(plan, result, s)  # result.refit(which)
     if refit:
-        result.refit = refit
+        result.refit_at = refit
         if result.chosen_strength is None:  # every strength diverged: nothing to refit
             return result
         try:
@@ -595,13 +596,14 @@ def held_out_scores(
     return scores
 
 
-def _refit(plan: _Plan, result: SweepResult) -> nn.Module:
-    """Train one model on all rows at the chosen strength (for the median best epoch count
-    of its folds when early stopping was on); return it on the CPU, taking raw inputs."""
+def _refit(plan: _Plan, result: SweepResult, s: float | None = None) -> nn.Module:
+    """Train one model on all rows at strength ``s`` (default the chosen one; for the
+    median best epoch count of the folds of the nearest grid strength when early stopping
+    was on); return it on the CPU, taking raw inputs."""
     engine = plan.engine
-    s = result.chosen_strength
+    s = result.chosen_strength if s is None else s
     k = result.folds  # the all-rows "fold"
-    i = result.strengths.index(s)
+    i = min(range(len(result.strengths)), key=lambda j: abs(result.strengths[j] - s))
     epochs = engine.epochs
     if engine.early_stopping:
         epochs = int(np.median([r.best_epoch for r in result.records if r.i == i])) + 1

@@ -73,6 +73,15 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
     return check
 
 
+def _folds_rule(name: str, v: Any) -> int | str:
+    """K of K-fold (an integer >= 2) or ``"loo"`` (exact leave-one-out, ridge only)."""
+    if isinstance(v, str):
+        if v != "loo":
+            raise value_error(name, "an integer >= 2 or 'loo'", v)
+        return v
+    return _int(2)(name, v)
+
+
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda name, v: None if v is None else check(name, v)
 
@@ -208,7 +217,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "strengths": _optional(_strengths),
     "penalty": _penalty,
     "loss": _optional(_loss),
-    "folds": _int(2),
+    "folds": _folds_rule,
     "epochs": _int(1),
     "batch_size": _optional(_int(1)),
     "optimizer": _choice("adam", "sgd"),
@@ -230,6 +239,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, Any], Any]] = {
     "test": _optional(_pair),
     "read_threads": _int(0),
     "halving": _bool,
+    "per_target": _bool,
     "executor": _optional(_executor),
 }
 
@@ -262,7 +272,11 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
     if isinstance(X, StreamedData) and opts["batch_size"] is None:
         raise value_error("batch_size", f"an integer for a Dataset streamed by batch (about "
                           f"{X.mb:.3g} MB > max_memory_mb: a full batch reads every row)", None)  # fmt: skip
-    if opts["folds"] > len(X):
+    if opts["folds"] == "loo" and opts["groups"] is not None:
+        raise value_error("folds", "an integer when groups are given (not 'loo')", "loo")
+    if opts["folds"] == "loo" and len(X) < 3:
+        raise value_error("folds", f"an integer, or 'loo' with at least 3 rows ({len(X)})", "loo")
+    if opts["folds"] != "loo" and opts["folds"] > len(X):
         raise value_error("folds", f"at most the number of rows ({len(X)})", opts["folds"])
     pen = opts["penalty"]
     mode = opts["mode"] or pen.sweep_mode
@@ -585,5 +599,6 @@ _DEFAULTS: dict[str, Any] = {
     "test": None,
     "read_threads": 0,
     "halving": False,
+    "per_target": False,
     "executor": None,
 }
