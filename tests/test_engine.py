@@ -271,3 +271,64 @@ def test_every_model_trains_on_its_own_batches_as_a_plain_loop(sizes, bs):
     assert idx.shape[1] == math.ceil(max(sizes) / bs)
     if min(sizes) >= idx.shape[1]:
         assert mask.any(2).all()  # spread: data in every batch
+
+
+# ---------------------------------------------------------------------------- hand backward
+ACTS = [nn.ReLU(), nn.ReLU(inplace=True), nn.Tanh(), nn.Sigmoid(), nn.Identity(), nn.GELU(),
+        nn.SiLU(), nn.LeakyReLU(0.1), nn.ELU(), nn.Softplus()]  # fmt: skip
+
+
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: repr(a))
+@pytest.mark.parametrize(("bias", "padded", "frozen"), [(True, False, False), (False, True, False),
+                                                        (True, True, True)])  # fmt: skip
+def test_hand_backward_equals_autograd_of_each_model_alone(act, bias, padded, frozen):
+    """The bmm path's gradients (forward without autograd, backward by hand) equal, model
+    by model, autograd's gradients of a plain nn.Sequential holding that model's weights
+    on its rows (padding rows masked out; a frozen first layer gets no gradient)."""
+    d, m, bs = 3, 4, 6
+
+    def make():
+        net = nn.Sequential(nn.Linear(d, 5, bias=bias), act, nn.Linear(5, 5, bias=bias),
+                            act, nn.Linear(5, 2, bias=bias))  # fmt: skip
+        if frozen:
+            net[0].requires_grad_(False)
+        return net
+
+    eng = engine(make=make, d=d)
+    assert eng.forward_kind == "bmm"
+    tasks = [Task(i, i % 2, 0.1) for i in range(m)]
+    _, _, params, _ = eng._stacked(tasks)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    x, y = torch.randn(m, bs, d, generator=g), torch.randn(m, bs, 2, generator=g)
+    mk = None
+    if padded:
+        mk = torch.ones(m, bs, dtype=torch.bool)
+        mk[0, :2] = mk[3, :1] = False
+    rows = eng._mlp_step_grads(params, x, y, mk)
+    for j in range(m):
+        net = make()
+        with torch.no_grad():
+            for n_, p in net.named_parameters():
+                p.copy_(params[n_][j])
+        keep = slice(None) if mk is None else mk[j]
+        out = net(x[j][keep])
+        per_row = (out - y[j][keep]).pow(2).mean(1)
+        per_row.mean().backward()
+        torch.testing.assert_close(rows[j][keep], per_row.detach(), rtol=1e-6, atol=1e-6)
+        for n_, p in net.named_parameters():
+            if p.grad is None:
+                assert params[n_].grad is None and frozen
+                continue
+            torch.testing.assert_close(params[n_].grad[j], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_linear_used_twice_takes_the_vmap_path():
+    from torchpenalty.sweep.engine import _is_stackable_mlp
+
+    lin = nn.Linear(4, 4)
+    assert not _is_stackable_mlp(nn.Sequential(lin, nn.ReLU(), lin))
+    relu = nn.ReLU()  # an activation used twice is fine (no weights)
+    assert _is_stackable_mlp(nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu))

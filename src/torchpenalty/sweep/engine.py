@@ -144,8 +144,38 @@ class Problem:
         """``X[folds[:, None], idx]``: the inputs ``(M, r, ...)`` of M models (model ``j``
         reads fold ``folds[j]``'s view) on the rows ``idx`` ``(M, r)``."""
         if isinstance(self.X, Tensor):
-            return self.X[folds[:, None], idx]
+            return _rows_of(self.X, folds, idx)
         return self.X.take(folds, idx)
+
+    def targets(self, folds: Tensor, idx: Tensor) -> Tensor:
+        """The targets of ``inputs(folds, idx)``: per fold for standardized targets
+        (``Y[folds[:, None], idx]``), else shared by every fold (``Y[idx]``)."""
+        if not self.objective.standardized:
+            return _take(self.Y, idx)
+        return _rows_of(self.Y, folds, idx)
+
+
+def _take(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[idx]`` as one ``index_select`` (torch's advanced indexing costs more here)."""
+    return t.index_select(0, idx.reshape(-1)).view(*idx.shape, *t.shape[1:])
+
+
+def _rows_of(t: Tensor, folds: Tensor, idx: Tensor) -> Tensor:
+    """``t[folds[:, None], idx]`` for ``t`` of shape ``(folds, rows, ...)``: one
+    ``index_select`` on the folds' rows laid end to end, or on fold 0's rows when every
+    fold is the same view (stride 0: one copy shared by all folds).
+
+    >>> t = torch.arange(12.0).view(2, 3, 2)
+    >>> folds, idx = torch.tensor([1, 0]), torch.tensor([[2, 0], [1, 1]])
+    >>> torch.equal(_rows_of(t, folds, idx), t[folds[:, None], idx])
+    True
+    """
+    if t.stride(0) == 0 or t.shape[0] == 1:
+        return _take(t[0], idx)
+    if not t.is_contiguous():
+        return t[folds[:, None], idx]
+    flat = t.view(-1, *t.shape[2:])
+    return _take(flat, folds[:, None] * t.shape[1] + idx)
 
 
 @dataclass
@@ -198,9 +228,14 @@ class _StackedLinear(torch.autograd.Function):
 
 
 def _is_stackable_mlp(model: nn.Module) -> bool:
+    """An ``nn.Sequential`` of ``nn.Linear`` and :data:`ACTIVATIONS` (or one Linear), no
+    Linear used twice (its weights would take two gradients)."""
     mods = list(model) if isinstance(model, nn.Sequential) else [model]
-    return all(isinstance(m, (nn.Linear, *ACTIVATIONS)) for m in mods) and any(
-        isinstance(m, nn.Linear) for m in mods
+    linears = [id(m) for m in mods if isinstance(m, nn.Linear)]
+    return (
+        all(isinstance(m, (nn.Linear, *ACTIVATIONS)) for m in mods)
+        and len(linears) > 0
+        and len(set(linears)) == len(linears)
     )
 
 
@@ -289,14 +324,8 @@ class Engine:
         params = {n: state[n] for n in self.names}
         if self.forward_kind == "bmm":
             h = x
-            mods = (
-                self.base.named_children()
-                if isinstance(self.base, nn.Sequential)
-                else [("", self.base)]
-            )
-            for name, mod in mods:
-                if isinstance(mod, nn.Linear):
-                    pre = f"{name}." if name else ""
+            for mod, pre in self._layers():
+                if pre is not None:
                     h = _StackedLinear.apply(h, params[pre + "weight"], params.get(pre + "bias"))
                 else:
                     h = mod(h)
@@ -368,10 +397,7 @@ class Engine:
         return self.problem.objective.rows(out, y)
 
     def _gather(self, folds: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.problem.inputs(folds, idx)
-        if not self.problem.objective.standardized:  # targets shared by every fold
-            return x, self.problem.Y[idx]
-        return x, self.problem.Y[folds[:, None], idx]
+        return self.problem.inputs(folds, idx), self.problem.targets(folds, idx)
 
     # ------------------------------------------------------------------ evaluation
     def _masked_loss(self, state, folds, idx, mask) -> tuple[Tensor, Tensor | None]:
@@ -405,8 +431,11 @@ class Engine:
         """Loss of every row ``(M, r)`` in the data's units and, for cross-entropy,
         whether the predicted class is right, with the models in evaluation mode."""
         x, y = self._gather(folds, idx)
-        with self._mode(False):
+        if self.forward_kind == "bmm":  # Linear and activations: no train/eval difference
             out = self.forward(state, x)
+        else:
+            with self._mode(False):
+                out = self.forward(state, x)
         objective = self.problem.objective
         if objective.standardized:  # errors scaled back to the data's units
             o = out if out.ndim == 3 else out.unsqueeze(-1)
@@ -452,23 +481,71 @@ class Engine:
         each model's real rows. The forward pass draws its random numbers from ``gen``
         (:func:`drawing_from`)."""
         x, y = self._gather(folds, idx)
+        # None: backward writes the gradients instead of adding them to zeros (the in-place
+        # adds were most of a wide model's step); what opt.zero_grad(set_to_none=True) does
+        # without its profiler and hook bookkeeping
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = None
         if self.forward_kind == "bmm":  # Linear and activations: no train/eval difference
-            rows = self._row_losses(self.forward(live, x), y)
+            rows = self._mlp_step_grads(live, x, y, mk)
         else:
             with self._mode(True), drawing_from(gen, self.device):
                 rows = self._row_losses(self.forward(live, x), y)
-        if mk is None:
-            per_model = rows.mean(1)
-        else:
-            rows = rows * mk
-            per_model = rows.sum(1) / mk.sum(1).clamp_min(1)
-        # set_to_none: backward writes the gradients instead of adding them to zeros
-        # (the in-place adds were most of a wide model's step)
-        opt.zero_grad(set_to_none=True)
-        per_model.sum().backward()
+            rows = rows if mk is None else rows * mk
+            _per_model(rows, mk).sum().backward()
         _fill_missing_grads(sel)
         self._penalty_step(opt, sel, strengths)
         return rows.detach().sum(1)
+
+    def _mlp_step_grads(self, live, x, y, mk) -> Tensor:
+        """For a stack of Linear layers and activations: the forward pass without autograd
+        (its activations kept), the loss's gradient with respect to the output by autograd,
+        and the backward pass by hand -- the products :class:`_StackedLinear` computes
+        (``g^T x``, ``g.sum(1)``, ``g w``) and each activation's derivative (torch's own
+        backward kernels; autograd for the others) -- written to the trainable
+        parameters' ``.grad``. Autograd's graph costs more than these few products for
+        small models. Returns each row's loss (zero on padding rows)."""
+        layers = self._layers()
+        acts = [x]
+        with torch.no_grad():
+            for mod, pre in layers:
+                h = acts[-1]
+                if pre is None:
+                    acts.append(mod(h.clone()) if getattr(mod, "inplace", False) else mod(h))
+                    continue
+                w, b = live[pre + "weight"], live.get(pre + "bias")
+                wt = w.transpose(1, 2)
+                acts.append(torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt))
+        out = acts[-1].requires_grad_()
+        with torch.enable_grad():
+            rows = self._row_losses(out, y)
+            rows = rows if mk is None else rows * mk
+            (g,) = torch.autograd.grad(_per_model(rows, mk).sum(), out)
+        first = next(j for j, (_, pre) in enumerate(layers) if pre is not None)
+        with torch.no_grad():
+            for j in range(len(layers) - 1, first - 1, -1):
+                mod, pre = layers[j]
+                if pre is None:
+                    g = _activation_backward(mod, g, acts[j], acts[j + 1])
+                    continue
+                w, b = live[pre + "weight"], live.get(pre + "bias")
+                if w.requires_grad:
+                    w.grad = torch.bmm(g.transpose(1, 2), acts[j])
+                if b is not None and b.requires_grad:
+                    b.grad = g.sum(1)
+                if j > first:
+                    g = torch.bmm(g, w)
+        return rows.detach()
+
+    def _layers(self) -> list[tuple[nn.Module, str | None]]:
+        """The stack's modules in order, each with its parameter prefix (None: an
+        activation). Every position counts: an activation instance used twice appears
+        twice (``named_children`` would list it once)."""
+        if not isinstance(self.base, nn.Sequential):
+            return [(self.base, "")]
+        return [(m, f"{n}." if isinstance(m, nn.Linear) else None)
+                for n, m in self.base._modules.items()]  # fmt: skip
 
     def _stacked(self, tasks: list[Task]) -> tuple[Tensor, Tensor, dict, dict]:
         """Folds, strengths, and the stacked initial parameters (trainable unless frozen)
@@ -743,6 +820,33 @@ def _trimmed(idx: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
     if not bool(keep.all()):
         idx, mask = idx[:, keep], mask[:, keep]
     return idx, None if bool(mask.all()) else mask
+
+
+def _per_model(rows: Tensor, mk: Tensor | None) -> Tensor:
+    """Each model's mean loss over its real rows (``rows`` already zero on padding)."""
+    return rows.mean(1) if mk is None else rows.sum(1) / mk.sum(1).clamp_min(1)
+
+
+_DERIVATIVES: dict[type, Callable[[Tensor, Tensor], Tensor]] = {
+    nn.ReLU: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
+    nn.Tanh: lambda g, out: torch.ops.aten.tanh_backward(g, out),
+    nn.Sigmoid: lambda g, out: torch.ops.aten.sigmoid_backward(g, out),
+    nn.Identity: lambda g, out: g,
+}
+"""Activations whose derivative torch's backward kernels give from the output (what
+autograd itself calls for them)."""
+
+
+def _activation_backward(mod: nn.Module, g: Tensor, inp: Tensor, out: Tensor) -> Tensor:
+    """The gradient with respect to an activation's input, from the gradient ``g`` with
+    respect to its output: a backward kernel of :data:`_DERIVATIVES`, else autograd
+    through the module once more (GELU, SiLU, LeakyReLU, ELU, Softplus)."""
+    rule = _DERIVATIVES.get(type(mod))
+    if rule is not None:
+        return rule(g, out)
+    a = inp.detach().requires_grad_()
+    with torch.enable_grad():
+        return torch.autograd.grad(mod(a), a, g)[0]
 
 
 def _fill_missing_grads(params: list[Tensor]) -> None:
