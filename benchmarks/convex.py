@@ -191,7 +191,8 @@ def ridge_rows(quick: bool, n: int, d: int):
 
 
 def ridge_main(quick: bool, repeats: int, n: int, d: int) -> None:
-    """Time :func:`ridge_rows` (one thread, then the default; interleaved; medians)."""
+    """Time :func:`ridge_rows` (one thread, then the default; one untimed warm-up call of
+    each contender, then ``repeats`` interleaved runs; medians)."""
     from threadpoolctl import threadpool_limits
 
     default_threads = torch.get_num_threads()
@@ -207,6 +208,7 @@ def ridge_main(quick: bool, repeats: int, n: int, d: int) -> None:
             with threadpool_limits(limits=threads):
                 for label, fn in contenders.items():
                     mine, theirs = [], []
+                    ours_ridge(X, y, folds, S), fn()  # warm-up, untimed (first-call costs)
                     for _ in range(repeats):  # interleaved
                         t, best = timed(ours_ridge, X, y, folds, S)
                         mine.append(t)

@@ -421,9 +421,7 @@ def not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | N
         return f"loss='mse' (got {v.loss!r})"
     if type(v.penalty) is not L2:  # exactly L2: a subclass may change the term
         return f"penalty='l2' (got {v.penalty.name!r})"
-    with torch.random.fork_rng(devices=[]):
-        model = make_model()
-    if not is_linear_model(model):
+    if not is_linear_model(v.probe(make_model)):
         return "a model that is one trainable nn.Linear (or nn.Sequential of one)"
     return None
 
@@ -480,10 +478,10 @@ def sweep_closed_form(
         parts = part_scatter(v.X, part, len(splits), y2)
         d = int(v.X.shape[1])
         records = streamed_records(parts, d, v.grid, standardize=o["standardize"],
-                                   fit_intercept=_has_bias(make_model))  # fmt: skip
+                                   fit_intercept=_has_bias(v.probe(make_model)))  # fmt: skip
     else:
         records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
-                                fit_intercept=_has_bias(make_model))  # fmt: skip
+                                fit_intercept=_has_bias(v.probe(make_model)))  # fmt: skip
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
         "loss": v.loss,
@@ -498,8 +496,7 @@ def sweep_closed_form(
     }
     if groups is not None:
         settings["groups"] = len(np.unique(groups))
-    with torch.random.fork_rng(devices=[]):
-        name = describe_model(make_model())
+    name = describe_model(v.probe(make_model))
     if per_target:
         settings["per_target"] = True
     result = SweepResult(v.grid, o["folds"], records, settings, model_name=name,
@@ -516,7 +513,7 @@ def sweep_closed_form(
 def _all_rows_fit(make_model, v: Validated, parts: list | None, per_target: bool) -> dict:
     """Every grid strength's all-rows solution (:func:`stored_fit`), from the streamed
     parts' scatter matrices or from the rows in memory."""
-    bias, standardize = _has_bias(make_model), v.options["standardize"]
+    bias, standardize = _has_bias(v.probe(make_model)), v.options["standardize"]
     if parts is not None:
         acc, d = _merged(parts, None), int(v.X.shape[1])
         scaling = _scaling(acc, d, standardize)
@@ -671,7 +668,7 @@ def sweep_per_target(make_model, v: Validated, splits) -> SweepResult:
     if why is not None:
         raise ValueError(f"per_target=True needs {why}; got per_target=True")
     o = v.options
-    bias = _has_bias(make_model)
+    bias = _has_bias(v.probe(make_model))
     rows, records = per_target_kfold(v.X, v.y, splits, v.grid, standardize=o["standardize"],
                                      fit_intercept=bias)  # fmt: skip
     return sweep_closed_form(make_model, v, splits, _given=(rows, records))
@@ -684,8 +681,7 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     if why is not None:
         raise ValueError(f"folds='loo' needs {why}; got folds='loo'")
     o = v.options
-    with torch.random.fork_rng(devices=[]):
-        model = make_model()  # once: its bias and its name
+    model = v.probe(make_model)  # its bias and its name
     if linear_of(model).bias is None:
         raise ValueError("folds='loo' needs a model with a bias; got folds='loo'")
     rows, records, (W, b, scaling) = loo_table(v.X, v.y, v.grid, standardize=o["standardize"],
@@ -712,7 +708,6 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     return result
 
 
-def _has_bias(make_model: Callable[[], nn.Module]) -> bool:
-    with torch.random.fork_rng(devices=[]):
-        lin = linear_of(make_model())
+def _has_bias(model: nn.Module) -> bool:
+    lin = linear_of(model)
     return lin is not None and lin.bias is not None

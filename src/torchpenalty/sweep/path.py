@@ -947,8 +947,7 @@ def not_applicable(make_model, v) -> str | None:
         return f"loss='mse' or 'cross_entropy' (got {v.loss!r})"
     if penalty_terms(v.penalty) is None:
         return f"penalty 'l1', 'l2', 'elastic_net' or 'group_lasso' (got {v.penalty.name!r})"
-    with torch.random.fork_rng(devices=[]):
-        model = make_model()
+    model = v.probe(make_model)
     if not is_linear_model(model):
         return "a model that is one trainable nn.Linear (or nn.Sequential of one)"
     lin = linear_of(model)
@@ -1068,8 +1067,7 @@ def sweep_path(make_model, v, splits):
 
     o = v.options
     n = len(v.X)
-    with torch.random.fork_rng(devices=[]):
-        model = make_model()
+    model = v.probe(make_model)
     has_bias = linear_of(model).bias is not None
     full = [*splits, (np.arange(n), np.array([], dtype=np.int64))]
     with _few_threads(v):

@@ -282,14 +282,15 @@ def validate(make_model: Any, data: Any, **options: Any) -> Validated:
     mode = opts["mode"] or pen.sweep_mode
     grid = default_strengths() if opts["strengths"] is None else opts["strengths"]
     head = X.head if isinstance(X, StreamedData) else X  # a streamed X: its first two rows
-    n_out, x_dtype = _check_model(make_model, head, y, loss)
+    n_out, x_dtype, probe = _check_model(make_model, head, y, loss)
     groups = _check_groups(opts["groups"], len(X), opts["folds"])
     test = None if opts["test"] is None else _check_test(opts["test"], X, y, loss)
     if test is not None and opts["refit"] is False:
         raise described_error("test", "None with refit=False (it scores the refit model)", "a pair")
     arrays = (X, y) if groups is None else (X, y, groups)
     fingerprint = _fingerprint(*arrays)
-    return Validated(X, y, loss, grid, pen, mode, opts, n_out, fingerprint, groups, test, x_dtype)
+    return Validated(X, y, loss, grid, pen, mode, opts, n_out, fingerprint, groups, test, x_dtype,
+                     probe)  # fmt: skip
 
 
 def _check_groups(groups: np.ndarray | None, n: int, folds: int) -> np.ndarray | None:
@@ -516,11 +517,11 @@ def _run_model(model: nn.Module, X: np.ndarray) -> tuple[Any, torch.dtype]:
 
 def _check_model(
     make_model: Callable[[], Any], X: np.ndarray, y: np.ndarray, loss: Any
-) -> tuple[int, torch.dtype]:
+) -> tuple[int, torch.dtype, nn.Module]:
     """Build one model and run it on two rows: it must be an ``nn.Module`` with trainable
     parameters taking X's rows and giving one output per class (or target column); a
     callable loss must turn that output and two rows of y into one number. Returns the
-    output width and the input dtype."""
+    output width, the input dtype and the model."""
     with torch.random.fork_rng(devices=[]):
         model = make_model()
     if not isinstance(model, nn.Module):
@@ -544,7 +545,7 @@ def _check_model(
         want = 1 if y.ndim == 1 else y.shape[1]
         raise described_error("make_model", f"a model with {want} outputs (y's columns)",
                               f"{width} outputs")  # fmt: skip
-    return width, x_dtype
+    return width, x_dtype, model
 
 
 def _check_loss(loss: Callable[..., Any], out: torch.Tensor, target: torch.Tensor) -> None:

@@ -32,6 +32,16 @@ class Validated:
     groups: np.ndarray | None = None
     test: tuple[np.ndarray, np.ndarray] | None = None
     x_dtype: torch.dtype = torch.float32
+    probe_model: Any = None
+
+    def probe(self, make_model: Callable[[], Any]) -> Any:
+        """The model ``validate`` built and ran on two rows (never trained), for the
+        solvers' questions about its shape, bias and name; one ``make_model()`` call
+        (torch's random state untouched) when there is none."""
+        if self.probe_model is None:
+            with torch.random.fork_rng(devices=[]):
+                self.probe_model = make_model()
+        return self.probe_model
 
     @property
     def tabular(self) -> bool:
