@@ -482,18 +482,8 @@ def sweep_closed_form(
     else:
         records = sweep_records(v.X, v.y, splits, v.grid, standardize=o["standardize"],
                                 fit_intercept=_has_bias(v.probe(make_model)))  # fmt: skip
-    settings = {
-        "penalty": v.penalty.get_config() | {"strength": None},
-        "loss": v.loss,
-        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
-        "mode": v.mode,
-        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
-        "n_rows": n,
-        "n_features": int(v.X.shape[1]),
-        **({"data": "streamed", "data_mb": round(v.X.mb, 3)} if streamed else {}),
-        "data_sha256": v.fingerprint,
-        "solver": "closed_form",
-    }
+    data = {"data": "streamed", "data_mb": round(v.X.mb, 3)} if streamed else {}
+    settings = solved_settings(v, "closed_form", data=data)
     if groups is not None:
         settings["groups"] = len(np.unique(groups))
     name = describe_model(v.probe(make_model))
@@ -674,6 +664,26 @@ def sweep_per_target(make_model, v: Validated, splits) -> SweepResult:
     return sweep_closed_form(make_model, v, splits, _given=(rows, records))
 
 
+def solved_settings(v: Validated, solver: str, *, data: dict | None = None, **extra) -> dict:
+    """``result.settings`` of a sweep solved exactly (closed form, leave-one-out, path):
+    the sweep's options as a trained sweep records them, the data's shape and fingerprint
+    (``data``: what is said of streamed data), ``solver`` and the solver's ``extra``."""
+    o = v.options
+    return {
+        "penalty": v.penalty.get_config() | {"strength": None},
+        "loss": v.loss,
+        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
+        "mode": v.mode,
+        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
+        "n_rows": len(v.X),
+        "n_features": int(v.X.shape[1]),
+        **(data or {}),
+        "data_sha256": v.fingerprint,
+        "solver": solver,
+        **extra,
+    }
+
+
 def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     """``tp.sweep(..., folds="loo")``: exact leave-one-out for ridge (:func:`loo_table`);
     ``ValueError`` naming ``folds`` when it cannot apply (:func:`loo_not_applicable`)."""
@@ -687,18 +697,9 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     rows, records, (W, b, scaling) = loo_table(v.X, v.y, v.grid, standardize=o["standardize"],
                                                per_target=o["per_target"])  # fmt: skip
     n = len(v.X)
-    settings = {
-        "penalty": v.penalty.get_config() | {"strength": None},
-        "loss": v.loss,
-        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
-        "mode": v.mode,
-        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
-        "n_rows": n,
-        "n_features": int(v.X.shape[1]),
-        "data_sha256": v.fingerprint,
-        "solver": "closed_form",
-        **({"per_target": True} if o["per_target"] else {}),
-    }
+    settings = solved_settings(
+        v, "closed_form", **({"per_target": True} if o["per_target"] else {})
+    )
     result = SweepResult(v.grid, n, records, settings, model_name=describe_model(model),
                          given_table=rows)  # fmt: skip
     result.path_fit = stored_fit(W, b, scaling, make_model)

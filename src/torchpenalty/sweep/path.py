@@ -1062,7 +1062,7 @@ def sweep_path(make_model, v, splits):
     one-point learning curves; the refit is the all-rows solution at the chosen strength
     (no second solve). ``settings`` records ``solver="path"``, ``tol`` and, per strength,
     whether every fold converged (``converged``); a strength that did not warns."""
-    from .closed_form import linear_of
+    from .closed_form import linear_of, solved_settings
     from .result import SweepResult, describe_model
 
     o = v.options
@@ -1074,20 +1074,8 @@ def sweep_path(make_model, v, splits):
         fit = fit_path(v, full, tol=TOL, max_iter=MAX_ITER, fit_intercept=has_bias)
         records = path_records(v, splits, fit)
     converged = fit.converged[:, : len(splits)].all(1).tolist()
-    settings = {
-        "penalty": v.penalty.get_config() | {"strength": None},
-        "loss": v.loss,
-        **{k: o[k] for k in ("folds", "epochs", "batch_size", "optimizer", "lr")},
-        "mode": v.mode,
-        **{k: o[k] for k in ("seed", "early_stopping", "standardize")},
-        "n_rows": n,
-        "n_features": int(v.X.shape[1]),
-        "data_sha256": v.fingerprint,
-        "solver": "path",
-        "tol": TOL,
-        "converged": converged,
-        "kkt": [float(k) for k in fit.kkt[:, : len(splits)].amax(1)],
-    }
+    kkt = [float(k) for k in fit.kkt[:, : len(splits)].amax(1)]
+    settings = solved_settings(v, "path", tol=TOL, converged=converged, kkt=kkt)
     if getattr(v, "groups", None) is not None:
         settings["groups"] = len(np.unique(v.groups))
     bad = [s for s, c in zip(v.grid, converged, strict=True) if not c]
