@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+from sweep_speed import cnn  # the digits CNN of the speed benchmark (this folder)
 from torch import nn
 
 import torchpenalty as tp
@@ -33,14 +34,6 @@ def mlp(d: int, widths: list[int], out: int) -> nn.Sequential:
         layers += [nn.Linear(w0, w), nn.ReLU()]
         w0 = w
     return nn.Sequential(*layers, nn.Linear(w0, out))
-
-
-def cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 2 * 2, 10),
-    )  # fmt: skip
 
 
 def problems(epochs: int, cnn_epochs: int) -> dict:
