@@ -512,7 +512,7 @@ def _all_rows_fit(make_model, v: Validated, parts: list | None, per_target: bool
     else:
         W, b, scaling = all_rows(v.X, v.y, v.grid, standardize=standardize,
                                  fit_intercept=bias, per_target=per_target)  # fmt: skip
-    return stored_fit(W, b, scaling, make_model)
+    return stored_fit(W, b, scaling, make_model, per_target)
 
 
 def all_rows(
@@ -531,14 +531,36 @@ def all_rows(
     return W, b, (sx.mean, sx.std, sy.mean, sy.std)
 
 
-def stored_fit(W: np.ndarray, b: np.ndarray, scaling: tuple, make_model) -> dict:
+def stored_fit(
+    W: np.ndarray, b: np.ndarray, scaling: tuple, make_model, per_target: bool = False
+) -> dict:
     """Every strength's all-rows solution as ``SweepResult.path_fit`` holds it (the path
     solver's layout: ``weight`` (L, k, d), ``bias`` (L, k), the scaling), from which
-    :meth:`SweepResult.refit` builds a model at any grid strength without solving again."""
+    :meth:`SweepResult.refit` builds a model at any grid strength without solving again
+    (``model_at``: :func:`path_model`, or :func:`per_target_model` with one strength per
+    output)."""
     mx, sx, my, sy = (torch.as_tensor(np.asarray(t, dtype=np.float64)) for t in scaling)
     return {"weight": torch.as_tensor(W.transpose(0, 2, 1)), "bias": torch.as_tensor(b),
-            "x_mean": mx, "x_std": sx, "y_mean": my, "y_std": sy,
-            "make_model": make_model}  # fmt: skip
+            "x_mean": mx, "x_std": sx, "y_mean": my, "y_std": sy, "make_model": make_model,
+            "model_at": per_target_model if per_target else path_model}  # fmt: skip
+
+
+def path_model(result, strength: float):
+    """The all-rows solution of a path sweep at ``strength`` (one of its grid) as the
+    trained sweep's refit: a :class:`StandardizedModel` taking raw inputs, around the
+    model ``make_model`` returns; its outputs are in the target's raw units."""
+    pf = result.path_fit
+    i = result.strengths.index(strength)
+    with torch.random.fork_rng(devices=[]):
+        model = pf["make_model"]()
+    lin = linear_of(model)
+    with torch.no_grad():
+        lin.weight.copy_(pf["weight"][i].to(lin.weight.dtype))
+        if lin.bias is not None:
+            lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
+    f64 = torch.float64  # statistics kept in float64: cast only at the model's input
+    y = [pf[key].to(f64) if key in pf else None for key in ("y_mean", "y_std")]  # ridge
+    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64), *y).eval()
 
 
 def loo_not_applicable(make_model: Callable[[], nn.Module], v: Validated) -> str | None:
@@ -702,7 +724,7 @@ def sweep_loo(make_model: Callable[[], nn.Module], v: Validated) -> SweepResult:
     )
     result = SweepResult(v.grid, n, records, settings, model_name=describe_model(model),
                          given_table=rows)  # fmt: skip
-    result.path_fit = stored_fit(W, b, scaling, make_model)
+    result.path_fit = stored_fit(W, b, scaling, make_model, o["per_target"])
     if o["refit"] and result.chosen_strength is not None:
         result.refit_at = o["refit"]
         result.model = result.refit(result.chosen_strength)

@@ -1062,7 +1062,7 @@ def sweep_path(make_model, v, splits):
     one-point learning curves; the refit is the all-rows solution at the chosen strength
     (no second solve). ``settings`` records ``solver="path"``, ``tol`` and, per strength,
     whether every fold converged (``converged``); a strength that did not warns."""
-    from .closed_form import linear_of, solved_settings
+    from .closed_form import linear_of, path_model, solved_settings
     from .result import SweepResult, describe_model
 
     o = v.options
@@ -1087,29 +1087,8 @@ def sweep_path(make_model, v, splits):
                          model_name=describe_model(model))  # fmt: skip
     result.path_fit = {"weight": fit.weight[:, -1].cpu(), "bias": fit.bias[:, -1].cpu(),
                        "x_mean": fit.x_mean[-1].cpu(), "x_std": fit.x_std[-1].cpu(),
-                       "make_model": make_model}  # fmt: skip
+                       "make_model": make_model, "model_at": path_model}  # fmt: skip
     if o["refit"] and result.chosen_strength is not None:
         result.refit_at = o["refit"]
         result.model = path_model(result, result.chosen_strength)
     return result
-
-
-def path_model(result, strength: float):
-    """The all-rows solution of a path sweep at ``strength`` (one of its grid) as the
-    trained sweep's refit: a :class:`StandardizedModel` taking raw inputs, around the
-    model ``make_model`` returns; its outputs are in the target's raw units."""
-    from .closed_form import linear_of
-    from .result import StandardizedModel
-
-    pf = result.path_fit
-    i = result.strengths.index(strength)
-    with torch.random.fork_rng(devices=[]):
-        model = pf["make_model"]()
-    lin = linear_of(model)
-    with torch.no_grad():
-        lin.weight.copy_(pf["weight"][i].to(lin.weight.dtype))
-        if lin.bias is not None:
-            lin.bias.copy_(pf["bias"][i].to(lin.bias.dtype))
-    f64 = torch.float64  # statistics kept in float64: cast only at the model's input
-    y = [pf[key].to(f64) if key in pf else None for key in ("y_mean", "y_std")]  # ridge
-    return StandardizedModel(model, pf["x_mean"].to(f64), pf["x_std"].to(f64), *y).eval()

@@ -411,17 +411,13 @@ class SweepResult:
         """
         s = self._strength_of(which)
         if self.settings.get("per_target"):  # one strength per output
-            from .closed_form import per_target_model
-
             k = self.path_fit["weight"].shape[1]
-            return per_target_model(self, s if isinstance(s, list) else [s] * k)
+            return self.path_fit["model_at"](self, s if isinstance(s, list) else [s] * k)
         if getattr(self, "path_fit", None) is not None:
             if s not in self.strengths:
                 raise ValueError(f"which must be 'best', '1se' or a strength of the grid "
                                  f"{self.strengths} (solved, not trained), got {which!r}")  # fmt: skip
-            from .path import path_model
-
-            return path_model(self, s)
+            return self.path_fit["model_at"](self, s)  # the solver's builder
         train = getattr(self, "refit_with", None)
         if train is None:
             raise ValueError("refit needs the sweep's data, which this result does not hold "
