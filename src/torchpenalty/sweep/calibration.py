@@ -20,7 +20,7 @@ The model of one step of M models stacked (``path`` ``"single"``: one model alon
 
 where ``bytes`` (memory traffic of one model-step) and ``working_set`` (what one model
 keeps hot) are estimated from the parameters and activations
-(:func:`torchpenalty.sweep.plan.step_seconds`), and ``seconds_per_byte`` is interpolated
+(:func:`torchpenalty.sweep.cost.step_seconds`), and ``seconds_per_byte`` is interpolated
 (log-log) in a measured curve: an in-place add over arrays of 0.5 MB to 128 MB, each
 kept by its fastest of several runs. Past the caches a byte costs several times more:
 a stacked chunk of wide models whose copies no longer fit pays that, one model alone
