@@ -32,6 +32,7 @@ load. Run: ``python benchmarks/convex.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 import warnings
@@ -122,6 +123,33 @@ def timed(fn, *args):
     return time.perf_counter() - t, value
 
 
+def interleaved(contenders, mine, repeats: int, warm_up: bool = False):
+    """Time ``mine()`` against each of ``contenders`` (label -> fit) with one thread, then
+    the default (torch and, through threadpoolctl, NumPy/scikit-learn): ``repeats`` runs
+    taken in turn, after one untimed call of each if ``warm_up``. Yields ``(threads,
+    label, our median s, their median s, our last result, their last result)``."""
+    from threadpoolctl import threadpool_limits
+
+    default_threads = torch.get_num_threads()
+    try:
+        for threads in (1, default_threads):
+            torch.set_num_threads(threads)
+            with threadpool_limits(limits=threads):
+                for label, fn in contenders.items():
+                    if warm_up:
+                        mine(), fn()  # untimed (first-call costs)
+                    ours_s, theirs_s = [], []
+                    for _ in range(repeats):  # interleaved
+                        t, got = timed(mine)
+                        ours_s.append(t)
+                        t, chosen = timed(fn)
+                        theirs_s.append(t)
+                    m, s = statistics.median(ours_s), statistics.median(theirs_s)
+                    yield threads, label, m, s, got, chosen
+    finally:
+        torch.set_num_threads(default_threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -134,27 +162,14 @@ def main() -> None:
     if a.ridge:
         return ridge_main(a.quick, repeats, a.n, a.d)
     warnings.simplefilter("ignore")  # scikit-learn's convergence warnings at default tol
-    from threadpoolctl import threadpool_limits
-
-    default_threads = torch.get_num_threads()
     print(f"{'problem':<20} {'penalty':<12} {'scikit-learn':<30} {'thr':>3} {'ours s':>8} "
           f"{'sk s':>8} {'sk/ours':>8}  same choice  solver")  # fmt: skip
     for name, X, y, pen, S, classes, contenders in rows(a.quick, a.n, a.d):
-        for threads in (1, default_threads):
-            torch.set_num_threads(threads)
-            with threadpool_limits(limits=threads):
-                for label, fn in contenders.items():
-                    mine, theirs = [], []
-                    for _ in range(repeats):  # interleaved
-                        t, (best, solver) = timed(ours, X, y, pen, S, classes)
-                        mine.append(t)
-                        t, chosen = timed(fn)
-                        theirs.append(t)
-                    m, s = statistics.median(mine), statistics.median(theirs)
-                    same = bool(np.isclose(best, chosen, rtol=1e-6))
-                    print(f"{name:<20} {pen:<12} {label:<30} {threads:>3} {m:>8.3f} {s:>8.3f} "
-                          f"{s / m:>8.2f}  {same!s:<11}  {solver}")  # fmt: skip
-    torch.set_num_threads(default_threads)
+        mine = functools.partial(ours, X, y, pen, S, classes)
+        for threads, label, m, s, (best, solver), chosen in interleaved(contenders, mine, repeats):
+            same = bool(np.isclose(best, chosen, rtol=1e-6))
+            print(f"{name:<20} {pen:<12} {label:<30} {threads:>3} {m:>8.3f} {s:>8.3f} "
+                  f"{s / m:>8.2f}  {same!s:<11}  {solver}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- ridge rows
@@ -197,35 +212,21 @@ def ridge_rows(quick: bool, n: int, d: int):
     return out
 
 
+def ours_ridge(X, y, folds, S):
+    r = tp.sweep(lambda: nn.Linear(X.shape[1], 1), (X, y), strengths=S, folds=folds,
+                 progress=False)  # fmt: skip
+    return r.best_strength
+
+
 def ridge_main(quick: bool, repeats: int, n: int, d: int) -> None:
     """Time :func:`ridge_rows` (one thread, then the default; one untimed warm-up call of
     each contender, then ``repeats`` interleaved runs; medians)."""
-    from threadpoolctl import threadpool_limits
-
-    default_threads = torch.get_num_threads()
-
-    def ours_ridge(X, y, folds, S):
-        r = tp.sweep(lambda: nn.Linear(X.shape[1], 1), (X, y), strengths=S, folds=folds,
-                     progress=False)  # fmt: skip
-        return r.best_strength
-
     for name, X, y, folds, S, contenders in ridge_rows(quick, n, d):
-        for threads in (1, default_threads):
-            torch.set_num_threads(threads)
-            with threadpool_limits(limits=threads):
-                for label, fn in contenders.items():
-                    mine, theirs = [], []
-                    ours_ridge(X, y, folds, S), fn()  # warm-up, untimed (first-call costs)
-                    for _ in range(repeats):  # interleaved
-                        t, best = timed(ours_ridge, X, y, folds, S)
-                        mine.append(t)
-                        t, chosen = timed(fn)
-                        theirs.append(t)
-                    m, s = statistics.median(mine), statistics.median(theirs)
-                    same = bool(np.isclose(best, chosen, rtol=1e-6))
-                    print(f"{name:<20} {'l2 folds=' + str(folds):<12} {label:<30} {threads:>3} "
-                          f"{m:>8.4f} {s:>8.4f} {s / m:>8.2f}  {same!s:<11}  closed_form")  # fmt: skip
-    torch.set_num_threads(default_threads)
+        mine = functools.partial(ours_ridge, X, y, folds, S)
+        for threads, label, m, s, best, chosen in interleaved(contenders, mine, repeats, True):
+            same = bool(np.isclose(best, chosen, rtol=1e-6))
+            print(f"{name:<20} {'l2 folds=' + str(folds):<12} {label:<30} {threads:>3} "
+                  f"{m:>8.4f} {s:>8.4f} {s / m:>8.2f}  {same!s:<11}  closed_form")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,15 +18,26 @@ MODULES = {
 }
 
 
+def _imports(nodes):
+    """Every ``from ... import`` among ``nodes`` and inside them, also in functions (a
+    deferred import still closes a circle), except under ``if TYPE_CHECKING:``."""
+    for node in nodes:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _imports(node.orelse)
+            continue
+        if isinstance(node, ast.ImportFrom):
+            yield node
+        yield from _imports(ast.iter_child_nodes(node))
+
+
 def _module_imports(name: str, path: Path) -> set[str]:
-    """Package modules imported at import time (top level, outside TYPE_CHECKING)."""
+    """Package modules that ``name`` imports (relative imports, at the top level or
+    deferred into a function; not those for type checkers)."""
     tree = ast.parse(path.read_text())
     pkg = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
     out = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        if isinstance(node, ast.ImportFrom) and node.level:
+    for node in _imports(tree.body):
+        if node.level:
             base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
             mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
             for alias in node.names:

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._attached import handles_on
+
 __all__ = ["live_strength", "problems", "tracing"]
 
 
@@ -130,8 +132,6 @@ def _rule_problems(handle: Any, optimizer: Any) -> list[str]:
 def problems(reg: Any, optimizer: Any | None = None) -> list[str]:
     """Every setting of ``reg`` (and its hooks on ``optimizer``) that a compiled or
     captured step cannot read live, one message each (empty: capturable)."""
-    from .hooks import handles_on
-
     out = _strength_problems(reg)
     if optimizer is not None:
         for h in handles_on(optimizer, reg):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import inspect
 import warnings
-import weakref
 from typing import Any, Protocol
 
 import torch
 from torch.optim import optimizer as _opt
 
 from . import _fuse
+from ._attached import ATTACHED as _ATTACHED
+from ._attached import handles_on
 from ._validation import check_choice, type_error
 from .distributed import local
 from .updates import RULES, Batch, UpdateRule, bind_rule, cautious_rule, make_rule
@@ -33,10 +34,6 @@ class _Reg(Protocol):  # what the hooks need from a Regularizer
     def step(self) -> None: ...
 
     def batch_strength(self, index: int) -> Any: ...
-
-
-# optimizer -> live handles attached to it (for the double-attach guards)
-_ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _lr(group: dict[str, Any]) -> float:
@@ -288,15 +285,6 @@ def _prepare(rule: Any, optimizer: Any) -> None:
         if fn is not None:
             fn(rule, optimizer)
         rule = getattr(rule, "inner", None)
-
-
-def handles_on(optimizer: Any, reg: Any = None) -> list[AttachHandle]:
-    """The live handles attached to ``optimizer`` (those of ``reg`` only, if given)."""
-    return [
-        h
-        for h in _ATTACHED.get(optimizer, [])
-        if h.active and (reg is None or h.regularizer is reg)
-    ]
 
 
 def _check_same(reg: _Reg, optimizer: torch.optim.Optimizer) -> None:

@@ -20,7 +20,7 @@ The model of one step of M models stacked (``path`` ``"single"``: one model alon
 
 where ``bytes`` (memory traffic of one model-step) and ``working_set`` (what one model
 keeps hot) are estimated from the parameters and activations
-(:func:`torchpenalty.sweep.plan.step_seconds`), and ``seconds_per_byte`` is interpolated
+(:func:`torchpenalty.sweep.cost.step_seconds`), and ``seconds_per_byte`` is interpolated
 (log-log) in a measured curve: an in-place add over arrays of 0.5 MB to 128 MB, each
 kept by its fastest of several runs. Past the caches a byte costs several times more:
 a stacked chunk of wide models whose copies no longer fit pays that, one model alone
@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .cost import memory_seconds, work_of
 
 __all__ = ["CALIBRATION_VERSION", "STACK", "cache_dir", "cache_key", "calibrate", "measure"]
 
@@ -203,8 +205,6 @@ def _configs(kind: str) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, .
 def measure(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Measure the constants of the cost model (see the module docstring) for both
     forward kinds (``"bmm"``: tabular MLPs; ``"vmap"``: any module) and both paths."""
-    from .plan import work_of
-
     device = torch.device(device)
     t0 = time.perf_counter()
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-time imports
@@ -255,8 +255,6 @@ def _fit(t: dict[str, float], w: dict[str, Any], m: int, curve: list[list[float]
     """Solve the cost model's constants from the timed steps ``t`` of the configurations
     with work ``w`` (``m`` models per step), the memory term taken from ``curve``; every
     constant is clamped at >= 0."""
-    from .plan import memory_seconds
-
     b = max(0.0, (t["tiny4"] - t["tiny1"]) / (w["tiny4"].layers - w["tiny1"].layers))
     a = max(0.0, t["tiny1"] - b * w["tiny1"].layers)
     hi = w["wide_b128"]
