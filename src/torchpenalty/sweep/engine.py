@@ -37,6 +37,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..penalties import Penalty, names
 from ..select import select
 from .losses import SweepLoss, get_loss
+from .mlp import ACTIVATIONS, MlpStep, layers_of, stacked_forward
+from .mlp import is_stackable_mlp as _is_stackable_mlp
 
 __all__ = [
     "ACTIVATIONS",
@@ -49,18 +51,6 @@ __all__ = [
     "join_states",
     "split_state",
 ]
-
-ACTIVATIONS = (
-    nn.ReLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.GELU,
-    nn.SiLU,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Softplus,
-    nn.Identity,
-)
 
 
 _RNG_LOCK = threading.RLock()
@@ -227,18 +217,6 @@ class _StackedLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-def _is_stackable_mlp(model: nn.Module) -> bool:
-    """An ``nn.Sequential`` of ``nn.Linear`` and :data:`ACTIVATIONS` (or one Linear), no
-    Linear used twice (its weights would take two gradients)."""
-    mods = list(model) if isinstance(model, nn.Sequential) else [model]
-    linears = [id(m) for m in mods if isinstance(m, nn.Linear)]
-    return (
-        all(isinstance(m, (nn.Linear, *ACTIVATIONS)) for m in mods)
-        and len(linears) > 0
-        and len(set(linears)) == len(linears)
-    )
-
-
 class Engine:
     def __init__(
         self,
@@ -323,7 +301,7 @@ class Engine:
         buffers) on their inputs ``x`` of shape ``(M, rows, ...)``."""
         params = {n: state[n] for n in self.names}
         if self.forward_kind == "bmm" and not torch.is_grad_enabled():
-            return self._mlp_forward(state, x)[-1]  # (no autograd: gradients are off)
+            return stacked_forward(self._layers(), state, x)[-1]  # (no autograd needed)
         if self.forward_kind == "bmm":
             h = x
             for mod, pre in self._layers():
@@ -477,14 +455,16 @@ class Engine:
             return torch.optim.Adam(params, lr=self.lr, **fast)
         return torch.optim.SGD(params, lr=self.lr, momentum=0.9, **fast)
 
-    def _step(self, live, opt, sel, strengths, x, y, mk, gen=None) -> Tensor:
+    def _step(self, live, opt, sel, strengths, x, y, mk, gen=None, mlp=None) -> Tensor:
         """One optimizer step of the stacked models on the batch ``x``, ``y`` (M, bs, ...)
         with mask ``mk`` (None: no padding in this batch); returns the detached summed loss
         of each model's real rows. The forward pass draws its random numbers from ``gen``
-        (:func:`drawing_from`)."""
+        (:func:`drawing_from`); ``mlp``: the run's :class:`~torchpenalty.sweep.mlp.MlpStep`
+        (the bmm path)."""
         if self.forward_kind == "bmm":  # Linear and activations: no train/eval difference
             with torch.no_grad():  # (one context for the step's many operations)
-                rows = self._mlp_step_grads(live, x, y, mk)
+                mlp = mlp or MlpStep(self._layers(), live, self._loss_grad)
+                rows = mlp(x, y, mk)
         else:
             # None: backward writes the gradients instead of adding them to zeros (the
             # in-place adds were most of a wide model's step); what
@@ -501,54 +481,17 @@ class Engine:
         return rows.detach().sum(1)
 
     def _mlp_step_grads(self, live, x, y, mk) -> Tensor:
-        """For a stack of Linear layers and activations: the forward pass without autograd
-        (its activations kept), the loss's gradient with respect to the output by autograd,
-        and the backward pass by hand -- the products :class:`_StackedLinear` computes
-        (``g^T x``, ``g.sum(1)``, ``g w``) and each activation's derivative (torch's own
-        backward kernels; autograd for the others) -- written to the trainable
-        parameters' ``.grad`` (into the previous step's gradient tensors: the optimizer
-        reads the same tensors every step). Autograd's graph costs more than these few
-        products for small models. Returns each row's loss (zero on padding rows). Runs
-        with gradients off (the caller's context)."""
-        layers = self._layers()
-        acts = self._mlp_forward(live, x)
-        rows, g = self._loss_grad(acts[-1], y, mk)
-        first = next(j for j, (_, pre) in enumerate(layers) if pre is not None)
-        for j in range(len(layers) - 1, first - 1, -1):
-            mod, pre = layers[j]
-            if pre is None:
-                g = _activation_backward(mod, g, acts[j], acts[j + 1])
-                continue
-            w, b = live[pre + "weight"], live.get(pre + "bias")
-            if w.requires_grad:
-                w.grad = torch.bmm(g.transpose(1, 2), acts[j], out=_reusable(w))
-            if b is not None and b.requires_grad:
-                b.grad = torch.sum(g, 1, out=_reusable(b))
-            if j > first:
-                g = torch.bmm(g, w)
-        return rows.detach()
+        """The gradients of one step of the stacked Linear/activation models ``live`` on
+        ``x``, ``y`` with mask ``mk``, written to their ``.grad``, without autograd
+        (:class:`~torchpenalty.sweep.mlp.MlpStep`); each row's loss (zero on padding)."""
+        with torch.no_grad():
+            return MlpStep(self._layers(), live, self._loss_grad)(x, y, mk)
 
-    def _mlp_forward(self, live: dict[str, Tensor], x: Tensor) -> list[Tensor]:
-        """The forward pass of a stack of Linear layers and activations without autograd:
-        the input of every layer and the output, in order. An activation whose derivative
-        needs only its output (:data:`_DERIVATIVES`) runs in place on the Linear's output
-        (nothing reads the pre-activation); a Linear is ``bmm`` then the bias added
-        (``baddbmm``'s broadcast bias cost more than the product for one output column)."""
-        acts, after_linear = [x], False
-        for mod, pre in self._layers():
-            h = acts[-1]
-            if pre is None:
-                if after_linear and type(mod) in _IN_PLACE:
-                    acts.append(_IN_PLACE[type(mod)](h))
-                else:
-                    acts.append(mod(h.clone()) if getattr(mod, "inplace", False) else mod(h))
-                after_linear = False
-                continue
-            w, b = live[pre + "weight"], live.get(pre + "bias")
-            out = torch.bmm(h, w.transpose(1, 2))
-            acts.append(out if b is None else out.add_(b.unsqueeze(1)))
-            after_linear = True
-        return acts
+    def _mlp(self, live: dict[str, Tensor]) -> MlpStep | None:
+        """The run's bmm-path step over the parameters ``live`` (None on the vmap path)."""
+        if self.forward_kind != "bmm":
+            return None
+        return MlpStep(self._layers(), live, self._loss_grad)
 
     def _loss_grad(self, out: Tensor, y: Tensor, mk: Tensor | None) -> tuple[Tensor, Tensor]:
         """Each row's loss (zero on padding) and the gradient of the models' summed mean
@@ -575,14 +518,8 @@ class Engine:
         activation). Every position counts: an activation instance used twice appears
         twice (``named_children`` would list it once)."""
         found = self.__dict__.get("_layer_list")
-        if found is not None:
-            return found
-        if not isinstance(self.base, nn.Sequential):
-            found = [(self.base, "")]
-        else:
-            found = [(m, f"{n}." if isinstance(m, nn.Linear) else None)
-                     for n, m in self.base._modules.items()]  # fmt: skip
-        self._layer_list = found
+        if found is None:
+            found = self._layer_list = layers_of(self.base)
         return found
 
     def _stacked(self, tasks: list[Task]) -> tuple[Tensor, Tensor, dict, dict]:
@@ -621,6 +558,7 @@ class Engine:
         idx, mask = self.batches(tasks, 0)
         count = iter(range(2**62))
         gen = _generator(0, dev)
+        mlp = self._mlp(live)
 
         def step() -> float:
             b = next(count) % idx.shape[1]
@@ -629,7 +567,7 @@ class Engine:
                 _sync(dev)
                 t0 = time.perf_counter()
                 x, y = self._gather(folds, rows)
-                self._step(live, opt, sel, strengths, x, y, mk, gen)
+                self._step(live, opt, sel, strengths, x, y, mk, gen, mlp)
                 _sync(dev)
             return time.perf_counter() - t0
 
@@ -685,12 +623,13 @@ class Engine:
             if best is not None:
                 best = {n: t.clone() for n, t in state["best"].items()}
 
+        mlp = self._mlp(live)
         val_rows = self.padded_rows(tasks, "val")
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
         if not self.problem.objective.standardized:
             scale2 = torch.ones_like(scale2)
         for epoch in range(start, epochs):
-            train_loss = self._epoch(tasks, epoch, live, opt, sel, (strengths, folds, gen))
+            train_loss = self._epoch(tasks, epoch, live, opt, sel, (strengths, folds, gen, mlp))
             train_loss = train_loss * scale2
             with torch.no_grad():
                 val_loss = self._masked_loss(live, folds, *val_rows)[0]
@@ -718,8 +657,8 @@ class Engine:
 
     def _epoch(self, tasks, epoch, live, opt, sel, models) -> Tensor:
         """One epoch of training steps; the mean training loss per model (standardized).
-        ``models``: the chunk's strengths, folds and generator."""
-        strengths, folds, gen = models
+        ``models``: the chunk's strengths, folds, generator and bmm-path step."""
+        strengths, folds, gen, mlp = models
         idx, mask = self.batches(tasks, epoch)
         seen = mask.sum((1, 2))
         padded = (~mask).any(2).any(0).tolist()  # per batch: any padding row
@@ -735,7 +674,7 @@ class Engine:
             else:
                 x, y = (t[:, b * bs : (b + 1) * bs] for t in whole)
                 x, y = (x, y) if keep is None else (x[:, keep], y[:, keep])
-            total += self._step(live, opt, sel, strengths, x, y, mk, gen)
+            total += self._step(live, opt, sel, strengths, x, y, mk, gen, mlp)
         return total / seen.clamp_min(1)
 
     def _records(self, tasks, folds, final, best_epoch, history) -> list[Record]:
@@ -846,10 +785,18 @@ def _direct_update(opt: torch.optim.Optimizer) -> Callable[[], None] | None:
         if not all("exp_avg" in s for s in state) or g.get("decoupled_weight_decay"):
             return None
         m, v, steps = ([s[k] for s in state] for k in ("exp_avg", "exp_avg_sq", "step"))
+        if any(t.shape != () or t.dtype != torch.float32 or t.device != steps[0].device
+               for t in steps) or any(not torch.equal(t, steps[0]) for t in steps):  # fmt: skip
+            return None
+        # every tensor's step count: a view of one tensor, counted with one addition
+        counts = torch.stack(steps)
+        steps = list(counts.unbind())
+        for s, t in zip(state, steps, strict=True):
+            s["step"] = t
         (b1, b2), eps = g["betas"], g["eps"]
 
         def kernel(grads: list[Tensor]) -> None:
-            torch._foreach_add_(steps, 1)
+            counts.add_(1)
             torch._fused_adam_(params, grads, m, v, [], steps, amsgrad=False, lr=g["lr"],
                                beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
                                maximize=False, grad_scale=None, found_inf=None)  # fmt: skip
@@ -943,45 +890,6 @@ def _trimmed_columns(mask: Tensor) -> tuple[Tensor | None, Tensor | None]:
 def _per_model(rows: Tensor, mk: Tensor | None) -> Tensor:
     """Each model's mean loss over its real rows (``rows`` already zero on padding)."""
     return rows.mean(1) if mk is None else rows.sum(1) / mk.sum(1).clamp_min(1)
-
-
-_DERIVATIVES: dict[type, Callable[[Tensor, Tensor], Tensor]] = {
-    nn.ReLU: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
-    nn.Tanh: lambda g, out: torch.ops.aten.tanh_backward(g, out),
-    nn.Sigmoid: lambda g, out: torch.ops.aten.sigmoid_backward(g, out),
-    nn.Identity: lambda g, out: g,
-}
-"""Activations whose derivative torch's backward kernels give from the output (what
-autograd itself calls for them)."""
-
-_IN_PLACE: dict[type, Callable[[Tensor], Tensor]] = {
-    nn.ReLU: torch.relu_,
-    nn.Tanh: torch.tanh_,
-    nn.Sigmoid: torch.sigmoid_,
-}
-"""In-place forms of the :data:`_DERIVATIVES` activations (the stacked forward pass
-applies them to a Linear's fresh output)."""
-
-
-def _activation_backward(mod: nn.Module, g: Tensor, inp: Tensor, out: Tensor) -> Tensor:
-    """The gradient with respect to an activation's input, from the gradient ``g`` with
-    respect to its output: a backward kernel of :data:`_DERIVATIVES`, else autograd
-    through the module once more (GELU, SiLU, LeakyReLU, ELU, Softplus)."""
-    rule = _DERIVATIVES.get(type(mod))
-    if rule is not None:
-        return rule(g, out)
-    a = inp.detach().requires_grad_()
-    with torch.enable_grad():
-        return torch.autograd.grad(mod(a), a, g)[0]
-
-
-def _reusable(p: Tensor) -> Tensor | None:
-    """``p.grad`` where a new gradient can be written into it (same shape, dtype, device,
-    dense and contiguous), else None (a new tensor)."""
-    g = p.grad
-    if g is None or g.shape != p.shape or g.dtype != p.dtype or not g.is_contiguous():
-        return None
-    return g if g.device == p.device and g.layout == torch.strided else None
 
 
 def _fill_missing_grads(params: list[Tensor]) -> None:
