@@ -332,3 +332,112 @@ def test_a_linear_used_twice_takes_the_vmap_path():
     assert not _is_stackable_mlp(nn.Sequential(lin, nn.ReLU(), lin))
     relu = nn.ReLU()  # an activation used twice is fine (no weights)
     assert _is_stackable_mlp(nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu))
+
+
+# ------------------------------------------------------------- written-out loss gradients
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "huber"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_loss_gradient_equals_autograd_of_the_models_mean_losses(loss, padded):
+    """``Engine._loss_grad`` (the loss's own ``rows_grad`` where it has one, autograd
+    otherwise) = autograd of the sum over models of each model's mean loss over its real
+    rows, in float64; padding rows get loss 0 and gradient 0."""
+    from torchpenalty.sweep.losses import get_loss
+
+    g = torch.Generator().manual_seed(3)
+    m, b, c = 3, 5, 4
+    out = torch.randn(m, b, c, generator=g, dtype=torch.float64)
+    if loss == "cross_entropy":
+        y = torch.randint(0, c, (m, b), generator=g)
+    else:
+        y = torch.randn(m, b, c, generator=g, dtype=torch.float64)
+    mk = None
+    if padded:
+        mk = torch.ones(m, b, dtype=torch.bool)
+        mk[0, :2] = mk[2, :4] = False
+    eng = engine()
+    eng.problem.objective = get_loss(loss)
+    rows, grad = eng._loss_grad(out.clone(), y, mk)
+    ref_out = out.clone().requires_grad_()
+    ref_rows = get_loss(loss).rows(ref_out, y)
+    weight = torch.ones(m, b, dtype=torch.float64) if mk is None else mk.double()
+    ((ref_rows * weight).sum(1) / weight.sum(1)).sum().backward()
+    torch.testing.assert_close(rows, (ref_rows * weight).detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_out.grad, rtol=1e-12, atol=1e-12)
+    assert (loss == "huber") == (get_loss(loss).rows_grad(out, y, 1.0) is None)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "huber"])
+def test_hand_backward_equals_autograd_for_other_losses(loss):
+    """The bmm path's gradients under cross-entropy (written-out gradient) and Huber
+    (autograd's) equal autograd of each model alone."""
+    from torchpenalty.sweep.losses import get_loss
+
+    d, m, bs, k = 3, 4, 6, 3
+
+    def make():
+        return nn.Sequential(nn.Linear(d, 5), nn.ReLU(), nn.Linear(5, k))
+
+    eng = engine(make=make, d=d)
+    eng.problem.objective = get_loss(loss)
+    tasks = [Task(i, i % 2, 0.1) for i in range(m)]
+    _, _, params, _ = eng._stacked(tasks)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(m, bs, d, generator=g)
+    if loss == "cross_entropy":
+        y = torch.randint(0, k, (m, bs), generator=g)
+    else:
+        y = torch.randn(m, bs, k, generator=g)
+    with torch.no_grad():
+        rows = eng._mlp_step_grads(params, x, y, None)
+    for j in range(m):
+        net = make()
+        with torch.no_grad():
+            for n_, p in net.named_parameters():
+                p.copy_(params[n_][j])
+        per_row = get_loss(loss).rows(net(x[j])[None], y[j][None])[0]
+        per_row.mean().backward()
+        torch.testing.assert_close(rows[j], per_row.detach(), rtol=1e-6, atol=1e-6)
+        for n_, p in net.named_parameters():
+            torch.testing.assert_close(params[n_].grad[j], p.grad, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ direct optimizer step
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_step_equals_torch_optimizer_step(kind, dtype):
+    """``_direct_step`` (the fused kernel called on the optimizer's state after the first
+    step) gives bit for bit what ``opt.step()`` gives, over 30 steps of new gradients, after
+    a ``load_state_dict`` resume, and with a frozen tensor that later gets a gradient (it
+    falls back to ``opt.step()``); ``state_dict()`` reads the same state."""
+    from torchpenalty.sweep.engine import _direct_step
+
+    def make(frozen_grad_at=None):
+        g = torch.Generator().manual_seed(0)
+        ps = [torch.randn(4, 3, 2, generator=g, dtype=dtype).requires_grad_() for _ in range(3)]
+        cls = torch.optim.Adam if kind == "adam" else torch.optim.SGD
+        extra = {} if kind == "adam" else {"momentum": 0.9}
+        return ps, cls(ps, lr=0.01, fused=True, **extra)
+
+    ours, opt_a = make()
+    ref, opt_b = make()
+    g = torch.Generator().manual_seed(1)
+    late = 10 if kind == "adam" else 0  # (torch's fused SGD itself fails on a late gradient)
+    for step in range(30):
+        grads = [torch.randn(p.shape, generator=g, dtype=dtype) for p in ours]
+        for p, q, gr in zip(ours, ref, grads, strict=True):
+            q.grad = gr.clone()
+            p.grad = gr.clone()
+        if step < late:  # no gradient at first for the last tensor
+            ours[2].grad = ref[2].grad = None
+        _direct_step(opt_a)
+        opt_b.step()
+        for p, q in zip(ours, ref, strict=True):
+            assert torch.equal(p, q), step
+        if step == 15:  # a resume: a new optimizer from the state dict
+            state = opt_a.state_dict()
+            opt_a = type(opt_a)(ours, **{k: v for k, v in opt_a.defaults.items()})
+            opt_a.load_state_dict(state)
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    for k in sb:
+        for name in sb[k]:
+            assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name]))

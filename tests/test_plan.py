@@ -229,8 +229,8 @@ def _busy(seconds: float) -> subprocess.Popen:
 
 def test_the_plan_is_the_same_under_background_load():
     """Two busy processes: the plan of a sweep is identical 5 times out of 5 (and equal
-    to the quiet plan), for an MLP and a CNN."""
-    cases = [(engine(lambda: mlp(32)), "mlp"),
+    to the quiet plan), for MLPs of widths 32, 256 and 1024 and a CNN."""
+    cases = [*((engine(lambda w=w: mlp(w)), f"mlp{w}") for w in (32, 256, 1024)),
              (engine(cnn, x_shape=(1, 8, 8), loss="cross_entropy"), "cnn")]  # fmt: skip
     tasks = [Task(i, k, s) for i, s in enumerate([1e-3, 1e-2, 0.1, 1.0]) for k in range(2)]
     cal_mod.calibrate("cpu")  # measured once (the session's cache folder, conftest.py)

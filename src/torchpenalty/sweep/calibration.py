@@ -48,7 +48,7 @@ from .cost import memory_seconds, work_of
 
 __all__ = ["CALIBRATION_VERSION", "STACK", "cache_dir", "cache_key", "calibrate", "measure"]
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 """Bumped when what is measured changes: older cached entries are then not used."""
 
 STACK = 8
@@ -81,7 +81,7 @@ def device_name(device: torch.device) -> str:
 def cache_key(device: torch.device) -> str:
     """Device name, torch version and (on the CPU) thread count: what the costs depend on.
 
-    >>> cache_key(torch.device("cpu")).startswith("v1|cpu|")
+    >>> cache_key(torch.device("cpu")).startswith("v2|cpu|")
     True
     """
     threads = f"|threads {torch.get_num_threads()}" if device.type == "cpu" else ""

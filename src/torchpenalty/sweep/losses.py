@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, type_error
@@ -59,6 +60,12 @@ class SweepLoss:
         engine holds them; returns ``(M, rows)``."""
         raise NotImplementedError
 
+    def rows_grad(self, out: Tensor, y: Tensor, w: float | Tensor) -> tuple[Tensor, Tensor] | None:
+        """Each row's loss ``(M, rows)`` and the gradient of ``sum(w * rows)`` with respect
+        to ``out`` (``w``: a float, or one weight per row ``(M, rows)``), written out for the
+        engine's hand-written backward pass; None (the default): autograd finds it."""
+        return None
+
     def hits(self, out: Tensor, y: Tensor) -> Tensor | None:
         """Whether each row's prediction is right ``(M, rows)``, for losses on labels."""
         return out.argmax(-1) == y if self.labels else None
@@ -79,6 +86,18 @@ class MeanSquaredError(SweepLoss):
             out = out.unsqueeze(-1)
         return (out - y).pow(2).mean(-1)
 
+    def rows_grad(self, out: Tensor, y: Tensor, w: float | Tensor) -> tuple[Tensor, Tensor]:
+        """``d = out - y``: rows ``mean(d**2)``, gradient ``2 * w * d / columns``.
+
+        >>> out, y = torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0]]])
+        >>> get_loss("mse").rows_grad(out, y, 0.5)
+        (tensor([[2.5000]]), tensor([[[0.5000, 1.0000]]]))
+        """
+        d = out - y
+        scale = 2.0 / d.shape[-1]
+        g = d * (scale * w) if isinstance(w, float) else d * (w * scale).unsqueeze(-1)
+        return d.pow(2).mean(-1), g
+
 
 class CrossEntropy(SweepLoss):
     """``cross_entropy(logits, class code)``; folds are stratified by class."""
@@ -90,6 +109,21 @@ class CrossEntropy(SweepLoss):
         m, b = out.shape[:2]
         flat = nn.functional.cross_entropy(out.reshape(m * b, -1), y.reshape(-1), reduction="none")
         return flat.view(m, b)
+
+    def rows_grad(self, out: Tensor, y: Tensor, w: float | Tensor) -> tuple[Tensor, Tensor]:
+        """``logp = log_softmax(out)``: rows ``-logp[y]``, gradient
+        ``w * (softmax(out) - onehot(y))``.
+
+        >>> rows, g = get_loss("cross_entropy").rows_grad(torch.zeros(1, 1, 2),
+        ...                                               torch.tensor([[1]]), 1.0)
+        >>> rows, g
+        (tensor([[0.6931]]), tensor([[[ 0.5000, -0.5000]]]))
+        """
+        logp = out.log_softmax(-1)
+        at = y.unsqueeze(-1)
+        rows = logp.gather(-1, at).squeeze(-1).neg_()
+        g = logp.exp_().scatter_add_(-1, at, torch.full_like(at, -1.0, dtype=out.dtype))
+        return rows, g.mul_(w if isinstance(w, float) else w.unsqueeze(-1))
 
 
 class Huber(SweepLoss):
