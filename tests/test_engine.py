@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import torchpenalty as tp
 from torchpenalty.sweep.engine import (
@@ -441,3 +441,238 @@ def test_direct_step_equals_torch_optimizer_step(kind, dtype):
     for k in sb:
         for name in sb[k]:
             assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name]))
+
+
+# ------------------------------------------------- review of the stacked step (issue #17)
+INPLACE_ACTS = [nn.LeakyReLU(0.1, inplace=True), nn.ELU(inplace=True), nn.SiLU(inplace=True)]
+
+
+@pytest.mark.parametrize("act", INPLACE_ACTS, ids=lambda a: repr(a))
+@pytest.mark.parametrize(("bias", "padded", "frozen"), [(True, False, False), (False, True, True)])
+def test_hand_backward_of_inplace_activations_without_a_backward_kernel(act, bias, padded, frozen):
+    """``inplace=True`` activations whose derivative autograd finds (LeakyReLU, ELU, SiLU)
+    give autograd's gradients of each model alone (they raised "a leaf Variable that
+    requires grad is being used in an in-place operation")."""
+    test_hand_backward_equals_autograd_of_each_model_alone(act, bias, padded, frozen)
+
+
+def _seq(*mods):
+    """``make_model`` for an nn.Sequential of ``mods``: Linear layers given as (in, out) or
+    (in, out, bias) and built at each call, activations used as given (one instance
+    given twice is used twice)."""
+
+    def make():
+        return nn.Sequential(*(nn.Linear(*m) if isinstance(m, tuple) else m for m in mods))
+
+    return make
+
+
+def _frozen(make, i):
+    def frozen():
+        net = make()
+        net[i].requires_grad_(False)
+        return net
+
+    return frozen
+
+
+_RELU = nn.ReLU()
+_F64 = {"dtype": torch.float64}
+# name: (make_model, problem options, optimizer, mode)
+MODELS = {
+    "frozen first layer": (_frozen(_seq((3, 5), nn.ReLU(), (5, 1)), 0), {}, "adam", "grad"),
+    "frozen last layer": (_frozen(_seq((3, 5), nn.ReLU(), (5, 1)), 2), {}, "sgd", "decoupled"),
+    "no bias": (_seq((3, 5, False), nn.Tanh(), (5, 1, False)), {}, "adam", "proximal"),
+    "activation first": (_seq(nn.Tanh(), (3, 5), nn.ReLU(), (5, 1)), {}, "sgd", "grad"),
+    "inplace activation first": (
+        _seq(nn.ReLU(inplace=True), (3, 5), nn.Sigmoid(), (5, 1)),
+        {},
+        "adam",
+        "decoupled",
+    ),
+    "two activations in a row": (
+        _seq((3, 5), nn.ReLU(), nn.Tanh(), (5, 1), nn.Identity()),
+        {},
+        "adam",
+        "grad",
+    ),
+    "one activation used twice": (
+        _seq((3, 5), _RELU, (5, 5), _RELU, (5, 1)),
+        {},
+        "sgd",
+        "proximal",
+    ),
+    "gelu and silu": (_seq((3, 5), nn.GELU(), (5, 1), nn.SiLU()), {}, "adam", "grad"),
+    "inplace leaky relu": (_seq((3, 5), nn.LeakyReLU(0.1, True), (5, 1)), {}, "adam", "grad"),
+    "single linear": (lambda: nn.Linear(3, 1), {}, "adam", "proximal"),
+    "multi-output target": (_seq((3, 5), nn.ReLU(), (5, 4)), {"k": 4}, "adam", "grad"),
+    "cross-entropy, 50 classes": (
+        _seq((3, 5), nn.ReLU(), (5, 50)),
+        {"classes": 50},
+        "adam",
+        "decoupled",
+    ),
+    "huber (autograd's loss gradient)": (
+        _seq((3, 5), nn.ReLU(), (5, 2)),
+        {"loss": "huber", "k": 2},
+        "sgd",
+        "grad",
+    ),
+    "float64": (lambda: _seq((3, 5), nn.ReLU(), (5, 1))().double(), _F64, "adam", "proximal"),
+}
+
+
+def _problem(n=45, d=3, k=1, loss="mse", classes=0, dtype=torch.float32):
+    """Folds of 20, 25 and 45 training rows: 3, 4 and 6 batches of 8 (one chunk mixes
+    them: padded and spread batches, a first batch of padding for the shorter folds)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, d, generator=g, dtype=dtype)
+    rows = np.arange(n)
+    if classes:
+        loss, Y = "cross_entropy", torch.randint(0, classes, (n,), generator=g)
+    else:
+        Y = X @ torch.randn(d, k, generator=g, dtype=dtype)
+        Y = Y if loss == "huber" else Y.unsqueeze(0).expand(3, n, k).contiguous()
+    return Problem(X.unsqueeze(0).expand(3, n, d).contiguous(), Y, torch.ones(3, k, dtype=dtype),
+                   [rows[:20], rows[20:], rows], [rows[20:], rows[:20], rows[:0]], loss)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_bmm_path_trains_as_autograd_through_the_modules(name):
+    """Three epochs of a chunk that mixes folds of 3, 4 and 6 batches: the bmm path (hand
+    backward, written-out loss gradients, direct fused step) gives the vmap path's
+    (autograd through the real modules) validation losses and parameters."""
+    make, options, optimizer, mode = MODELS[name]
+    pb = _problem(**options)
+    penalty = tp.L1(0.1) if mode == "proximal" else tp.L2(0.1)
+    tasks = [Task(0, 0, 0.1), Task(1, 1, 1.0), Task(2, 2, 0.01)]
+    out = {}
+    for forward in ("bmm", "vmap"):
+        eng = Engine(make, pb, penalty, epochs=3, batch_size=8, optimizer=optimizer, lr=0.01,
+                     mode=mode, seed=0, early_stopping=None, forward=forward)  # fmt: skip
+        out[forward] = eng.run(tasks)
+    (recs, final), (ref_recs, ref_final) = out["bmm"], out["vmap"]
+    for r, e in zip(recs, ref_recs, strict=True):
+        assert r.val_loss == pytest.approx(e.val_loss, rel=1e-5, nan_ok=True)  # (fold 2: none)
+        assert r.history["train"] == pytest.approx(e.history["train"], rel=1e-5)
+    for n in ref_final:
+        torch.testing.assert_close(final[n], ref_final[n], rtol=1e-5, atol=1e-6)
+        frozen = not dict(make().named_parameters())[n].requires_grad
+        init = torch.stack([eng.init(t.fold)[n] for t in tasks])
+        assert torch.equal(final[n], init) == frozen, n  # frozen: never moved
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("mode", ["grad", "proximal"])
+def test_resume_from_a_saved_snapshot_equals_the_uninterrupted_run(optimizer, mode, tmp_path):
+    """A snapshot after epoch 2 (Adam's step counts live as views of one tensor in the
+    optimizer), saved with torch.save and loaded with weights_only=True, or split into
+    one-model states and joined again, resumes to the uninterrupted run bit for bit; the
+    snapshot does not change while the run it came from trains on."""
+    from torchpenalty.sweep.engine import join_states, split_state
+
+    penalty = tp.L1(0.1) if mode == "proximal" else tp.L2(0.1)
+
+    def run(**kw):
+        eng = Engine(lambda: nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1)),
+                     _problem(), penalty, epochs=4, batch_size=8, optimizer=optimizer,
+                     lr=0.01, mode=mode, seed=0, early_stopping=None)  # fmt: skip
+        return eng.run([Task(0, 0, 0.1), Task(1, 0, 1.0), Task(2, 1, 0.01)], **kw)[1]
+
+    snaps = []
+    full = run(on_epoch=lambda e, snap: snaps.append((s := snap(), _clone(s))) if e == 1 else None)
+    snap, at_the_time = snaps[0]
+    assert snap["epoch"] == 2 and _equal(snap, at_the_time)
+    kept = torch.load(_saved(snap, tmp_path), weights_only=True)
+    assert _equal(kept, snap)
+    if optimizer == "adam":  # 2 epochs of 4 batches (fold 1's 4; fold 0's 3 spread)
+        assert {float(s["step"]) for s in snap["opt"]["state"].values()} == {8.0}
+    for state in (kept, join_states(split_state(snap, 3))):
+        resumed = run(state=state)
+        assert all(torch.equal(resumed[n], full[n]) for n in full)
+
+
+def _saved(obj, folder):
+    path = folder / "snap.pt"
+    torch.save(obj, path)
+    return path
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_direct_step_follows_a_load_state_dict_after_it_started(kind):
+    """``load_state_dict`` on an optimizer that ``_direct_step`` already stepped: the next
+    steps update the loaded state, as ``opt.step()`` does (the cached kernel held the old
+    state's tensors and the old parameter group)."""
+    from torchpenalty.sweep.engine import _direct_step
+
+    def make():
+        p = torch.linspace(-1, 1, 12).reshape(2, 3, 2).requires_grad_()
+        cls = torch.optim.Adam if kind == "adam" else torch.optim.SGD
+        return p, cls([p], lr=0.05, fused=True, **({} if kind == "adam" else {"momentum": 0.9}))
+
+    (p, opt), (q, ref) = make(), make()
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        if step == 2:
+            saved = _clone(opt.state_dict())
+        if step == 4:  # back to the state of step 2, on the same optimizer
+            opt.load_state_dict(_clone(saved))
+            ref.load_state_dict(_clone(saved))
+            opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.2
+            with torch.no_grad():
+                q.copy_(p)
+        grad = torch.randn(p.shape, generator=g)
+        p.grad, q.grad = grad.clone(), grad.clone()
+        _direct_step(opt)
+        ref.step()
+        assert torch.equal(p, q), step
+    for name, t in ref.state[q].items():
+        assert torch.equal(opt.state[p][name], t), name
+
+
+def _clone(v):
+    if isinstance(v, Tensor):
+        return v.clone()
+    if isinstance(v, dict):
+        return {k: _clone(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clone(x) for x in v]
+    return v
+
+
+@pytest.mark.parametrize("parent", ["mse", "cross_entropy"])
+def test_a_loss_subclass_with_its_own_rows_gets_its_own_gradient(parent):
+    """A registered subclass of a loss with a written-out gradient that changes ``rows``
+    only: the bmm path differentiates its rows (autograd), not the parent's formula."""
+    from torchpenalty.sweep.losses import LOSSES
+
+    class Tripled(LOSSES[parent]):
+        name = f"tripled_{parent}"
+
+        def rows(self, out, y):
+            return 3.0 * super().rows(out, y)
+
+    pb = _problem(classes=3 if parent == "cross_entropy" else 0, k=1 if parent == "mse" else 3)
+    pb.objective = Tripled()
+    k = 3 if parent == "cross_entropy" else 1
+    eng = engine(make=lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, k)))
+    eng.problem = pb
+    tasks = [Task(i, i % 2, 0.1) for i in range(2)]
+    _, _, params, _ = eng._stacked(tasks)
+    x, y = eng._gather(torch.tensor([0, 1]), torch.arange(8).expand(2, 8))
+    eng._mlp_step_grads(params, x, y, None)
+    ref = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+    rows = pb.objective.rows(eng.forward(ref, x), y)
+    rows.mean(1).sum().backward()
+    for n, p in params.items():
+        torch.testing.assert_close(p.grad, ref[n].grad, rtol=1e-5, atol=1e-7)

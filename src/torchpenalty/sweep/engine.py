@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..penalties import Penalty, names
 from ..select import select
-from .losses import SweepLoss, get_loss
+from .losses import SweepLoss, get_loss, rows_grad_fits
 from .mlp import ACTIVATIONS, MlpStep, layers_of, stacked_forward
 from .mlp import is_stackable_mlp as _is_stackable_mlp
 
@@ -502,7 +502,8 @@ class Engine:
         else:
             w = mk.to(out.dtype)
             w = w / w.sum(1, keepdim=True).clamp_min(1)
-        found = self.problem.objective.rows_grad(out, y, w)
+        objective = self.problem.objective
+        found = objective.rows_grad(out, y, w) if rows_grad_fits(type(objective)) else None
         if found is not None:
             rows, g = found
             return (rows if mk is None else rows * mk), g
@@ -759,13 +760,15 @@ def _direct_step(opt: torch.optim.Optimizer) -> None:
     directly on that state where :func:`_direct_update` can (the same kernel with the
     same arguments, so the same numbers, without ``step()``'s per-call bookkeeping:
     hooks, profiler records, state lookups -- 0.15 ms a step on the CPU, a tenth of a
-    stacked width-32 step). The optimizer's state stays the one ``state_dict()`` reads."""
-    call = opt.__dict__.get("_tp_direct")
-    if call is None:
-        opt.step()
-        opt.__dict__["_tp_direct"] = _direct_update(opt) or opt.step
+    stacked width-32 step). The optimizer's state stays the one ``state_dict()`` reads;
+    after ``load_state_dict`` (a new state and new groups) the kernel is set up again."""
+    state, groups = opt.state, opt.param_groups
+    found = opt.__dict__.get("_tp_direct")  # (state, groups, number of groups, call)
+    if found is not None and found[0] is state and found[1] is groups and found[2] == len(groups):
+        found[3]()
         return
-    call()
+    opt.step()
+    opt.__dict__["_tp_direct"] = (state, groups, len(groups), _direct_update(opt) or opt.step)
 
 
 def _direct_update(opt: torch.optim.Optimizer) -> Callable[[], None] | None:

@@ -21,6 +21,7 @@ tensor([[1., 1.]])
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -63,7 +64,9 @@ class SweepLoss:
     def rows_grad(self, out: Tensor, y: Tensor, w: float | Tensor) -> tuple[Tensor, Tensor] | None:
         """Each row's loss ``(M, rows)`` and the gradient of ``sum(w * rows)`` with respect
         to ``out`` (``w``: a float, or one weight per row ``(M, rows)``), written out for the
-        engine's hand-written backward pass; None (the default): autograd finds it."""
+        engine's hand-written backward pass; None (the default): autograd finds it. A
+        subclass that overrides ``rows`` alone is differentiated by autograd
+        (:func:`rows_grad_fits`), not by the inherited formula."""
         return None
 
     def hits(self, out: Tensor, y: Tensor) -> Tensor | None:
@@ -157,6 +160,26 @@ class UserLoss(SweepLoss):
             return self.fn(o.unsqueeze(0), t.unsqueeze(0))
 
         return vmap(vmap(one))(out, y)
+
+
+@functools.cache
+def rows_grad_fits(cls: type[SweepLoss]) -> bool:
+    """Whether the engine may call ``cls.rows_grad`` for the gradient of ``cls.rows``:
+    it is defined by the class that defines ``rows`` or by a subclass of it. A subclass
+    that changes ``rows`` alone inherits the gradient of its parent's rows (autograd
+    differentiates its own); a loss without ``rows_grad`` has autograd's too.
+
+    >>> class Tripled(MeanSquaredError):
+    ...     def rows(self, out, y):
+    ...         return 3 * super().rows(out, y)
+    >>> rows_grad_fits(MeanSquaredError), rows_grad_fits(Tripled), rows_grad_fits(Huber)
+    (True, False, False)
+    """
+
+    def owner(name: str) -> type:
+        return next(c for c in cls.__mro__ if name in c.__dict__)
+
+    return issubclass(owner("rows_grad"), owner("rows"))
 
 
 def get_loss(spec: str | Callable[..., Any] | SweepLoss, name: str = "loss") -> SweepLoss:

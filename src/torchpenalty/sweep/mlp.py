@@ -106,8 +106,9 @@ def _activation(mod: nn.Module, after_linear: bool) -> tuple[Callable, Callable,
 
         def backward(g: Tensor, inp: Tensor, out: Tensor) -> Tensor:
             a = inp.detach().requires_grad_()
-            with torch.enable_grad():
-                return torch.autograd.grad(mod(a), a, g)[0]
+            with torch.enable_grad():  # (an inplace module: on a copy, not the leaf)
+                y = mod(a.clone()) if getattr(mod, "inplace", False) else mod(a)
+                return torch.autograd.grad(y, a, g)[0]
 
     if after_linear and type(mod) in _IN_PLACE:
         return _IN_PLACE[type(mod)], backward, True
