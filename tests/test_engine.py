@@ -676,3 +676,81 @@ def test_a_loss_subclass_with_its_own_rows_gets_its_own_gradient(parent):
     rows.mean(1).sum().backward()
     for n, p in params.items():
         torch.testing.assert_close(p.grad, ref[n].grad, rtol=1e-5, atol=1e-7)
+
+
+class _DoubledLinear(nn.Linear):
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+class _Residual(nn.Sequential):
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+def _hooked(hook_on: int, pre: bool = False):
+    def make():
+        net = _seq((3, 3), nn.Tanh(), (3, 1))()
+        if pre:
+            net[hook_on].register_forward_pre_hook(lambda m, args: (args[0] * 0.5,))
+        else:
+            net[hook_on].register_forward_hook(lambda m, args, out: out * 0.5)
+        return net
+
+    return make
+
+
+def _backward_hooked():
+    net = _seq((3, 3), nn.Tanh(), (3, 1))()
+    net[0].register_full_backward_hook(lambda m, gin, gout: (gin[0] * 0,))
+    return net
+
+
+def _sequential_hooked():
+    net = _seq((3, 3), nn.Tanh(), (3, 1))()
+    net.register_forward_hook(lambda m, args, out: out + 1.0)
+    return net
+
+
+# name: (make_model, whether the bmm path may train it)
+STACKABLE = {
+    "plain": (_seq((3, 3), nn.Tanh(), (3, 1)), True),
+    "Linear subclass without its own forward": (
+        lambda: nn.Sequential(nn.modules.linear.NonDynamicallyQuantizableLinear(3, 1)),
+        True,
+    ),
+    "Linear subclass with its own forward": (
+        lambda: nn.Sequential(_DoubledLinear(3, 3), nn.Tanh(), nn.Linear(3, 1)),
+        False,
+    ),
+    "Sequential subclass with its own forward": (
+        lambda: _Residual(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)),
+        False,
+    ),
+    "forward hook on a Linear": (_hooked(0), False),
+    "forward pre-hook on a Linear": (_hooked(2, pre=True), False),
+    "forward hook on an activation": (_hooked(1), False),
+    "forward hook on the Sequential": (_sequential_hooked, False),
+    "backward hook on a Linear": (_backward_hooked, False),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKABLE))
+def test_auto_forward_takes_the_bmm_path_only_for_what_it_computes(name):
+    """The bmm path computes Linear (x W^T + b) and the activations' own functions: a
+    module with a forward of its own, or a hook, takes the vmap path, whose outputs are
+    the module's (they were silently replaced by the plain Linear stack's)."""
+    make, stackable = STACKABLE[name]
+    eng = engine(make=make, d=3)
+    assert (eng.forward_kind == "bmm") is stackable
+    tasks = [Task(0, 0, 0.1), Task(1, 1, 0.1)]
+    _, _, params, _ = eng._stacked(tasks)
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = eng.forward(params, x)
+    for j in range(2):
+        net = make()
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(params[n][j])
+            torch.testing.assert_close(got[j], net(x[j]))

@@ -64,21 +64,36 @@ Layer = tuple[nn.Module, str | None]
 
 def is_stackable_mlp(model: nn.Module) -> bool:
     """An ``nn.Sequential`` of ``nn.Linear`` and :data:`ACTIVATIONS` (or one Linear), no
-    Linear used twice (its weights would take two gradients).
+    Linear used twice (its weights would take two gradients), that computes what the
+    stacked path computes: no Linear or Sequential subclass with a ``forward`` of its own
+    and no module hooks (the stacked path calls neither).
 
     >>> is_stackable_mlp(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
     True
     >>> lin = nn.Linear(3, 3)
     >>> is_stackable_mlp(nn.Sequential(lin, nn.ReLU(), lin))
     False
+    >>> _ = lin.register_forward_hook(lambda mod, args, out: 2 * out)
+    >>> is_stackable_mlp(nn.Sequential(lin, nn.ReLU(), nn.Linear(3, 1)))
+    False
     """
-    mods = list(model) if isinstance(model, nn.Sequential) else [model]
-    linears = [id(m) for m in mods if isinstance(m, nn.Linear)]
+    seq = isinstance(model, nn.Sequential)
+    mods = list(model) if seq else [model]
+    linears = [m for m in mods if isinstance(m, nn.Linear)]
     return (
         all(isinstance(m, (nn.Linear, *ACTIVATIONS)) for m in mods)
         and len(linears) > 0
-        and len(set(linears)) == len(linears)
+        and len({id(m) for m in linears}) == len(linears)
+        and all(type(m).forward is nn.Linear.forward for m in linears)
+        and (not seq or type(model).forward is nn.Sequential.forward)
+        and not any(_hooked(m) for m in (model, *mods))
     )
+
+
+def _hooked(mod: nn.Module) -> bool:
+    """Whether ``mod`` has forward or backward hooks of its own."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(mod, h, None) for h in hooks)
 
 
 def layers_of(model: nn.Module) -> list[Layer]:
