@@ -756,6 +756,7 @@ def test_auto_forward_takes_the_bmm_path_only_for_what_it_computes(name):
             torch.testing.assert_close(got[j], net(x[j]))
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # (vmap's)
 def test_a_parametrized_linear_trains_on_the_vmap_path_with_its_penalty():
     """A weight-normed Linear (``torch.nn.utils.parametrizations.weight_norm``): its
     tensors are ``0.parametrizations.weight.original0/1`` in ``named_parameters`` but
