@@ -254,7 +254,8 @@ class Engine:
         self.base = base
         self.names = [n for n, _ in base.named_parameters()]
         self.frozen = {n for n, p in base.named_parameters() if not p.requires_grad}
-        self.selected = [n for n, _ in select(base)]
+        named = {id(p): n for n, p in base.named_parameters()}  # (select's names may differ:
+        self.selected = [named[id(p)] for _, p in select(base)]  # a parametrization's tensors)
         self.buffers = {n: b for n, b in base.named_buffers()}
         self.couples_rows = any(isinstance(m, _BatchNorm) for m in base.modules())
         if forward == "auto":
