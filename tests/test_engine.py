@@ -754,3 +754,26 @@ def test_auto_forward_takes_the_bmm_path_only_for_what_it_computes(name):
             for n, p in net.named_parameters():
                 p.copy_(params[n][j])
             torch.testing.assert_close(got[j], net(x[j]))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # (vmap's)
+def test_a_parametrized_linear_trains_on_the_vmap_path_with_its_penalty():
+    """A weight-normed Linear (``torch.nn.utils.parametrizations.weight_norm``): its
+    tensors are ``0.parametrizations.weight.original0/1`` in ``named_parameters`` but
+    ``0.weight.original0/1`` in :func:`tp.select`; the engine regularizes the selected
+    tensors under their parameter names (it raised KeyError), and the stack is not
+    treated as a plain Linear's (``0.weight`` does not exist)."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    def make():
+        return nn.Sequential(weight_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Linear(4, 1))
+
+    eng = engine(make=make, d=3, epochs=3)
+    assert eng.forward_kind == "vmap"
+    net = make()
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert eng.selected == [names[id(p)] for _, p in tp.select(net)]
+    assert eng.selected[:2] == [f"0.parametrizations.weight.original{i}" for i in (0, 1)]
+    _, final = eng.run([Task(0, 0, 1e-4), Task(1, 0, 1.0)])
+    norms = sum(final[n].pow(2).flatten(1).sum(1) for n in eng.selected)
+    assert norms[1] < norms[0]  # the strong penalty shrinks the selected tensors

@@ -8,6 +8,13 @@ rounds taken in turn and kept by its fastest step (a background load only ever a
 -- and keeps them in the user's cache folder, keyed by device, torch version and thread
 count, so that every later sweep on that machine plans from the same numbers.
 
+A measurement taken while other processes keep the cores busy (the 1-minute load average,
+less this process, above the cores this process leaves free, plus half a core), or one
+whose stacked step stayed implausibly slow against the same models one at a time after
+:data:`RETRIES` tries (a busy core stalls every parallel region of a multithreaded
+step), is ``"provisional"``: kept for :data:`PROVISIONAL_S` seconds, then measured again;
+a quiet measurement replaces it for good.
+
 The cache folder is ``$TORCHPENALTY_CACHE_DIR``, else ``$XDG_CACHE_HOME/torchpenalty``, else
 ``~/.cache/torchpenalty``; the file is ``calibration.json``, written atomically; a file
 that cannot be read or parsed is ignored and rewritten.
@@ -46,9 +53,18 @@ from torch import nn
 
 from .cost import memory_seconds, work_of
 
-__all__ = ["CALIBRATION_VERSION", "STACK", "cache_dir", "cache_key", "calibrate", "measure"]
+__all__ = [
+    "CALIBRATION_VERSION",
+    "PROVISIONAL_S",
+    "STACK",
+    "cache_dir",
+    "cache_key",
+    "calibrate",
+    "measure",
+    "others_load",
+]
 
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 """Bumped when what is measured changes: older cached entries are then not used."""
 
 STACK = 8
@@ -56,6 +72,10 @@ STACK = 8
 
 ROUNDS, STEPS = 3, 3
 """Each configuration is timed in ``ROUNDS`` blocks (taken in turn) of ``STEPS`` steps."""
+
+RETRIES = 3
+"""Times a configuration whose stacked step looks disturbed (:func:`_disturbed`) is
+measured at most."""
 
 
 def cache_dir() -> str:
@@ -81,7 +101,7 @@ def device_name(device: torch.device) -> str:
 def cache_key(device: torch.device) -> str:
     """Device name, torch version and (on the CPU) thread count: what the costs depend on.
 
-    >>> cache_key(torch.device("cpu")).startswith("v2|cpu|")
+    >>> cache_key(torch.device("cpu")).startswith("v3|cpu|")
     True
     """
     threads = f"|threads {torch.get_num_threads()}" if device.type == "cpu" else ""
@@ -129,21 +149,69 @@ def _valid(entry: Any) -> bool:
         return False
 
 
+PROVISIONAL_S = 3600.0
+"""A calibration measured while the machine was busy (``"provisional"``) is used for at
+most this many seconds after it was measured; then it is measured again."""
+
+
 def calibrate(device: torch.device | str = "cpu", *, refresh: bool = False) -> dict[str, Any]:
     """The calibration of ``device``: from the cache when it holds a valid entry for
     :func:`cache_key`, else measured (:func:`measure`, about a second) and cached.
-    ``refresh=True`` measures again."""
+    ``refresh=True`` measures again. An entry measured while other processes kept the
+    cores busy, or whose timings are implausible (:func:`_disturbed`), is
+    ``"provisional"``: it is kept for :data:`PROVISIONAL_S` seconds (the plans of that
+    hour agree) and then measured again, and a later measurement on a quiet machine
+    replaces it for good -- a busy moment does not decide every later plan."""
     device = torch.device(device)
     key = cache_key(device)
     path = os.path.join(cache_dir(), "calibration.json")
     data = _read_cache(path)
-    if not refresh and _valid(data.get(key)):
-        return {**data[key], "key": key, "cached": True}
+    old = data.get(key)
+    if not refresh and _valid(old) and not _expired(old):
+        return {**old, "key": key, "cached": True}
     entry = measure(device)
     data = {k: v for k, v in data.items() if _valid(v)}  # a corrupt file is rewritten
     data[key] = entry
     _write_cache(path, data)
     return {**entry, "key": key, "cached": False}
+
+
+def _expired(entry: dict[str, Any]) -> bool:
+    """A provisional entry older than :data:`PROVISIONAL_S` seconds."""
+    if not entry.get("provisional"):
+        return False
+    try:
+        return time.time() - float(entry.get("measured_at", 0.0)) > PROVISIONAL_S
+    except (TypeError, ValueError):
+        return True
+
+
+def others_load() -> float | None:
+    """About how many cores other processes kept busy over the last minute: the 1-minute
+    load average less one (this process), at least 0; None where the system does not
+    report a load average.
+
+    >>> others_load() is None or others_load() >= 0.0
+    True
+    """
+    if not hasattr(os, "getloadavg"):
+        return None
+    with contextlib.suppress(OSError):
+        return max(0.0, os.getloadavg()[0] - 1.0)
+    return None
+
+
+def _disturbed(times: dict[str, dict[str, float]], stack: int) -> list[str]:
+    """The configurations whose ``stack`` stacked models took implausibly long: more
+    than 1.5 times ``stack`` steps of one model alone (the same arithmetic, one step).
+    A load that hits multithreaded steps (a parallel region waits for a busy core) does
+    that; a quiet machine never did here.
+
+    >>> _disturbed({"single": {"a": 1.0, "b": 1.0}, "stacked": {"a": 4.0, "b": 20.0}}, 8)
+    ['b']
+    """
+    return [name for name, t in times["stacked"].items()
+            if t > 1.5 * stack * times["single"][name]]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -207,19 +275,31 @@ def measure(device: torch.device | str = "cpu") -> dict[str, Any]:
     forward kinds (``"bmm"``: tabular MLPs; ``"vmap"``: any module) and both paths."""
     device = torch.device(device)
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    busy = others_load() if device.type == "cpu" else None
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-time imports
     curve = bandwidth(device)
     out: dict[str, Any] = {"bandwidth": curve}
+    odd: list[str] = []
     for kind in ("bmm", "vmap"):
         times: dict[str, dict[str, float]] = {"single": {}, "stacked": {}}
         works = {}
         for name, (make, shape, batch) in _configs(kind).items():
             eng = _engine(make, shape, batch, kind, device)
             works[name] = work_of(eng)
-            times["single"][name] = _fastest(eng, 1)
-            times["stacked"][name] = _fastest(eng, STACK)
+            for _ in range(RETRIES):  # a disturbed configuration is timed again
+                times["single"][name] = _fastest(eng, 1)
+                times["stacked"][name] = _fastest(eng, STACK)
+                if not _disturbed({p: {name: times[p][name]} for p in times}, STACK):
+                    break
+        odd += [f"{kind} {n}" for n in _disturbed(times, STACK)]
         out[kind] = {path: _fit(times[path], works, STACK if path == "stacked" else 1, curve)
                      for path in times}  # fmt: skip
+    free = (os.cpu_count() or 1) - threads
+    out["load"] = busy  # other processes' cores, from the load average
+    out["disturbed"] = odd
+    out["provisional"] = bool(odd) or (busy is not None and busy > free + 0.5)
+    out["measured_at"] = time.time()
     out["seconds"] = time.perf_counter() - t0
     out["stack"] = STACK
     return out

@@ -254,7 +254,8 @@ class Engine:
         self.base = base
         self.names = [n for n, _ in base.named_parameters()]
         self.frozen = {n for n, p in base.named_parameters() if not p.requires_grad}
-        self.selected = [n for n, _ in select(base)]
+        named = {id(p): n for n, p in base.named_parameters()}  # (select's names may differ:
+        self.selected = [named[id(p)] for _, p in select(base)]  # a parametrization's tensors)
         self.buffers = {n: b for n, b in base.named_buffers()}
         self.couples_rows = any(isinstance(m, _BatchNorm) for m in base.modules())
         if forward == "auto":
@@ -626,6 +627,8 @@ class Engine:
 
         mlp = self._mlp(live)
         val_rows = self.padded_rows(tasks, "val")
+        no_val = torch.full((m,), float("nan"), device=dev)  # a chunk without validation
+        has_val = bool(val_rows[1].any())  # rows (the refit's): its loss, with no forward
         scale2 = self.problem.y_scale[folds].pow(2).mean(-1)  # standardized -> data units
         if not self.problem.objective.standardized:
             scale2 = torch.ones_like(scale2)
@@ -633,7 +636,7 @@ class Engine:
             train_loss = self._epoch(tasks, epoch, live, opt, sel, (strengths, folds, gen, mlp))
             train_loss = train_loss * scale2
             with torch.no_grad():
-                val_loss = self._masked_loss(live, folds, *val_rows)[0]
+                val_loss = self._masked_loss(live, folds, *val_rows)[0] if has_val else no_val
             history["train"].append(train_loss.tolist())
             history["val"].append(val_loss.tolist())
             if patience:

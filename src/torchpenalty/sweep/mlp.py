@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrize import is_parametrized
 
 __all__ = ["ACTIVATIONS", "MlpStep", "is_stackable_mlp", "stacked_forward"]
 
@@ -65,8 +66,9 @@ Layer = tuple[nn.Module, str | None]
 def is_stackable_mlp(model: nn.Module) -> bool:
     """An ``nn.Sequential`` of ``nn.Linear`` and :data:`ACTIVATIONS` (or one Linear), no
     Linear used twice (its weights would take two gradients), that computes what the
-    stacked path computes: no Linear or Sequential subclass with a ``forward`` of its own
-    and no module hooks (the stacked path calls neither).
+    stacked path computes: no Linear or Sequential subclass with a ``forward`` of its own,
+    no parametrized Linear (``torch.nn.utils.parametrize``) and no module hooks (the
+    stacked path calls none of them).
 
     >>> is_stackable_mlp(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
     True
@@ -84,7 +86,7 @@ def is_stackable_mlp(model: nn.Module) -> bool:
         all(isinstance(m, (nn.Linear, *ACTIVATIONS)) for m in mods)
         and len(linears) > 0
         and len({id(m) for m in linears}) == len(linears)
-        and all(type(m).forward is nn.Linear.forward for m in linears)
+        and all(type(m).forward is nn.Linear.forward and not is_parametrized(m) for m in linears)
         and (not seq or type(model).forward is nn.Sequential.forward)
         and not any(_hooked(m) for m in (model, *mods))
     )

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .calibration import calibrate
+from .calibration import PROVISIONAL_S, calibrate
 from .cost import Work, memory_seconds, step_seconds, work_of
 from .engine import Engine, Task
 
@@ -162,6 +162,12 @@ def choose(
     common = max(dict.fromkeys(keys), key=keys.count)
     n = sum(1 for k in keys if k == common)
     plan = plan_chunks(work_of(engine), cal, engine.forward_kind, n, limit)
+    if cal.get("provisional"):
+        why = (f"the calibration is provisional (measured while other processes kept about "
+               f"{cal.get('load') or 0:.1f} cores busy, or with disturbed timings: "
+               f"{', '.join(cal.get('disturbed') or []) or 'none'}); it is measured again "
+               f"after {PROVISIONAL_S / 3600:g} hour")  # fmt: skip
+        plan = replace(plan, reasons=(*plan.reasons, why))
     return replace(plan, probe_s=spent, calibration=cal.get("key"))
 
 
