@@ -27,7 +27,10 @@ contenders, interleaved (one repetition of each, then the next), median of ``--r
 Widths 256 and 1024 are compared with the plain loop and the forced plans, for
 ``--wide-epochs`` epochs (default 10: the per-epoch cost is what scales); the digits CNN
 (8x8 images, conv 8 -> pool -> conv 16 -> pool -> linear, cross-entropy) likewise for
-``--cnn-epochs``. ``--load N`` starts N busy processes for the whole run (a loaded
+``--cnn-epochs``. Cost follows work: the default ``tp.sweep`` at width 32 with
+``--grid-sizes`` strengths (default 5, 13 and 40, log-spaced over the default range),
+seconds per trained model (folds x strengths, plus the refit) should not grow with the
+grid. ``--load N`` starts N busy processes for the whole run (a loaded
 machine); ``--threads`` picks the thread counts. Printed: seconds (median) and each
 contender's time divided by ``tp.sweep``'s (> 1 means ``tp.sweep`` is faster). The last
 table times the closed form (``solver="closed_form"``) against training a linear model.
@@ -353,6 +356,8 @@ def _tables(cfg, widths, repeats, args, skorch_ok, tag, out):
         med, chosen = race(_contenders(skorch_ok, args), X, y, cfg, repeats, once)
         table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
         out[(tag, 32)] = med
+    if args.grid_sizes and not args.only_wide:
+        out[(tag, "grid")] = _grid_table(X, y, cfg, args.grid_sizes, repeats, tag)
     pair = {"tp.sweep": run_tp, "tp.sweep vectorize=True": run_tp_stacked,
             "tp.sweep vectorize=False": run_tp_single, "plain loop": run_loop}  # fmt: skip
     for w in widths:
@@ -382,6 +387,25 @@ def _tables(cfg, widths, repeats, args, skorch_ok, tag, out):
         out[(tag, "linear")] = med
 
 
+def _grid_table(X, y, cfg, sizes, repeats, tag):
+    """The default sweep at width 32 on grids of ``sizes`` strengths, interleaved:
+    seconds per trained model (strengths x folds + the refit) should not grow."""
+    grids = {n: [float(v) for v in np.logspace(-5, 1, n)] for n in sizes}
+    runs = {f"{n} strengths": lambda X, y, c, g=g: run_tp(X, y, dict(c, strengths=g))
+            for n, g in grids.items()}  # fmt: skip
+    med, chosen = race(runs, X, y, cfg, repeats)
+    print(f"\n[{tag}] cost follows work: MLP 10-32-32-1, {cfg['epochs']} epochs, default plan")
+    per = {}
+    for (name, t), n in zip(med.items(), sizes):
+        models = n * cfg["folds"] + 1
+        per[n] = t / models
+        _, how = chosen[name]
+        print(
+            f"  {name:14s} {models:4d} models {t:8.3f} s  {1e3 * per[n]:7.2f} ms per model  ({how})"
+        )
+    return per
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny grid, 2 epochs")
@@ -394,6 +418,11 @@ def main(argv=None):
     ap.add_argument("--skorch-repeats", type=int, default=1, help="skorch runs (1 or repeats)")
     ap.add_argument("--only-wide", action="store_true", help="only the wide MLPs and the CNN")
     ap.add_argument("--no-linear", action="store_true", help="leave out the closed-form table")
+    ap.add_argument(
+        "--grid-sizes",
+        default="5,13,40",
+        help="strength counts for the cost-follows-work table ('': none)",
+    )
     ap.add_argument("--threads", default="1,default", help="thread settings to time")
     ap.add_argument("--load", type=int, default=0, help="busy processes during the run")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
@@ -404,10 +433,12 @@ def main(argv=None):
     cfg = dict(width=32, strengths=default_strengths(), folds=5, epochs=args.epochs,
                batch=64, lr=1e-2)  # fmt: skip
     widths = [int(w) for w in args.widths.split(",") if w]
+    args.grid_sizes = [int(n) for n in args.grid_sizes.split(",") if n]
     repeats = args.repeats
     if args.quick:
         cfg.update(strengths=[1e-3, 1e-1, 10.0], folds=3, epochs=2)
         widths, repeats, args.wide_epochs, args.cnn_epochs = [256], 1, 1, 1
+        args.grid_sizes = [2, 4]
         args.threads = "1"
     try:
         import skorch  # noqa: F401

@@ -740,7 +740,11 @@ def test_auto_forward_takes_the_bmm_path_only_for_what_it_computes(name):
     """The bmm path computes Linear (x W^T + b) and the activations' own functions: a
     module with a forward of its own, or a hook, takes the vmap path, whose outputs are
     the module's (they were silently replaced by the plain Linear stack's)."""
-    make, stackable = STACKABLE[name]
+    _check_forward_of(*STACKABLE[name])
+
+
+def _check_forward_of(make, stackable: bool) -> None:
+    """The engine's forward kind, and its stacked outputs equal each model's own."""
     eng = engine(make=make, d=3)
     assert (eng.forward_kind == "bmm") is stackable
     tasks = [Task(0, 0, 0.1), Task(1, 1, 0.1)]
@@ -754,6 +758,25 @@ def test_auto_forward_takes_the_bmm_path_only_for_what_it_computes(name):
             for n, p in net.named_parameters():
                 p.copy_(params[n][j])
             torch.testing.assert_close(got[j], net(x[j]))
+
+
+@pytest.mark.parametrize("kind", ["forward", "forward_pre", "full_backward"])
+def test_a_global_module_hook_takes_the_vmap_path(kind):
+    """``register_module_forward_hook`` and its kin apply to every module's call: the bmm
+    path, which calls no module, would skip them; with one registered the stack takes the
+    vmap path (whose outputs are the hooked modules'), and the bmm path once it is gone."""
+    module = nn.modules.module
+    half = {
+        "forward": lambda m, args, out: 0.5 * out if isinstance(m, nn.Linear) else None,
+        "forward_pre": lambda m, args: (0.5 * args[0],) if isinstance(m, nn.Linear) else None,
+        "full_backward": lambda m, gin, gout: None,
+    }[kind]
+    handle = getattr(module, f"register_module_{kind}_hook")(half)
+    try:
+        _check_forward_of(_seq((3, 3), nn.Tanh(), (3, 1)), stackable=False)
+    finally:
+        handle.remove()
+    _check_forward_of(_seq((3, 3), nn.Tanh(), (3, 1)), stackable=True)
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # (vmap's)

@@ -230,15 +230,57 @@ def test_measure_times_a_disturbed_configuration_again_and_flags_a_busy_machine(
     monkeypatch.setattr(cal_mod, "others_load", lambda: others)
     got = cal_mod.measure("cpu")
     assert got["provisional"] is provisional and got["disturbed"] == []
-    assert max(seen.values()) == timed // 2 and len(seen) == 14  # 7 configurations x 2
+    assert max(seen.values()) == timed // 2 and len(seen) == 18  # 9 configurations x 2
     assert got["bmm"]["stacked"]["a"] < 1e-2  # the fit never saw the disturbed 100 ms
+
+
+def test_measure_recovers_the_constants_that_made_its_timings(monkeypatch):
+    """Round trip: steps timed as the cost model predicts them for known constants, with
+    a wide model's products cheaper per FLOP than a narrow one's (they spread over the
+    cores), give back those constants: ``a``, ``b``, ``c`` and ``f`` as a curve over the
+    two wide widths (a single ``f`` fitted on width 192 overstated a lone width-1024
+    model's step at two threads by 45%, and the plan stacked where one at a time won)."""
+    curve = cal_mod.bandwidth(torch.device("cpu"), (0.25, 1))
+    f = {"single": [2e-11, 8e-12], "stacked": [1e-11, 6e-12]}
+    true = {p: dict(a=1e-4, b=2e-5, c=3e-11) for p in f}
+
+    def fastest(eng, copies):
+        w, path = P.work_of(eng), "single" if copies == 1 else "stacked"
+        points = [[P.work_of(cal_mod._engine(*cal_mod._configs("bmm")[n], "bmm", "cpu"))
+                   .linear_flops, v] for n, v in zip(cal_mod.WIDE, f[path])]  # fmt: skip
+        cal = {"bandwidth": curve, "bmm": {path: {**true[path], "f": points}}}
+        return P.step_seconds(w, cal, "bmm", copies)
+
+    monkeypatch.setattr(cal_mod, "_fastest", fastest)
+    monkeypatch.setattr(cal_mod, "bandwidth", lambda dev: curve)
+    got = cal_mod.measure("cpu")
+    for path in f:
+        fit = got["vmap"][path]
+        assert [y for _, y in fit["f"]] == pytest.approx(f[path], rel=1e-6)
+        assert fit["c"] == pytest.approx(true[path]["c"], rel=1e-6)
+        # the tiny models' own arithmetic is counted as overhead: a and b to 1%
+        assert (fit["a"], fit["b"]) == pytest.approx((true[path]["a"], true[path]["b"]), rel=1e-2)
+    assert cal_mod._valid({**got, "key": "k"})
+    broken = {**got, "bmm": {**got["bmm"], "single": {**got["bmm"]["single"], "f": [[1e6, -1]]}}}
+    assert not cal_mod._valid(broken)
+
+
+@pytest.mark.parametrize(("f", "flops", "expected"), [
+    (3e-11, 1e3, 3e-11),  # a number: the same at any size
+    ([[1e6, 2e-11], [1e8, 1e-11]], 1e3, 2e-11),  # flat below the curve
+    ([[1e6, 2e-11], [1e8, 1e-11]], 1e10, 1e-11),  # and above it
+    ([[1e6, 2e-11], [1e8, 1e-11]], 1e7, 1.5e-11),  # linear in log(flops)
+    ([[1e6, 2e-11], [1e8, 1e-11]], 1e6 * 10**0.5, 1.75e-11),
+])  # fmt: skip
+def test_seconds_per_flop_interpolates_its_curve(f, flops, expected):
+    assert P.seconds_per_flop(f, flops) == pytest.approx(expected, rel=1e-9)
 
 
 def test_measure_gives_up_on_a_configuration_that_stays_disturbed(monkeypatch):
     monkeypatch.setattr(cal_mod, "_fastest", lambda eng, copies: 1e-3 * (100 if copies > 1 else 1))
     monkeypatch.setattr(cal_mod, "others_load", lambda: 0.0)
     got = cal_mod.measure("cpu")
-    assert got["provisional"] and len(got["disturbed"]) == 7
+    assert got["provisional"] and len(got["disturbed"]) == 9
     plan = P.choose(engine(lambda: mlp(8)), [Task(0, 0, 0.1), Task(0, 1, 0.1)], 8, calibration=got)
     assert "provisional" in plan.reasons[-1]
 

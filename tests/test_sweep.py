@@ -179,6 +179,22 @@ def _interrupt_at(monkeypatch, calls):
     monkeypatch.setattr(Engine, "_penalty_step", step)
 
 
+def test_the_memory_budget_counts_the_input_rows_each_model_gathers():
+    """A chunk gathers every model's input rows at once ((M, rows, features) per epoch and
+    per evaluation): with 2000 features they, not the parameters, decide the chunk."""
+    g = np.random.default_rng(0)
+    X, y = g.normal(size=(200, 2000)), g.normal(size=200)
+    budget = 8.0
+
+    def make():
+        return nn.Sequential(nn.Linear(2000, 4), nn.ReLU(), nn.Linear(4, 1))
+
+    r = tp.sweep(make, (X, y), strengths=GRID, max_memory_mb=budget, vectorize=True,
+                 refit=False, **{**FAST, "epochs": 1})  # fmt: skip
+    per_model = 200 * 2000 * 4  # float32 rows
+    assert 1 <= r.settings["chunk_size"] <= budget * 2**20 // per_model
+
+
 @pytest.mark.parametrize("budget", [2048.0, 0.4])  # one chunk, or many chunks
 def test_interrupt_and_resume_gives_the_uninterrupted_result(diabetes, monkeypatch, budget):
     kw = dict(strengths=GRID, max_memory_mb=budget, vectorize=True, **FAST)

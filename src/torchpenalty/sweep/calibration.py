@@ -22,18 +22,22 @@ that cannot be read or parsed is ignored and rewritten.
 The model of one step of M models stacked (``path`` ``"single"``: one model alone, M = 1;
 ``"stacked"``: a chunk of M models)::
 
-    seconds = a + b * layers + M * (f * linear_flops + c * conv_flops
+    seconds = a + b * layers + M * (f(linear_flops) * linear_flops + c * conv_flops
                                     + bytes * seconds_per_byte(M * working_set))
 
 where ``bytes`` (memory traffic of one model-step) and ``working_set`` (what one model
 keeps hot) are estimated from the parameters and activations
 (:func:`torchpenalty.sweep.cost.step_seconds`), and ``seconds_per_byte`` is interpolated
-(log-log) in a measured curve: an in-place add over arrays of 0.5 MB to 128 MB, each
+(log-log) in a measured curve: an in-place add over arrays of 0.5 MB to 512 MB, each
 kept by its fastest of several runs. Past the caches a byte costs several times more:
 a stacked chunk of wide models whose copies no longer fit pays that, one model alone
-does not. ``calibrate(device)`` returns ``{"key": ..., "bandwidth": [[bytes, s/byte],
-...], "bmm": {"single": {...}, "stacked": {...}}, "vmap": {...}, "seconds": ...}`` with
-``a, b, f, c`` in each path.
+does not. ``f`` is a curve too, of seconds per FLOP against a model-step's linear FLOPs,
+measured on two widths (192 and 768, :data:`WIDE`): one wide model's products spread
+over several threads, a narrow one's do not, so one constant would overstate what one
+wide model costs with two or more threads. ``calibrate(device)`` returns ``{"key": ...,
+"bandwidth": [[bytes, s/byte], ...], "bmm": {"single": {...}, "stacked": {...}},
+"vmap": {...}, "seconds": ...}`` with ``a, b, f, c`` in each path (``f``: ``[[flops,
+s/flop], ...]``; a number is accepted where a calibration is given by hand).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cost import memory_seconds, work_of
+from .cost import memory_seconds, seconds_per_flop, work_of
 
 __all__ = [
     "CALIBRATION_VERSION",
@@ -64,7 +68,7 @@ __all__ = [
     "others_load",
 ]
 
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 """Bumped when what is measured changes: older cached entries are then not used."""
 
 STACK = 8
@@ -101,7 +105,7 @@ def device_name(device: torch.device) -> str:
 def cache_key(device: torch.device) -> str:
     """Device name, torch version and (on the CPU) thread count: what the costs depend on.
 
-    >>> cache_key(torch.device("cpu")).startswith("v3|cpu|")
+    >>> cache_key(torch.device("cpu")).startswith(f"v{CALIBRATION_VERSION}|cpu|")
     True
     """
     threads = f"|threads {torch.get_num_threads()}" if device.type == "cpu" else ""
@@ -137,16 +141,26 @@ def _write_cache(path: str, data: dict[str, Any]) -> None:
 
 
 def _valid(entry: Any) -> bool:
+    """A cache entry with a bandwidth curve and finite constants >= 0 (``f`` a curve of
+    ``[flops, s/flop]`` points)."""
     try:
         curve = [(float(x), float(y)) for x, y in entry["bandwidth"]]
-        return len(curve) >= 2 and all(
-            np.isfinite(float(entry[k][path][c])) and float(entry[k][path][c]) >= 0
+        consts = [
+            v
             for k in ("bmm", "vmap")
             for path in ("single", "stacked")
-            for c in "abfc"
-        )
+            for v in (*(float(entry[k][path][c]) for c in "abc"), *_numbers(entry[k][path]["f"]))
+        ]
+        return len(curve) >= 2 and all(np.isfinite(v) and v >= 0 for v in consts)
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def _numbers(f: Any) -> list[float]:
+    """The numbers of ``f``: a number, or a curve of ``[flops, s/flop]`` points."""
+    if isinstance(f, (int, float)):
+        return [float(f)]
+    return [float(v) for point in f for v in point] if len(f) else [float("nan")]
 
 
 PROVISIONAL_S = 3600.0
@@ -264,6 +278,7 @@ def _configs(kind: str) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, .
         "tiny1": (_mlp(4, 1, 4), (4,), 4),
         "tiny4": (_mlp(4, 4, 4), (4,), 4),
         "wide_b128": (_mlp(192, 2, 192), (192,), 64),
+        "wide768": (_mlp(768, 2, 768), (768,), 64),
     }
     if kind == "vmap":
         out["conv"] = (_cnn, (3, 8, 8), 16)
@@ -305,7 +320,7 @@ def measure(device: torch.device | str = "cpu") -> dict[str, Any]:
     return out
 
 
-def bandwidth(device: torch.device, sizes_mb: tuple[float, ...] = (0.25, 1, 4, 16, 64)
+def bandwidth(device: torch.device, sizes_mb: tuple[float, ...] = (0.25, 1, 4, 16, 64, 256)
               ) -> list[list[float]]:  # fmt: skip
     """Seconds per byte of ``y.add_(x)`` (reads two arrays, writes one) against the bytes
     of the two arrays, fastest of 5 runs for each size."""
@@ -330,19 +345,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+WIDE = ("wide_b128", "wide768")
+"""The configurations whose linear FLOPs give the curve of seconds per FLOP (a product
+spread over several cores costs less per FLOP than a small one)."""
+
+
 def _fit(t: dict[str, float], w: dict[str, Any], m: int, curve: list[list[float]]
-         ) -> dict[str, float]:  # fmt: skip
+         ) -> dict[str, Any]:  # fmt: skip
     """Solve the cost model's constants from the timed steps ``t`` of the configurations
-    with work ``w`` (``m`` models per step), the memory term taken from ``curve``; every
-    constant is clamped at >= 0."""
+    with work ``w`` (``m`` models per step), the memory term taken from ``curve``: ``a``
+    and ``b`` from the tiny models, ``f`` as a curve ``[[linear_flops, s/flop], ...]``
+    over the :data:`WIDE` models, ``c`` from the convolution; every constant is clamped at
+    >= 0."""
     b = max(0.0, (t["tiny4"] - t["tiny1"]) / (w["tiny4"].layers - w["tiny1"].layers))
     a = max(0.0, t["tiny1"] - b * w["tiny1"].layers)
-    hi = w["wide_b128"]
-    rest = a + b * hi.layers + m * memory_seconds(hi, curve, m)
-    f = max(0.0, (t["wide_b128"] - rest) / (m * hi.linear_flops))
+    f = []
+    for name in sorted(WIDE, key=lambda n: w[n].linear_flops):
+        hi = w[name]
+        rest = a + b * hi.layers + m * memory_seconds(hi, curve, m)
+        f.append([hi.linear_flops, max(0.0, (t[name] - rest) / (m * hi.linear_flops))])
     c = 0.0
     if "conv" in t:
         cw = w["conv"]
-        rest = a + b * cw.layers + m * (f * cw.linear_flops + memory_seconds(cw, curve, m))
+        lin = seconds_per_flop(f, cw.linear_flops) * cw.linear_flops
+        rest = a + b * cw.layers + m * (lin + memory_seconds(cw, curve, m))
         c = max(0.0, (t["conv"] - rest) / (m * cw.conv_flops))
     return {"a": a, "b": b, "f": f, "c": c}

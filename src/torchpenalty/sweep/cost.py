@@ -20,7 +20,7 @@ from torch import nn
 
 from .engine import Engine
 
-__all__ = ["Work", "memory_seconds", "step_seconds", "work_of"]
+__all__ = ["Work", "memory_seconds", "seconds_per_flop", "step_seconds", "work_of"]
 
 
 @dataclass(frozen=True)
@@ -95,25 +95,46 @@ def memory_seconds(work: Work, curve: list[list[float]], m: int = 1) -> float:
     >>> memory_seconds(Work(1, 1000, 0, 0, 1), [[1e5, 1e-11], [1e6, 1e-10]], m=1)
     3.2e-07
     """
-    xs = [math.log(x) for x, _ in curve]
-    ys = [math.log(y) for _, y in curve]
-    x = math.log(max(m * work.working_set, 1.0))
-    if x <= xs[0]:
-        y = ys[0]
-    elif x >= xs[-1]:
-        y = ys[-1]
-    else:
-        j = next(j for j in range(1, len(xs)) if xs[j] >= x)
-        t = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
-        y = ys[j - 1] + t * (ys[j] - ys[j - 1])
+    y = _interpolated([[x, math.log(v)] for x, v in curve], m * work.working_set)
     return round(work.bytes * math.exp(y), 15)
+
+
+def seconds_per_flop(f: float | list[list[float]], flops: float) -> float:
+    """The constant ``f`` of a calibration at ``flops`` per model-step: a number, or a
+    curve ``[[flops, s/flop], ...]`` measured on models of several sizes (a large product
+    spreads over a device's cores, a small one does not), interpolated linearly in
+    log(flops) and flat beyond its ends.
+
+    >>> seconds_per_flop(2e-11, 1e9)
+    2e-11
+    >>> seconds_per_flop([[1e6, 2e-11], [1e8, 1e-11]], 1e7)
+    1.5e-11
+    """
+    if isinstance(f, (int, float)):
+        return float(f)
+    return round(_interpolated(f, flops), 20)
+
+
+def _interpolated(curve: list[list[float]], x: float) -> float:
+    """``curve``'s value at ``x``, linear in log(x) between its points, flat beyond."""
+    xs = [math.log(max(p[0], 1.0)) for p in curve]
+    ys = [p[1] for p in curve]
+    u = math.log(max(x, 1.0))
+    if u <= xs[0]:
+        return ys[0]
+    if u >= xs[-1]:
+        return ys[-1]
+    j = next(j for j in range(1, len(xs)) if xs[j] >= u)
+    t = (u - xs[j - 1]) / (xs[j] - xs[j - 1])
+    return ys[j - 1] + t * (ys[j] - ys[j - 1])
 
 
 def step_seconds(work: Work, cal: dict[str, Any], kind: str, m: int = 1) -> float:
     """Predicted seconds of one training step of ``m`` models stacked (``m = 1``: one
     model alone, with the ``"single"`` constants of ``cal[kind]``, else ``"stacked"``):
-    ``a + b * layers + m * (f * linear_flops + c * conv_flops + memory)``, the memory term
-    from :func:`memory_seconds` at the chunk's working set. A stacked step's overhead
+    ``a + b * layers + m * (f * linear_flops + c * conv_flops + memory)``, ``f`` from
+    :func:`seconds_per_flop` at the model's ``linear_flops``, the memory term from
+    :func:`memory_seconds` at the chunk's working set. A stacked step's overhead
     ``a + b * layers`` is at least a one-model step's.
 
     >>> cal = {"bandwidth": [[1.0, 1e-30], [2.0, 1e-30]],
@@ -122,7 +143,8 @@ def step_seconds(work: Work, cal: dict[str, Any], kind: str, m: int = 1) -> floa
     0.00052
     """
     k = cal[kind]["single" if m == 1 else "stacked"]
-    per_model = k["f"] * work.linear_flops + k["c"] * work.conv_flops
+    per_model = seconds_per_flop(k["f"], work.linear_flops) * work.linear_flops
+    per_model += k["c"] * work.conv_flops
     per_model += memory_seconds(work, cal["bandwidth"], m)
     overhead = k["a"] + k["b"] * work.layers
     if m > 1 and "single" in cal[kind]:  # a stacked step does all a one-model step does

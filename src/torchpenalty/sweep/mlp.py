@@ -67,8 +67,8 @@ def is_stackable_mlp(model: nn.Module) -> bool:
     """An ``nn.Sequential`` of ``nn.Linear`` and :data:`ACTIVATIONS` (or one Linear), no
     Linear used twice (its weights would take two gradients), that computes what the
     stacked path computes: no Linear or Sequential subclass with a ``forward`` of its own,
-    no parametrized Linear (``torch.nn.utils.parametrize``) and no module hooks (the
-    stacked path calls none of them).
+    no parametrized Linear (``torch.nn.utils.parametrize``) and no module hooks, its own
+    or global ones (the stacked path calls none of them).
 
     >>> is_stackable_mlp(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
     True
@@ -92,10 +92,14 @@ def is_stackable_mlp(model: nn.Module) -> bool:
     )
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _hooked(mod: nn.Module) -> bool:
-    """Whether ``mod`` has forward or backward hooks of its own."""
-    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return any(getattr(mod, h, None) for h in hooks)
+    """Whether ``mod`` has forward or backward hooks of its own, or every module has
+    (``torch.nn.modules.module.register_module_forward_hook`` and its kin)."""
+    everyone = (getattr(nn.modules.module, f"_global{h}", None) for h in _HOOKS)
+    return any(getattr(mod, h, None) for h in _HOOKS) or any(everyone)
 
 
 def layers_of(model: nn.Module) -> list[Layer]:

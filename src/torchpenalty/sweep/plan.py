@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .calibration import PROVISIONAL_S, calibrate
-from .cost import Work, memory_seconds, step_seconds, work_of
+from .cost import Work, memory_seconds, seconds_per_flop, step_seconds, work_of
 from .engine import Engine, Task
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "choose",
     "memory_seconds",
     "plan_chunks",
+    "seconds_per_flop",
     "step_seconds",
     "sweep_seconds",
     "work_of",

@@ -238,8 +238,8 @@ def _chunk_size(
     engine: Engine, budget_mb: float, batch: int, n_rows: int, row_bytes: int = 0
 ) -> int:
     """Models per chunk so that parameters, gradients, optimizer state, copies and
-    activations of a chunk fit in ``budget_mb`` (and, for streamed data, ``row_bytes``
-    per input row read for one model)."""
+    activations of a chunk fit in ``budget_mb``, with ``row_bytes`` per input row a model
+    reads (an epoch's or an evaluation's rows are gathered at once)."""
     n_params, acts = _activations(engine)
     rows = max(batch, n_rows)
     per_model = 4 * (8 * n_params + 3 * rows * acts) + rows * row_bytes
@@ -277,6 +277,8 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     meta["factors"] = factors
     tasks = [Task(i, k, s * factors[k]) for i, s in enumerate(v.grid) for k in range(o["folds"])]
     rows, row_bytes = len(v.X), 0
+    if isinstance(problem.X, torch.Tensor):  # gathered per model, as (M, rows, ...)
+        row_bytes = problem.X.element_size() * int(np.prod(problem.X.shape[2:]))
     if streamed:  # fold-major: the models of a chunk mostly share their rows
         tasks.sort(key=lambda t: (t.fold, t.i))
         rows, row_bytes = _streamed_rows(engine, o["max_memory_mb"])
