@@ -356,8 +356,8 @@ def _tables(cfg, widths, repeats, args, skorch_ok, tag, out):
         med, chosen = race(_contenders(skorch_ok, args), X, y, cfg, repeats, once)
         table(f"[{tag}] MLP 10-32-32-1, {cfg['epochs']} epochs", med, chosen)
         out[(tag, 32)] = med
-    if args.grid_sizes and not args.only_wide:
-        out[(tag, "grid")] = _grid_table(X, y, cfg, args.grid_sizes, repeats, tag)
+        if args.grid_sizes:
+            out[(tag, "grid")] = _grid_table(X, y, cfg, args.grid_sizes, repeats, tag)
     pair = {"tp.sweep": run_tp, "tp.sweep vectorize=True": run_tp_stacked,
             "tp.sweep vectorize=False": run_tp_single, "plain loop": run_loop}  # fmt: skip
     for w in widths:

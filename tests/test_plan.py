@@ -243,11 +243,12 @@ def test_measure_recovers_the_constants_that_made_its_timings(monkeypatch):
     curve = cal_mod.bandwidth(torch.device("cpu"), (0.25, 1))
     f = {"single": [2e-11, 8e-12], "stacked": [1e-11, 6e-12]}
     true = {p: dict(a=1e-4, b=2e-5, c=3e-11) for p in f}
+    wide = [P.work_of(cal_mod._engine(*cal_mod._configs("bmm")[n], "bmm", "cpu")).linear_flops
+            for n in cal_mod.WIDE]  # fmt: skip
 
     def fastest(eng, copies):
         w, path = P.work_of(eng), "single" if copies == 1 else "stacked"
-        points = [[P.work_of(cal_mod._engine(*cal_mod._configs("bmm")[n], "bmm", "cpu"))
-                   .linear_flops, v] for n, v in zip(cal_mod.WIDE, f[path])]  # fmt: skip
+        points = [[flops, v] for flops, v in zip(wide, f[path])]
         cal = {"bandwidth": curve, "bmm": {path: {**true[path], "f": points}}}
         return P.step_seconds(w, cal, "bmm", copies)
 

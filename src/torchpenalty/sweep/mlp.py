@@ -88,6 +88,7 @@ def is_stackable_mlp(model: nn.Module) -> bool:
         and len({id(m) for m in linears}) == len(linears)
         and all(type(m).forward is nn.Linear.forward and not is_parametrized(m) for m in linears)
         and (not seq or type(model).forward is nn.Sequential.forward)
+        and not _global_hooks()
         and not any(_hooked(m) for m in (model, *mods))
     )
 
@@ -96,10 +97,14 @@ _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_
 
 
 def _hooked(mod: nn.Module) -> bool:
-    """Whether ``mod`` has forward or backward hooks of its own, or every module has
+    """Whether ``mod`` has forward or backward hooks of its own."""
+    return any(getattr(mod, h, None) for h in _HOOKS)
+
+
+def _global_hooks() -> bool:
+    """Whether hooks are registered for every module
     (``torch.nn.modules.module.register_module_forward_hook`` and its kin)."""
-    everyone = (getattr(nn.modules.module, f"_global{h}", None) for h in _HOOKS)
-    return any(getattr(mod, h, None) for h in _HOOKS) or any(everyone)
+    return any(getattr(nn.modules.module, f"_global{h}", None) for h in _HOOKS)
 
 
 def layers_of(model: nn.Module) -> list[Layer]:

@@ -256,6 +256,16 @@ def _streamed_rows(engine: Engine, budget_mb: float) -> tuple[int, int]:
     return int(max(engine.batch_size, min(4096, fit))), row_bytes
 
 
+def _rows_read(engine: Engine, budget_mb: float, streamed: bool) -> tuple[int, int]:
+    """Rows one model reads at once and the bytes of one row: for a tensor, all rows
+    (an epoch's and an evaluation's rows are gathered at once, as ``(M, rows, ...)``);
+    for streamed data, :func:`_streamed_rows`."""
+    if streamed:
+        return _streamed_rows(engine, budget_mb)
+    X = engine.problem.X
+    return int(X.shape[1]), X.element_size() * int(np.prod(X.shape[2:]))
+
+
 def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     """Folds, the engine, one task per (strength, fold) and the chunk size."""
     o = v.options
@@ -276,12 +286,9 @@ def _plan(make_model: Callable[[], nn.Module], v: Validated) -> _Plan:
     factors, units = strength_factors(v.penalty, v.loss, meta["stats"])
     meta["factors"] = factors
     tasks = [Task(i, k, s * factors[k]) for i, s in enumerate(v.grid) for k in range(o["folds"])]
-    rows, row_bytes = len(v.X), 0
-    if isinstance(problem.X, torch.Tensor):  # gathered per model, as (M, rows, ...)
-        row_bytes = problem.X.element_size() * int(np.prod(problem.X.shape[2:]))
+    rows, row_bytes = _rows_read(engine, o["max_memory_mb"], streamed)
     if streamed:  # fold-major: the models of a chunk mostly share their rows
         tasks.sort(key=lambda t: (t.fold, t.i))
-        rows, row_bytes = _streamed_rows(engine, o["max_memory_mb"])
         problem.eval_rows = rows
     settings = {
         "penalty": v.penalty.get_config() | {"strength": None},
